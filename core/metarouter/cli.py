@@ -1,0 +1,109 @@
+"""The ``metarouter`` command line (Typer). Subcommands: data, train, demo, eval, store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from metarouter.errors import MetaRouterError
+
+app = typer.Typer(
+    name="metarouter",
+    help="Route LLM calls to the model that fits each user's cost-vs-quality taste.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect routing datasets and outcome logs.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Folder holding the datasets (e.g. ../shared/data) or one outcome file "
+        "(.parquet/.csv/.jsonl). Default: $METAROUTER_DATA, then the bundled LLMRouter data.",
+    ),
+]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+@data_app.command("summary")
+def data_summary(
+    data: DataOption = None,
+    skip_nan_quality: Annotated[
+        bool, typer.Option(help="Drop NaN-quality rows of an outcome file (logged).")
+    ] = False,
+) -> None:
+    """Print rows, mean quality and mean cost per dataset and model."""
+    from tqdm.auto import tqdm
+
+    from metarouter.data import DATASETS, find_data_dir, load_dataset, load_outcomes
+
+    root = find_data_dir(data)
+    if root is not None and root.is_file():
+        tables = [load_outcomes(root, skip_nan_quality=skip_nan_quality)]
+    else:
+        names = [
+            n
+            for n, info in DATASETS.items()
+            if n == "llmrouter" or (root is not None and (root / info.folder).is_dir())
+        ]
+        tables = [load_dataset(n, root) for n in tqdm(names, desc="loading datasets", leave=False)]
+    for table in tables:
+        matrix = table.to_matrix()
+        per_model = table.summary()
+        best_single = float(matrix.quality.mean(axis=0).max())
+        title = (
+            f"{table.name}: {table.n_queries:,} queries x {len(table.models)} models "
+            f"({table.source})"
+        )
+        grid = Table(title=title, title_justify="left")
+        grid.add_column("model")
+        grid.add_column("rows", justify="right")
+        grid.add_column("mean quality", justify="right")
+        grid.add_column("mean cost (USD)", justify="right")
+        for model, row in per_model.iterrows():
+            cost = f"{row['mean_cost_usd']:.6f}" + (" (est.)" if row["cost_is_estimate"] else "")
+            grid.add_row(str(model), f"{int(row['rows']):,}", f"{row['mean_quality']:.3f}", cost)
+        console.print(grid)
+        splits = table.frame.drop_duplicates("query_id")["split"].value_counts().to_dict()
+        console.print(
+            f"splits {splits}; tasks {len(table.tasks)}; over {len(matrix):,} queries with all "
+            f"models: oracle quality {matrix.quality.max(axis=1).mean():.3f}, best single model "
+            f"{best_single:.3f}\n"
+        )
+
+
+def _register_subcommands() -> None:
+    """Attach subcommands defined in their own modules (imported lazily by Typer callbacks)."""
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning library errors into clean exits."""
+    try:
+        app()
+    except MetaRouterError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,58 @@
+"""The exception hierarchy: one root, subclasses that also inherit the matching builtin.
+
+Every message says what went wrong *and how to fix it*. Catch :class:`MetaRouterError` to handle
+anything raised by this library.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DependencyError",
+    "DispatchError",
+    "FeedbackError",
+    "MetaRouterError",
+    "ModelLoadError",
+    "StoreError",
+    "UnknownArmError",
+]
+
+
+class MetaRouterError(Exception):
+    """Root of every error raised by metarouter."""
+
+
+class ConfigError(MetaRouterError, ValueError):
+    """An argument or configuration value is invalid."""
+
+
+class DataError(MetaRouterError, ValueError):
+    """An outcome table or comparison file does not follow the schema."""
+
+
+class UnknownArmError(MetaRouterError, KeyError):
+    """A candidate model name is neither in the router's catalog nor described by the caller."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(MetaRouterError, OSError):
+    """A saved router directory is missing, corrupted or from an incompatible version."""
+
+
+class StoreError(MetaRouterError, RuntimeError):
+    """The preference store could not complete an operation; nothing was written."""
+
+
+class FeedbackError(MetaRouterError, ValueError):
+    """A pairwise comparison is invalid (unknown ids, self-comparison, another user's decision)."""
+
+
+class DispatchError(MetaRouterError, RuntimeError):
+    """Every eligible candidate model failed for one call."""
+
+
+class DependencyError(MetaRouterError, ImportError):
+    """An optional dependency (extra) is not installed."""

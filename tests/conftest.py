@@ -1,0 +1,54 @@
+"""Session-wide fixtures: the shared datasets folder and one embedding model per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path | None:
+    env = os.environ.get("METAROUTER_DATA")
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise RuntimeError(f"METAROUTER_DATA={env} is not a folder")
+        return path
+    default = ROOT.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder with routerbench_subset/, llmrouter_9llm/, routerdc_7llm/ (../shared/data)."""
+    path = _shared_data_dir()
+    if path is None:
+        pytest.skip("shared datasets not found: set METAROUTER_DATA or place ../shared/data")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """One real all-MiniLM-L6-v2 embedder for the whole session."""
+    from metarouter.embeddings import Embedder
+
+    return Embedder()
+
+
+def pytest_report_header(config):
+    """Print the resolved versions of the key packages at the top of every run (CI reads them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["metarouter", "torch", "sentence-transformers", "langchain-core", "langchain-tests",
+             "langchain-openai", "llama-index-core", "sqlalchemy", "psycopg", "vcrpy", "numpy",
+             "pydantic"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return "key packages: " + ", ".join(found)
