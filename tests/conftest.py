@@ -42,9 +42,20 @@ def pytest_report_header(config):
     """Print the resolved versions of the key packages at the top of every run (CI reads them)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["metarouter", "torch", "sentence-transformers", "langchain-core", "langchain-tests",
-             "langchain-openai", "llama-index-core", "sqlalchemy", "psycopg", "vcrpy", "numpy",
-             "pydantic"]
+    names = [
+        "metarouter",
+        "torch",
+        "sentence-transformers",
+        "langchain-core",
+        "langchain-tests",
+        "langchain-openai",
+        "llama-index-core",
+        "sqlalchemy",
+        "psycopg",
+        "vcrpy",
+        "numpy",
+        "pydantic",
+    ]
     found = []
     for name in names:
         try:

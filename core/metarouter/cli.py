@@ -92,8 +92,86 @@ def data_summary(
         )
 
 
-def _register_subcommands() -> None:
-    """Attach subcommands defined in their own modules (imported lazily by Typer callbacks)."""
+@app.command("train")
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the trained router to.")],
+    data: DataOption = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="Dataset name (llmrouter, routerbench, routerdc) when --data is a folder."
+        ),
+    ] = "llmrouter",
+    splits: Annotated[
+        list[str] | None, typer.Option("--split", help="Training split(s) (repeatable).")
+    ] = None,
+    exclude_tasks: Annotated[
+        list[str] | None, typer.Option("--exclude-task", help="Task families to leave out.")
+    ] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="Arms to train on (default: all).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Maximum optimisation steps.")] = 1500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    feedback: Annotated[str, typer.Option(help="bandit (default) or full (ablation).")] = "bandit",
+    skip_nan_quality: Annotated[bool, typer.Option(help="Drop NaN-quality rows.")] = False,
+) -> None:
+    """Meta-train a router on an outcome log and write it with a training report."""
+    import shlex
+    import sys
+
+    from metarouter.config import TrainingConfig
+    from metarouter.data import (
+        DATASETS,
+        find_data_dir,
+        llmrouter_prices,
+        load_dataset,
+        load_outcomes,
+    )
+    from metarouter.embeddings import Embedder
+    from metarouter.report import write_training_report
+    from metarouter.training import train_router
+
+    root = find_data_dir(data)
+    if root is not None and root.is_file():
+        table = load_outcomes(root, skip_nan_quality=skip_nan_quality)
+    else:
+        if dataset not in DATASETS:
+            raise typer.BadParameter(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+        table = load_dataset(dataset, root)
+    table = table.filter(splits=splits or ["train"], exclude_tasks=exclude_tasks, models=models)
+    matrix = table.to_matrix()
+    console.print(
+        f"training on {table.name}: {len(matrix):,} queries x {len(matrix.models)} models"
+    )
+    embeddings = Embedder(cache=True).encode(list(matrix.queries), progress=True)
+    command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    prices = llmrouter_prices() if table.name == "llmrouter" else None
+    result = train_router(
+        matrix,
+        embeddings,
+        training=TrainingConfig(steps=steps, seed=seed, feedback=feedback),
+        prices=prices,
+        description=f"{table.name} {sorted(set(matrix.splits))}; {command}",
+    )
+    result.router.save_pretrained(out)
+    paths = write_training_report(
+        result,
+        out,
+        extra={
+            "command": command,
+            "dataset": table.name,
+            "queries": len(matrix),
+            "models": list(matrix.models),
+            "seed": seed,
+            "steps": steps,
+        },
+    )
+    best = min(result.history["val_regret"])
+    console.print(
+        f"saved to {out} in {result.seconds:.0f}s; best validation regret {best:.4f} "
+        f"at step {result.best_step}; report {paths['plot']}"
+    )
 
 
 def main() -> None:

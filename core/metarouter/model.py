@@ -1,0 +1,149 @@
+"""The MetaRouter network: shared features + context encoder + policy, with its data buffers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from metarouter.arms import Prototypes
+from metarouter.config import MetaRouterConfig
+from metarouter.encoder import ContextEncoder, SupportBatch, cost_log_factors
+from metarouter.features import ArmQueryFeatures, QueryProjection
+from metarouter.policy import PolicyNetwork
+
+__all__ = ["CandidateBatch", "MetaRouterModel", "ModelOutput"]
+
+
+class CandidateBatch(dict[str, torch.Tensor]):
+    """Named tensors for B sets of K (padded) candidate arms.
+
+    Keys: ``cap`` (B,K,P) profiles, ``cost`` (B,K,2) cost-model terms (USD per call, USD per
+    input token), ``ids`` (B,K) long identities, ``mask`` (B,K) bool, and optionally
+    ``cost_factor`` (B,K): the user's cost calibration multiplying the cost models.
+    """
+
+
+@dataclass
+class ModelOutput:
+    """Scores (B,M,K), quality logits (B,M,K), latent z (B,L) and alpha estimate (B,)."""
+
+    scores: torch.Tensor
+    quality_logits: torch.Tensor
+    z: torch.Tensor
+    alpha: torch.Tensor
+
+
+class MetaRouterModel(nn.Module):
+    """Encoder + policy over shared feature modules; see docs/model.md for the diagram."""
+
+    prototypes: torch.Tensor
+    catalog_capability: torch.Tensor
+    catalog_cost: torch.Tensor
+
+    def __init__(self, config: MetaRouterConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.query_proj = QueryProjection(config)
+        self.features = ArmQueryFeatures(config)
+        self.encoder = ContextEncoder(config, self.features, self.query_proj)
+        self.policy = PolicyNetwork(config, self.features.out_dim)
+        p, d = config.n_prototypes, config.embedding_dim
+        self.register_buffer("prototypes", torch.zeros(p, d))
+        n = len(config.catalog)
+        self.register_buffer("catalog_capability", torch.zeros(n, p))
+        self.register_buffer("catalog_cost", torch.zeros(n, 2, dtype=torch.float64))
+
+    # -- data buffers ---------------------------------------------------------------------------
+    def set_prototypes(self, prototypes: Prototypes) -> None:
+        """Install the prototype centroids (P, D)."""
+        self.prototypes.copy_(torch.as_tensor(prototypes.centroids, dtype=torch.float32))
+
+    def get_prototypes(self) -> Prototypes:
+        """The installed prototypes."""
+        return Prototypes(
+            self.prototypes.detach().cpu().numpy().copy(), self.config.prototype_temperature
+        )
+
+    def region_weights(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Soft region membership (..., P) of query embeddings (..., D)."""
+        logits = embeddings @ self.prototypes.T / self.config.prototype_temperature
+        return torch.softmax(logits, dim=-1)
+
+    # -- forward pieces -------------------------------------------------------------------------
+    def encode(self, support: SupportBatch) -> torch.Tensor:
+        """Latent preference z (B, L) of each support set."""
+        qx = self.query_proj(support["q"])
+        prior_ev = self.encoder.prior_evidence()
+        probs = []
+        for side in ("win", "lose"):
+            feats = self.features(support["w"], support[f"{side}_cap"], support[f"{side}_cost"])
+            ev = prior_ev.expand(*feats.shape[:-1], prior_ev.shape[-1])
+            logit = self.policy.quality_head(torch.cat([qx, ev, feats], dim=-1)).squeeze(-1)
+            probs.append(torch.sigmoid(logit))
+        return self.encoder(support, torch.stack(probs, dim=-1))
+
+    def evidence(
+        self, support: SupportBatch, arm_ids: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-arm evidence (B, K, E) given the support sets' latent preferences z (B, L)."""
+        return self.encoder.evidence(support, arm_ids, z)
+
+    def score(
+        self,
+        queries: torch.Tensor,
+        tokens: torch.Tensor,
+        arms: CandidateBatch,
+        z: torch.Tensor,
+        evidence: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and quality logits (B, M, K); padded arms get -inf scores.
+
+        Args:
+            queries: (B, M, D) embeddings.
+            tokens: (B, M) prompt token counts.
+            arms: The candidate sets.
+            z: (B, L) latent preferences.
+            evidence: (B, K, E) per-arm evidence.
+            weights: (B, M, P) region weights, computed when not given.
+        """
+        w = self.region_weights(queries) if weights is None else weights
+        cost = arms["cost"].unsqueeze(1)  # (B,1,K,2)
+        usd = (cost[..., 0] + cost[..., 1] * tokens.unsqueeze(-1).to(cost.dtype)).to(w.dtype)
+        if "cost_factor" in arms:
+            usd = usd * arms["cost_factor"].unsqueeze(1).to(usd.dtype)
+        feats = self.features(w.unsqueeze(2), arms["cap"].unsqueeze(1), usd)  # (B,M,K,F)
+        scores, q_logit = self.policy(self.query_proj(queries), z, evidence, feats)
+        scores = scores.masked_fill(~arms["mask"].unsqueeze(1), float("-inf"))
+        return scores, q_logit
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        tokens: torch.Tensor,
+        arms: CandidateBatch,
+        support: SupportBatch,
+        *,
+        latent_noise: float = 0.0,
+        weights: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Full pass: encode the support sets, then score the candidates for every query."""
+        z = self.encode(support)
+        alpha = self.policy.alpha(z)
+        ev = self.evidence(support, arms["ids"], z)
+        arms = CandidateBatch(arms)
+        arms["cost_factor"] = torch.exp(cost_log_factors(support, arms["ids"]))
+        if latent_noise > 0:
+            z = z + latent_noise * torch.randn_like(z)
+        scores, q_logit = self.score(queries, tokens, arms, z, ev, weights)
+        return ModelOutput(scores, q_logit, z, alpha)
+
+    def catalog_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The catalog's profiles (n, P) and cost terms (n, 2) as numpy arrays."""
+        return (
+            self.catalog_capability.detach().cpu().numpy().copy(),
+            self.catalog_cost.detach().cpu().numpy().copy(),
+        )

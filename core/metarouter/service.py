@@ -1,0 +1,594 @@
+"""``RoutingService``: the framework-free engine both adapters are thin wrappers around.
+
+It owns the candidate arms, the router and the preference store, and does per-user work:
+
+* :meth:`RoutingService.decide` embeds the query, looks up the user's preference (cached,
+  versioned), routes among the eligible candidates and records the decision;
+* :meth:`RoutingService.complete` records which model answered and what it really cost;
+* :meth:`RoutingService.record_preference` turns "this answer was worth it over that one" into
+  a stored comparison (from decision ids, framework run ids, or answers the router did not
+  produce), re-estimates the user's preference and notifies feedback listeners.
+
+Feedback takes effect on the user's next decision, in every process sharing the store, and
+never touches another user's routing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarouter.arms import ArmDescriptor
+from metarouter.errors import ConfigError, FeedbackError, UnknownArmError
+from metarouter.pricing import DEFAULT_OUTPUT_TOKENS, Price, estimate_tokens
+from metarouter.router import MetaRouter
+from metarouter.store.base import PreferenceStore
+from metarouter.store.records import (
+    ComparisonRecord,
+    ComparisonSource,
+    DecisionRecord,
+    FeedbackEvent,
+    check_text,
+    new_id,
+    query_hash,
+    validate_decision_id,
+    validate_user_id,
+)
+from metarouter.types import Comparison, Preference, RoutingDecision
+
+__all__ = [
+    "STORE_ENV",
+    "ArmSpec",
+    "Decision",
+    "FeedbackListener",
+    "Response",
+    "RoutingService",
+    "default_store_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable overriding the default SQLite store location.
+STORE_ENV = "METAROUTER_STORE"
+
+FeedbackListener = Callable[[FeedbackEvent], None]
+
+
+def default_store_path() -> Path:
+    """``$METAROUTER_STORE``, else ``$XDG_DATA_HOME/metarouter/preferences.db``."""
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "metarouter" / "preferences.db"
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """How a candidate model is known to the router.
+
+    Attributes:
+        name: Model name (as reported in decisions and feedback).
+        price: USD per 1M input/output tokens; used for the call's real cost from token usage
+            and, for models outside the router's catalog, for the cost model.
+        like: A catalog model with a similar capability profile (for a new model).
+        quality: A flat expected quality in [0, 1] (for a new model, when no ``like``).
+        descriptor: A ready :class:`ArmDescriptor` (overrides the rest).
+        output_tokens: Expected answer length for the cost model of a new model.
+    """
+
+    name: str
+    price: Price | None = None
+    like: str | None = None
+    quality: float | None = None
+    descriptor: ArmDescriptor | None = None
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A recorded routing decision.
+
+    Attributes:
+        decision_id: Id to quote in feedback.
+        user_id: Whose call it is.
+        routing: The router's decision (scores, ranking, expected costs).
+        model: The model to call (the routed choice, or the forced one).
+        forced: Whether the caller forced ``model``.
+        run_id: Framework run id, if any.
+    """
+
+    decision_id: str
+    user_id: str
+    routing: RoutingDecision
+    model: str
+    forced: bool = False
+    run_id: str | None = None
+
+    @property
+    def fallback_order(self) -> tuple[str, ...]:
+        """Models to try, in order: the chosen one, then the rest of the ranking."""
+        return (self.model, *[m for m in self.routing.ranking if m != self.model])
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-ready routing data for response metadata."""
+        return {
+            "decision_id": self.decision_id,
+            "user_id": self.user_id,
+            "chosen_model": self.model,
+            "forced": self.forced,
+            "scores": dict(self.routing.scores),
+            "ranking": list(self.routing.ranking),
+            "expected_cost_usd": float(self.routing.expected_costs_usd[self.model]),
+            "quality_weight": float(self.routing.quality_weight),
+        }
+
+
+@dataclass(frozen=True)
+class Response:
+    """An answer to use in a comparison, possibly one the router did not produce.
+
+    Attributes:
+        model: The model that wrote it.
+        cost_usd: What it cost (USD).
+        text: The answer text (optional; checked, not stored).
+        decision_id: The decision it came from, if the router produced it.
+    """
+
+    model: str
+    cost_usd: float
+    text: str | None = None
+    decision_id: str | None = None
+
+
+WinnerLike = str | uuid.UUID | Response | Decision
+
+
+@dataclass
+class _Cached:
+    version: int
+    preference: Preference
+
+
+@dataclass
+class _Listeners:
+    items: list[FeedbackListener] = field(default_factory=list)
+
+
+class RoutingService:
+    """Per-user routing with durable feedback (see module docstring).
+
+    Args:
+        arms: The candidate models: names in the router's catalog, or :class:`ArmSpec`.
+        router: The router (default: :meth:`MetaRouter.default`).
+        store: The preference store (default: SQLite at :func:`default_store_path`).
+        default_user_id: User for calls that name none.
+        refine_steps: Gradient steps on z when re-estimating preferences (0 = forward only).
+        cache_size: Users whose preference is kept in memory.
+    """
+
+    def __init__(
+        self,
+        arms: Sequence[ArmSpec | str],
+        *,
+        router: MetaRouter | None = None,
+        store: PreferenceStore | None = None,
+        default_user_id: str = "default",
+        refine_steps: int = 0,
+        cache_size: int = 10_000,
+    ) -> None:
+        if len(arms) < 1:
+            raise ConfigError("RoutingService needs at least one candidate model.")
+        self.router = router or MetaRouter.default()
+        if store is None:
+            from metarouter.store.sql import SQLStore
+
+            store = SQLStore(default_store_path())
+        self.store = store
+        self.default_user_id = validate_user_id(default_user_id)
+        self.refine_steps = refine_steps
+        self.specs: dict[str, ArmSpec] = {}
+        self.descriptors: dict[str, ArmDescriptor] = {}
+        for arm in arms:
+            spec = arm if isinstance(arm, ArmSpec) else ArmSpec(arm)
+            if spec.name in self.specs:
+                raise ConfigError(f"candidate {spec.name!r} is listed twice.")
+            self.specs[spec.name] = spec
+            self.descriptors[spec.name] = self._describe(spec)
+        self.router_id = self._fingerprint()
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.RLock()
+        self._listeners = _Listeners()
+
+    # -- arms -----------------------------------------------------------------------------------
+    def _describe(self, spec: ArmSpec) -> ArmDescriptor:
+        if spec.descriptor is not None:
+            return spec.descriptor
+        catalog = self.router.catalog
+        if spec.like is None and spec.quality is None:
+            if spec.name not in catalog:
+                raise UnknownArmError(
+                    f"candidate {spec.name!r} is not in the router's catalog "
+                    f"{sorted(catalog)}. Fix: describe it, e.g. ArmSpec({spec.name!r}, "
+                    "price=Price(0.15, 0.6), like='<a catalog model>') or quality=0.7."
+                )
+            known = catalog[spec.name]
+            if spec.price is None:
+                return known
+            from metarouter.arms import CostModel
+
+            return ArmDescriptor(
+                spec.name,
+                CostModel.from_price(spec.price, spec.output_tokens),
+                known.capability,
+                known.source,
+            )
+        if spec.price is None:
+            raise ConfigError(
+                f"candidate {spec.name!r}: a model outside the catalog needs its price "
+                "(ArmSpec(..., price=Price(input_per_million, output_per_million)))."
+            )
+        return self.router.describe(spec.name, spec.price, like=spec.like, quality=spec.quality)
+
+    @property
+    def arm_names(self) -> list[str]:
+        """Candidate names in configuration order."""
+        return list(self.specs)
+
+    def cost_of(
+        self, model: str, input_tokens: int | None, output_tokens: int | None
+    ) -> float | None:
+        """Real cost in USD of a call from its token usage (None if usage or price unknown)."""
+        spec = self.specs.get(model)
+        if spec is None or input_tokens is None or output_tokens is None:
+            return None
+        if spec.price is not None:
+            return spec.price.cost(int(input_tokens), int(output_tokens))
+        return None
+
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for key, value in sorted(self.router.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+    # -- preference -----------------------------------------------------------------------------
+    def user(self, user_id: str | None) -> str:
+        """The validated user id (the default when None)."""
+        return validate_user_id(user_id if user_id is not None else self.default_user_id)
+
+    def preference(self, user_id: str | None = None) -> Preference:
+        """The user's current preference (recomputed only when their feedback changed)."""
+        uid = self.user(user_id)
+        version = self.store.user_version(uid)
+        with self._lock:
+            hit = self._cache.get(uid)
+            if hit is not None and hit.version == version:
+                self._cache.move_to_end(uid)
+                return hit.preference
+        if version == 0:
+            pref = self.router.prior()
+        else:
+            stored = self.store.cached_preference(uid, self.router_id)
+            if stored is not None and stored[0] == version:
+                pref = Preference.from_dict(stored[1])
+            else:
+                pref, version = self._recompute(uid)
+        with self._lock:
+            self._cache[uid] = _Cached(version, pref)
+            self._cache.move_to_end(uid)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return pref
+
+    def _recompute(self, uid: str) -> tuple[Preference, int]:
+        version = self.store.user_version(uid)
+        rows = self.store.comparisons(uid)
+        comparisons = [
+            Comparison(
+                r.winner,
+                r.loser,
+                r.winner_cost_usd,
+                r.loser_cost_usd,
+                embedding=r.embedding,
+                tokens=r.prompt_tokens,
+            )
+            for r in rows
+        ]
+        pref = self.router.adapt(
+            comparisons, arms=list(self.descriptors.values()), refine_steps=self.refine_steps
+        )
+        self.store.cache_preference(uid, self.router_id, version, pref.to_dict())
+        return pref, version
+
+    # -- routing --------------------------------------------------------------------------------
+    def eligible(
+        self, *, exclude: Iterable[str] = (), only: Iterable[str] | None = None
+    ) -> list[str]:
+        """Candidates left after excluding some and/or restricting to a subset."""
+        excluded = set(exclude)
+        allowed = set(only) if only is not None else None
+        names = [n for n in self.specs if n not in excluded and (allowed is None or n in allowed)]
+        if not names:
+            raise ConfigError(
+                f"no eligible candidate (excluded {sorted(excluded)}, allowed "
+                f"{sorted(allowed) if allowed is not None else 'all'}); candidates are "
+                f"{self.arm_names}."
+            )
+        return names
+
+    def decide(
+        self,
+        query: str,
+        user_id: str | None = None,
+        *,
+        exclude: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+        forced: str | None = None,
+        run_id: str | uuid.UUID | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Route ``query`` for a user and record the decision.
+
+        Args:
+            query: The prompt text the model will see.
+            user_id: Whose call (default: ``default_user_id``).
+            exclude: Candidates not to consider (e.g. lacking a needed capability).
+            only: Consider only these candidates.
+            forced: Call this candidate regardless of the router (exploration, A/B, tests);
+                the decision still carries the router's scores and is marked forced.
+            run_id: Framework run id to index the decision by.
+            metadata: Extra JSON-able data stored with the decision.
+        """
+        uid = self.user(user_id)
+        if not isinstance(query, str):
+            raise ConfigError(f"decide() takes the prompt text, got {type(query).__name__}.")
+        names = self.eligible(exclude=exclude, only=only)
+        if forced is not None:
+            if forced not in self.specs:
+                raise UnknownArmError(
+                    f"model override {forced!r} is not a candidate; candidates are "
+                    f"{self.arm_names}."
+                )
+            if forced not in names:
+                names = [*names, forced]
+        pref = self.preference(uid)
+        embedding = self.router.embedder.encode_one(query)
+        tokens = estimate_tokens(query)
+        routing = self.router.route_embeddings(
+            embedding[None, :],
+            np.asarray([tokens], float),
+            [self.descriptors[n] for n in names],
+            pref,
+        )[0]
+        chosen = forced or routing.model
+        decision = Decision(
+            new_id(),
+            uid,
+            routing,
+            chosen,
+            forced is not None,
+            str(run_id) if run_id is not None else None,
+        )
+        self.store.record_decision(
+            DecisionRecord(
+                decision_id=decision.decision_id,
+                user_id=uid,
+                query_hash=query_hash(query),
+                embedding=embedding,
+                prompt_tokens=tokens,
+                candidates=tuple(names),
+                scores=dict(routing.scores),
+                chosen=chosen,
+                expected_cost_usd=routing.expected_costs_usd[chosen],
+                run_id=decision.run_id,
+                forced=decision.forced,
+                metadata=dict(metadata or {}),
+            )
+        )
+        logger.debug("user %s -> %s (decision %s)", uid, chosen, decision.decision_id)
+        return decision
+
+    def complete(
+        self,
+        decision: Decision | str,
+        *,
+        model: str,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        fallbacks: Sequence[str] = (),
+    ) -> float | None:
+        """Record the model that answered and the call's real cost; returns the cost in USD."""
+        did = decision.decision_id if isinstance(decision, Decision) else decision
+        cost = (
+            cost_usd if cost_usd is not None else self.cost_of(model, input_tokens, output_tokens)
+        )
+        self.store.complete_decision(did, chosen=model, cost_usd=cost, fallbacks=tuple(fallbacks))
+        return cost
+
+    # -- feedback -------------------------------------------------------------------------------
+    def add_listener(self, listener: FeedbackListener) -> FeedbackListener:
+        """Call ``listener(event)`` whenever feedback is recorded or a preference re-estimated.
+
+        Listener errors are logged (with traceback) and do not undo the stored feedback.
+        Returns the listener, so it can be used as a decorator.
+        """
+        if not callable(listener):
+            raise ConfigError("a feedback listener must be callable: listener(event).")
+        with self._lock:
+            self._listeners.items.append(listener)
+        return listener
+
+    def remove_listener(self, listener: FeedbackListener) -> None:
+        """Stop notifying ``listener``."""
+        with self._lock:
+            self._listeners.items.remove(listener)
+
+    def _emit(self, event: FeedbackEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners.items)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("feedback listener %r failed on %s", listener, event.kind)
+
+    def _resolve(self, item: WinnerLike, role: str) -> tuple[DecisionRecord | None, Response]:
+        if isinstance(item, Decision):
+            item = item.decision_id
+        if isinstance(item, Response):
+            if not isinstance(item.model, str) or not item.model.strip():
+                raise FeedbackError(f"the {role}'s model name must be a non-empty string.")
+            check_text(f"the {role}'s text", item.text)
+            if item.decision_id is not None:
+                return self.store.get_decision(validate_decision_id(item.decision_id)), item
+            return None, item
+        rec: DecisionRecord | None
+        if isinstance(item, uuid.UUID) or (isinstance(item, str) and len(item) == 36):
+            run = str(item)
+            rec = self.store.find_decision(run)
+            if rec is None:
+                raise FeedbackError(
+                    f"no decision was recorded for run id {run} (the {role}). Fix: pass the "
+                    "run id given in config={'run_id': ...} of a routed call, or its decision_id."
+                )
+        elif isinstance(item, str):
+            rec = self.store.get_decision(validate_decision_id(item))
+        else:
+            raise FeedbackError(
+                f"the {role} must be a decision id, a run id, a Decision or a Response, got "
+                f"{type(item).__name__}."
+            )
+        cost = rec.cost_usd if rec.cost_usd is not None else rec.expected_cost_usd
+        return rec, Response(rec.chosen, float(cost), decision_id=rec.decision_id)
+
+    def record_preference(
+        self,
+        winner: WinnerLike,
+        loser: WinnerLike,
+        *,
+        user_id: str | None = None,
+        query: str | None = None,
+        source: ComparisonSource | None = None,
+    ) -> ComparisonRecord:
+        """Record that ``winner``'s answer was worth it over ``loser``'s, for one query.
+
+        Args:
+            winner: Decision id, run id, :class:`Decision`, or :class:`Response`.
+            loser: Same kinds.
+            user_id: The user (default: the decisions' user, else ``default_user_id``).
+            query: The query text; required when neither answer came from a decision.
+            source: How it was collected (default: ``decisions`` or ``external``).
+
+        Raises:
+            FeedbackError: Unknown or malformed ids, the same answer twice, the same model on
+                both sides, decisions of another user or of different queries, or invalid
+                text. Nothing is stored then.
+        """
+        w_rec, w = self._resolve(winner, "winner")
+        l_rec, lose = self._resolve(loser, "loser")
+        recs = [r for r in (w_rec, l_rec) if r is not None]
+        if w_rec is not None and l_rec is not None and w_rec.decision_id == l_rec.decision_id:
+            raise FeedbackError("winner and loser are the same decision; compare two answers.")
+        if w.model == lose.model:
+            raise FeedbackError(
+                f"both answers come from {w.model!r}; a comparison needs two different models."
+            )
+        owners = {r.user_id for r in recs}
+        if user_id is not None:
+            uid = self.user(user_id)
+            if owners and owners != {uid}:
+                raise FeedbackError(
+                    f"the decisions belong to user(s) {sorted(owners)}, not {uid!r}; feedback "
+                    "may only reference the same user's decisions."
+                )
+        elif len(owners) > 1:
+            raise FeedbackError(f"the two decisions belong to different users {sorted(owners)}.")
+        else:
+            uid = owners.pop() if owners else self.user(None)
+        check_text("query", query)
+        hashes = {r.query_hash for r in recs}
+        if query is not None:
+            hashes.add(query_hash(query))
+        if len(hashes) > 1:
+            raise FeedbackError(
+                "the two answers are for different queries; a comparison is between two "
+                "answers to the same query."
+            )
+        for side in (w, lose):
+            if (
+                not isinstance(side.cost_usd, (int, float))
+                or not np.isfinite(side.cost_usd)
+                or side.cost_usd < 0
+            ):
+                raise FeedbackError(f"cost of {side.model!r} must be a USD amount >= 0.")
+        if recs:
+            embedding, tokens = recs[0].embedding, recs[0].prompt_tokens
+        elif query is not None:
+            embedding = self.router.embedder.encode_one(query)
+            tokens = estimate_tokens(query)
+        else:
+            raise FeedbackError(
+                "neither answer came from a routed call, so the query text is needed: "
+                "record_preference(winner, loser, query='...')."
+            )
+        record = ComparisonRecord(
+            comparison_id=new_id(),
+            user_id=uid,
+            winner=w.model,
+            loser=lose.model,
+            winner_cost_usd=float(w.cost_usd),
+            loser_cost_usd=float(lose.cost_usd),
+            query_hash=hashes.pop(),
+            embedding=np.asarray(embedding, np.float32),
+            prompt_tokens=int(tokens),
+            source=source or ("decisions" if recs else "external"),
+            winner_decision_id=w_rec.decision_id if w_rec else None,
+            loser_decision_id=l_rec.decision_id if l_rec else None,
+        )
+        version = self.store.record_comparison(record)
+        self._emit(FeedbackEvent("comparison_recorded", uid, version, comparison=record))
+        pref = self.preference(uid)
+        self._emit(
+            FeedbackEvent(
+                "preference_updated",
+                uid,
+                version,
+                quality_weight=pref.quality_weight,
+                n_comparisons=pref.n_comparisons,
+            )
+        )
+        return record
+
+    def suggest_pair(
+        self, query: str, user_id: str | None = None, *, exclude: Iterable[str] = ()
+    ) -> tuple[str, str]:
+        """Two candidates worth comparing on ``query``.
+
+        The routed choice and, among the others, the one whose expected cost differs most from
+        it: the user's answer then says most about their cost-vs-quality trade-off.
+        """
+        names = self.eligible(exclude=exclude)
+        if len(names) < 2:
+            raise ConfigError("comparing needs at least two eligible candidates.")
+        pref = self.preference(user_id)
+        routing = self.router.route(query, [self.descriptors[n] for n in names], pref)
+        first = routing.model
+        costs = routing.expected_costs_usd
+        second = max(
+            (n for n in names if n != first),
+            key=lambda n: abs(np.log(costs[n] + 1e-12) - np.log(costs[first] + 1e-12)),
+        )
+        return first, second

@@ -1,0 +1,91 @@
+"""The preference-store interface: durable per-user routing state shared by every adapter."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+from metarouter.store.records import ComparisonRecord, DecisionRecord
+
+__all__ = ["PreferenceStore"]
+
+
+class PreferenceStore(ABC):
+    """Where decisions, comparisons and cached preferences live.
+
+    Implementations must make every write transactional (a failed write changes nothing),
+    keep users isolated (a comparison may only reference the same user's decisions), and bump
+    a per-user version on every change to that user's comparisons, so a cached preference of an
+    older version is recomputed instead of served.
+    """
+
+    @abstractmethod
+    def record_decision(self, record: DecisionRecord) -> None:
+        """Store a routing decision (its id must be new)."""
+
+    @abstractmethod
+    def get_decision(self, decision_id: str) -> DecisionRecord:
+        """The decision with this id; :class:`~metarouter.errors.FeedbackError` if unknown."""
+
+    @abstractmethod
+    def find_decision(self, run_id: str) -> DecisionRecord | None:
+        """The decision recorded with this framework run id, if any."""
+
+    @abstractmethod
+    def complete_decision(
+        self,
+        decision_id: str,
+        *,
+        chosen: str,
+        cost_usd: float | None,
+        fallbacks: tuple[str, ...] = (),
+    ) -> None:
+        """Record which model finally answered, what it cost, and which models failed first."""
+
+    @abstractmethod
+    def record_comparison(self, record: ComparisonRecord) -> int:
+        """Store a comparison and return the user's new version.
+
+        Raises:
+            FeedbackError: A referenced decision is unknown or belongs to another user.
+        """
+
+    @abstractmethod
+    def comparisons(self, user_id: str) -> list[ComparisonRecord]:
+        """All comparisons of a user, oldest first."""
+
+    @abstractmethod
+    def user_version(self, user_id: str) -> int:
+        """The user's feedback version (0 for a user with no comparisons)."""
+
+    @abstractmethod
+    def cached_preference(self, user_id: str, router_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The cached preference state of ``user_id`` for this router, with its version."""
+
+    @abstractmethod
+    def cache_preference(
+        self, user_id: str, router_id: str, version: int, state: dict[str, Any]
+    ) -> None:
+        """Cache a preference computed at ``version`` (ignored if the user has moved on)."""
+
+    @abstractmethod
+    def export_user(self, user_id: str) -> Iterator[dict[str, Any]]:
+        """Every row about a user as JSON-ready dicts (decisions, comparisons, cache)."""
+
+    @abstractmethod
+    def delete_user(self, user_id: str) -> int:
+        """Delete everything about a user (right to be forgotten); returns rows deleted."""
+
+    @abstractmethod
+    def users(self) -> list[str]:
+        """Ids of all users with stored decisions or comparisons."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __enter__(self) -> PreferenceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,162 @@
+"""Plain value types exchanged with the router: comparisons, preferences, routing decisions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metarouter.errors import ConfigError, FeedbackError
+
+__all__ = ["Comparison", "Preference", "RoutingDecision"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One piece of pairwise feedback: ``winner``'s answer was worth it over ``loser``'s.
+
+    The judgement is for one query, given what each answer cost. Give the query text, or its
+    embedding (as stored by the preference store).
+
+    Attributes:
+        winner: Model name of the preferred answer.
+        loser: Model name of the other answer.
+        winner_cost_usd: What the preferred answer cost (USD).
+        loser_cost_usd: What the other answer cost (USD).
+        query: The query text.
+        embedding: The query's (384,) embedding, instead of or beside the text.
+        tokens: The prompt's token count (estimated from the text when not given).
+    """
+
+    winner: str
+    loser: str
+    winner_cost_usd: float
+    loser_cost_usd: float
+    query: str | None = None
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("winner", "loser"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise FeedbackError(f"Comparison.{name} must be a non-empty model name.")
+        if self.winner == self.loser:
+            raise FeedbackError(
+                f"a comparison needs two different models, got {self.winner!r} twice. "
+                "Fix: compare answers of two different candidates."
+            )
+        for name in ("winner_cost_usd", "loser_cost_usd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise FeedbackError(
+                    f"Comparison.{name} must be a finite USD amount >= 0, got {value!r}."
+                )
+        if self.query is None and self.embedding is None:
+            raise FeedbackError("a comparison needs the query text or its embedding.")
+        if self.embedding is not None:
+            emb = np.asarray(self.embedding, dtype=np.float32)
+            if emb.ndim != 1 or not np.isfinite(emb).all():
+                raise FeedbackError("Comparison.embedding must be a finite 1-d vector.")
+            object.__setattr__(self, "embedding", emb)
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A user's inferred preference: the encoder's output for their comparisons.
+
+    Attributes:
+        z: Latent preference, shape (latent_dim,).
+        evidence: Per-model evidence vectors for models that appear in the comparisons.
+        default_evidence: Evidence vector for models not compared yet.
+        n_comparisons: How many comparisons it was computed from.
+        quality_weight: Read-out of the weight the user puts on quality vs cost, in [0, 1]
+            (0 = only cost matters, 1 = only quality). For display; routing uses z.
+        cost_factors: Per-model calibration of expected costs on this user's traffic
+            (observed / expected cost, from the comparisons).
+        default_cost_factor: Calibration for models not compared yet (traffic-wide).
+    """
+
+    z: np.ndarray = field(repr=False)
+    evidence: Mapping[str, np.ndarray] = field(repr=False)
+    default_evidence: np.ndarray = field(repr=False)
+    n_comparisons: int
+    quality_weight: float
+    cost_factors: Mapping[str, float] = field(default_factory=dict)
+    default_cost_factor: float = 1.0
+
+    def cost_factor_for(self, model: str) -> float:
+        """Cost calibration of ``model`` on this user's traffic."""
+        return float(self.cost_factors.get(model, self.default_cost_factor))
+
+    def evidence_for(self, model: str) -> np.ndarray:
+        """Evidence vector of ``model`` (the default when it was never compared)."""
+        return self.evidence.get(model, self.default_evidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the preference store's cache)."""
+        return {
+            "z": [float(v) for v in self.z],
+            "evidence": {k: [float(x) for x in v] for k, v in self.evidence.items()},
+            "default_evidence": [float(v) for v in self.default_evidence],
+            "n_comparisons": int(self.n_comparisons),
+            "quality_weight": float(self.quality_weight),
+            "cost_factors": {k: float(v) for k, v in self.cost_factors.items()},
+            "default_cost_factor": float(self.default_cost_factor),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preference:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return cls(
+                z=np.asarray(data["z"], dtype=np.float32),
+                evidence={k: np.asarray(v, dtype=np.float32) for k, v in data["evidence"].items()},
+                default_evidence=np.asarray(data["default_evidence"], dtype=np.float32),
+                n_comparisons=int(data["n_comparisons"]),
+                quality_weight=float(data["quality_weight"]),
+                cost_factors={k: float(v) for k, v in data.get("cost_factors", {}).items()},
+                default_cost_factor=float(data.get("default_cost_factor", 1.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed preference state: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Where one query goes, and why.
+
+    Attributes:
+        model: The chosen candidate.
+        scores: Policy probability of each candidate (sums to 1).
+        ranking: Candidates best first (the fallback order).
+        expected_costs_usd: Expected cost of each candidate for this query.
+        predicted_quality: The router's quality estimate of each candidate for this query.
+        quality_weight: The preference's quality-vs-cost read-out used for this decision.
+    """
+
+    model: str
+    scores: Mapping[str, float]
+    ranking: tuple[str, ...]
+    expected_costs_usd: Mapping[str, float]
+    predicted_quality: Mapping[str, float]
+    quality_weight: float
+
+    @property
+    def expected_cost_usd(self) -> float:
+        """Expected cost of the chosen model."""
+        return self.expected_costs_usd[self.model]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "model": self.model,
+            "scores": dict(self.scores),
+            "ranking": list(self.ranking),
+            "expected_costs_usd": dict(self.expected_costs_usd),
+            "predicted_quality": dict(self.predicted_quality),
+            "quality_weight": self.quality_weight,
+        }
