@@ -63,3 +63,18 @@ def pytest_report_header(config):
         except PackageNotFoundError:
             found.append(f"{name} (not installed)")
     return "key packages: " + ", ".join(found)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_default_store(tmp_path_factory):
+    """Keep tests from writing to the user's default preference store."""
+    import os
+
+    path = tmp_path_factory.mktemp("default-store") / "preferences.db"
+    old = os.environ.get("METAROUTER_STORE")
+    os.environ["METAROUTER_STORE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("METAROUTER_STORE", None)
+    else:
+        os.environ["METAROUTER_STORE"] = old
