@@ -1,4 +1,9 @@
-"""LlamaIndex integration for metarouter: ``MetaRouterLLM``."""
+"""LlamaIndex integration for metarouter: ``MetaRouterLLM``.
+
+``Settings.llm = MetaRouterLLM({...})`` routes every LLM call of every LlamaIndex pipeline to the
+candidate that fits the user's cost-vs-quality taste, learned from pairwise feedback. See
+docs/llamaindex.md.
+"""
 
 from __future__ import annotations
 
@@ -10,4 +15,29 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'metarouter[llama-index]'"
     ) from exc
 
-__all__: list[str] = []
+from llama_index_metarouter.base import MetaRouterLLM
+from llama_index_metarouter.candidates import Candidate
+from llama_index_metarouter.embeddings import MiniLMEmbedding
+from llama_index_metarouter.events import (
+    FeedbackRecordedEvent,
+    RoutingCompletedEvent,
+    RoutingDecisionEvent,
+    RoutingFallbackEvent,
+)
+from llama_index_metarouter.feedback import ComparisonPair, RoutedCall
+from llama_index_metarouter.scope import RoutingScope
+from llama_index_metarouter.utils import ROUTING_KEY
+
+__all__ = [
+    "ROUTING_KEY",
+    "Candidate",
+    "ComparisonPair",
+    "FeedbackRecordedEvent",
+    "MetaRouterLLM",
+    "MiniLMEmbedding",
+    "RoutedCall",
+    "RoutingCompletedEvent",
+    "RoutingDecisionEvent",
+    "RoutingFallbackEvent",
+    "RoutingScope",
+]

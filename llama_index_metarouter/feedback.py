@@ -1,0 +1,167 @@
+"""What feedback is given about: routed calls and pairs of answers to choose between.
+
+The feedback itself is stored and learned from by the core
+(:meth:`metarouter.service.RoutingService.record_preference`); these are the LlamaIndex-side
+views of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
+from metarouter.errors import FeedbackError
+from metarouter.store.records import ComparisonRecord
+
+from llama_index_metarouter.utils import routing_info
+
+if TYPE_CHECKING:
+    from metarouter.store.records import ComparisonSource
+
+__all__ = ["ComparisonPair", "RoutedCall"]
+
+
+@dataclass(frozen=True)
+class RoutedCall:
+    """One call ``MetaRouterLLM`` routed: the decision, who answered, what it cost.
+
+    Pass it (or its ``decision_id``, or the response itself) to
+    :meth:`MetaRouterLLM.record_preference`.
+
+    Attributes:
+        decision_id: Router-issued id.
+        user_id: Whose call it was.
+        model: The candidate that answered.
+        chosen_model: The candidate the router (or an override) chose first.
+        reason: 'routed', 'override', 'tool_loop' or 'compare'.
+        scores: Policy probability of each candidate.
+        expected_cost_usd: Expected cost of the chosen model.
+        cost_usd: Real cost from reported usage (None if unknown, or a stream not yet done).
+        input_tokens: Prompt tokens the candidate reported.
+        output_tokens: Answer tokens the candidate reported.
+        fallbacks: Candidates that failed before ``model`` answered.
+        text: The answer text, when known.
+        response: The LlamaIndex response, when known.
+    """
+
+    decision_id: str
+    user_id: str
+    model: str
+    chosen_model: str
+    reason: str
+    scores: Mapping[str, float]
+    expected_cost_usd: float
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    fallbacks: tuple[str, ...] = ()
+    text: str | None = field(default=None, repr=False)
+    response: ChatResponse | CompletionResponse | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @classmethod
+    def from_info(
+        cls,
+        info: Mapping[str, Any],
+        response: ChatResponse | CompletionResponse | None = None,
+    ) -> RoutedCall:
+        """Build from the routing data in ``additional_kwargs["metarouter"]``."""
+        text: str | None = None
+        if isinstance(response, ChatResponse):
+            text = response.message.content
+        elif isinstance(response, CompletionResponse):
+            text = response.text
+        return cls(
+            decision_id=str(info["decision_id"]),
+            user_id=str(info["user_id"]),
+            model=str(info.get("model") or info["chosen_model"]),
+            chosen_model=str(info["chosen_model"]),
+            reason=str(info.get("reason", "routed")),
+            scores=dict(info.get("scores", {})),
+            expected_cost_usd=float(info.get("expected_cost_usd", 0.0)),
+            cost_usd=info.get("cost_usd"),
+            input_tokens=info.get("input_tokens"),
+            output_tokens=info.get("output_tokens"),
+            fallbacks=tuple(info.get("fallbacks", ())),
+            text=text,
+            response=response,
+        )
+
+    @classmethod
+    def from_response(cls, response: ChatResponse | CompletionResponse) -> RoutedCall:
+        """The routed call behind a response returned by ``MetaRouterLLM``.
+
+        Raises:
+            FeedbackError: The response did not come through ``MetaRouterLLM``.
+        """
+        info = routing_info(response)
+        if info is None:
+            raise FeedbackError(
+                "this response carries no routing data (additional_kwargs['metarouter']), so it "
+                "did not come through MetaRouterLLM. Fix: pass the routed response, its "
+                "decision id, or describe the answer: Response(model=..., cost_usd=..., "
+                "text=...) from metarouter.service."
+            )
+        return cls.from_info(info, response)
+
+
+class _Recorder(Protocol):
+    def record_preference(
+        self,
+        winner: Any,
+        loser: Any,
+        *,
+        user_id: str | None = None,
+        query: str | None = None,
+        source: ComparisonSource | None = None,
+    ) -> ComparisonRecord: ...
+
+
+@dataclass(frozen=True)
+class ComparisonPair:
+    """Two candidates' answers to the same query, for the user to choose between.
+
+    Returned by :meth:`MetaRouterLLM.compare`; call :meth:`prefer` with the better one.
+
+    Attributes:
+        query: The query text both answered.
+        user_id: Whose comparison it is.
+        answers: The two answers (their ``text``, ``model`` and ``cost_usd``).
+    """
+
+    query: str
+    user_id: str
+    answers: tuple[RoutedCall, RoutedCall]
+    recorder: _Recorder = field(repr=False, compare=False)
+
+    def _pick(self, winner: int | str | RoutedCall) -> tuple[RoutedCall, RoutedCall]:
+        first, second = self.answers
+        if isinstance(winner, bool):  # bool is an int: refuse the ambiguity
+            raise FeedbackError("prefer() takes 0, 1, a model name or one of the answers.")
+        if isinstance(winner, int) and winner in (0, 1):
+            return (first, second) if winner == 0 else (second, first)
+        if isinstance(winner, RoutedCall) and winner in self.answers:
+            return (first, second) if winner == first else (second, first)
+        if isinstance(winner, str) and winner in (first.model, first.decision_id):
+            return first, second
+        if isinstance(winner, str) and winner in (second.model, second.decision_id):
+            return second, first
+        raise FeedbackError(
+            f"prefer() takes 0, 1, a model name ({first.model!r} or {second.model!r}) or one of "
+            f"the answers, got {winner!r}."
+        )
+
+    def prefer(self, winner: int | str | RoutedCall) -> ComparisonRecord:
+        """Record that ``winner``'s answer was worth it over the other one.
+
+        Args:
+            winner: 0 or 1 (index into :attr:`answers`), a model name, or one of the answers.
+
+        Returns:
+            The stored comparison.
+        """
+        win, lose = self._pick(winner)
+        return self.recorder.record_preference(win, lose, user_id=self.user_id, source="compare")
