@@ -1,6 +1,10 @@
-"""Durable per-user routing state: decisions, comparisons, cached preferences."""
+"""Durable per-user routing state: decisions, comparisons, cached preferences.
+
+:class:`SQLStore` keeps it in SQLite (default) or PostgreSQL; see docs/store.md.
+"""
 
 from metarouter.store.base import PreferenceStore
+from metarouter.store.export import load_comparison_export, load_decision_export
 from metarouter.store.records import (
     ComparisonRecord,
     DecisionRecord,
@@ -9,14 +13,18 @@ from metarouter.store.records import (
     query_hash,
     validate_user_id,
 )
+from metarouter.store.schema import SCHEMA_VERSION
 from metarouter.store.sql import SQLStore
 
 __all__ = [
+    "SCHEMA_VERSION",
     "ComparisonRecord",
     "DecisionRecord",
     "FeedbackEvent",
     "PreferenceStore",
     "SQLStore",
+    "load_comparison_export",
+    "load_decision_export",
     "new_id",
     "query_hash",
     "validate_user_id",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
-from metarouter.store.records import ComparisonRecord, DecisionRecord
+from metarouter.store.records import ComparisonRecord, DecisionRecord, validate_user_id
 
 __all__ = ["PreferenceStore"]
 
@@ -80,6 +81,52 @@ class PreferenceStore(ABC):
     @abstractmethod
     def users(self) -> list[str]:
         """Ids of all users with stored decisions or comparisons."""
+
+    # -- optional, with defaults built on the methods above -------------------------------------
+    def iter_records(self) -> Iterator[DecisionRecord | ComparisonRecord]:
+        """Every stored decision, then every comparison, oldest first (for dataset export).
+
+        Raises:
+            NotImplementedError: The store cannot list all of its rows.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot list all stored records; implement iter_records() "
+            "to export a dataset."
+        )
+
+    def export_comparisons(
+        self, path: str | os.PathLike[str], *, include_metadata: bool = False
+    ) -> dict[str, int]:
+        """Write every decision and comparison as a ``metarouter-feedback`` JSONL dataset.
+
+        The format is described in :mod:`metarouter.store.export` and docs/store.md; read it
+        back with :func:`~metarouter.store.export.load_comparison_export`.
+
+        Args:
+            path: Output file (replaced atomically).
+            include_metadata: Also write decisions' run ids and free-form metadata.
+
+        Returns:
+            Rows written: ``{"decisions": ..., "comparisons": ...}``.
+        """
+        from metarouter.store.export import write_dataset
+
+        return write_dataset(path, self.iter_records(), include_metadata=include_metadata)
+
+    def export_user_jsonl(self, user_id: str, path: str | os.PathLike[str]) -> int:
+        """Write everything stored about a user to a JSONL file (data-access requests).
+
+        Returns:
+            The number of rows written (header and footer lines not counted).
+        """
+        from metarouter.store.export import write_user_export
+
+        uid = validate_user_id(user_id)
+        return write_user_export(path, uid, self.export_user(uid))
+
+    def stats(self) -> dict[str, Any]:
+        """Row counts and backend details (for ``metarouter store stats``)."""
+        return {"backend": type(self).__name__, "users": len(self.users())}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

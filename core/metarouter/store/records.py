@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
 from metarouter.errors import FeedbackError
 
+if TYPE_CHECKING:
+    from metarouter.types import Comparison
+
 __all__ = [
+    "COMPARISON_SOURCES",
+    "MAX_EMBEDDING_DIM",
+    "MAX_MODEL_NAME_CHARS",
     "MAX_TEXT_CHARS",
+    "MAX_USER_ID_CHARS",
     "ComparisonRecord",
     "DecisionRecord",
     "FeedbackEvent",
+    "check_text",
     "new_id",
     "query_hash",
+    "validate_comparison",
+    "validate_decision",
+    "validate_decision_id",
+    "validate_model_name",
     "validate_user_id",
 ]
 
@@ -28,11 +42,21 @@ __all__ = [
 MAX_USER_ID_CHARS = 128
 #: Longest text stored in a record (responses, queries kept for export).
 MAX_TEXT_CHARS = 100_000
+#: Longest model name accepted.
+MAX_MODEL_NAME_CHARS = 256
+#: Longest framework run id accepted.
+MAX_RUN_ID_CHARS = 64
+#: Longest query embedding accepted.
+MAX_EMBEDDING_DIM = 8192
 
 _USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 _DECISION_ID = re.compile(r"^[0-9a-f]{32}$")
+_QUERY_HASH = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 ComparisonSource = Literal["decisions", "external", "compare", "callback", "import"]
+#: Valid values of :attr:`ComparisonRecord.source`.
+COMPARISON_SOURCES: tuple[str, ...] = get_args(ComparisonSource)
 
 
 def new_id() -> str:
@@ -67,29 +91,211 @@ def validate_decision_id(decision_id: object) -> str:
     return decision_id.replace("-", "")
 
 
-def check_text(name: str, text: str | None) -> str | None:
-    """Reject oversized or non-text payloads with a clear error."""
+def check_text(
+    name: str, text: str | bytes | None, max_chars: int | None = MAX_TEXT_CHARS
+) -> str | None:
+    """Return ``text`` as a ``str`` after checking it can be stored and sent on.
+
+    Args:
+        name: What the text is, for the error message (e.g. ``"query"``).
+        text: The text; UTF-8 ``bytes`` are decoded.
+        max_chars: Longest text accepted (None: no limit).
+
+    Raises:
+        FeedbackError: Not text, bytes that are not UTF-8, lone surrogates, or too long.
+    """
     if text is None:
         return None
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FeedbackError(f"{name} is not valid UTF-8 text; decode it first.") from exc
+            raise FeedbackError(
+                f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start}). Fix: decode it "
+                "with the right encoding first, e.g. data.decode('latin-1')."
+            ) from exc
     if not isinstance(text, str):
         raise FeedbackError(f"{name} must be a string, got {type(text).__name__}.")
-    if len(text) > MAX_TEXT_CHARS:
+    if max_chars is not None and len(text) > max_chars:
         raise FeedbackError(
-            f"{name} has {len(text):,} characters; the store keeps at most {MAX_TEXT_CHARS:,}. "
+            f"{name} has {len(text):,} characters; the store keeps at most {max_chars:,}. "
             "Fix: truncate it or store a summary."
         )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise FeedbackError(
-            f"{name} contains characters that are not valid UTF-8 (lone surrogates)."
+            f"{name} contains characters that are not valid UTF-8 (a lone surrogate at "
+            f"position {exc.start}). Fix: decode the source bytes with errors='replace'."
         ) from exc
     return text
+
+
+def validate_model_name(name: object, what: str = "model name") -> str:
+    """Return ``name`` if it is a usable model name, else raise :class:`FeedbackError`."""
+    if not isinstance(name, str) or not name.strip():
+        raise FeedbackError(f"{what} must be a non-empty string, got {name!r}.")
+    check_text(what, name, MAX_MODEL_NAME_CHARS)
+    if _CONTROL.search(name):
+        raise FeedbackError(f"{what} {name!r} contains control characters; use a plain name.")
+    return name
+
+
+def validate_query_hash(value: object) -> str:
+    """Return ``value`` if it is a SHA-256 hex digest (see :func:`query_hash`)."""
+    if not isinstance(value, str) or not _QUERY_HASH.match(value):
+        raise FeedbackError(
+            f"malformed query hash {value!r}: expected 64 lowercase hex characters, "
+            "i.e. metarouter.store.query_hash(query_text)."
+        )
+    return value
+
+
+def validate_embedding(value: object) -> np.ndarray:
+    """Return the embedding as a float32 vector, or raise :class:`FeedbackError`."""
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise FeedbackError(f"query embedding is not a numeric vector ({exc}).") from exc
+    if arr.ndim != 1 or not 0 < arr.shape[0] <= MAX_EMBEDDING_DIM:
+        raise FeedbackError(
+            f"query embedding must be a 1-d vector of 1-{MAX_EMBEDDING_DIM} numbers, got shape "
+            f"{arr.shape}. Fix: pass the router's embedder.encode_one(query)."
+        )
+    if not np.isfinite(arr).all():
+        raise FeedbackError("query embedding contains NaN or infinite values.")
+    return arr
+
+
+def _check_usd(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not math.isfinite(float(value))
+        or float(value) < 0
+    ):
+        raise FeedbackError(f"{name} must be a finite USD amount >= 0, got {value!r}.")
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise FeedbackError(f"{name} must be an integer >= 0, got {value!r}.")
+
+
+def _check_time(value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not math.isfinite(float(value))
+        or float(value) < 0
+    ):
+        raise FeedbackError(f"created_at must be a Unix time in seconds, got {value!r}.")
+
+
+def encode_json(name: str, value: Mapping[str, Any] | list[Any]) -> str:
+    """Serialise a JSON field of a record, rejecting what cannot round-trip.
+
+    Non-JSON values (e.g. datetimes) are stored as their ``str()``; NaN, lone surrogates and
+    payloads over :data:`MAX_TEXT_CHARS` characters are refused.
+    """
+    try:
+        text = json.dumps(value, default=str, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise FeedbackError(f"{name} is not JSON-serialisable ({exc}).") from exc
+    check_text(name, text)
+    return text
+
+
+def validate_decision(record: DecisionRecord) -> None:
+    """Check every field of a decision before it is stored.
+
+    Raises:
+        FeedbackError: Naming the first invalid field and how to fix it.
+    """
+    if not isinstance(record.decision_id, str) or not _DECISION_ID.match(record.decision_id):
+        raise FeedbackError(
+            f"malformed decision id {record.decision_id!r}: expected 32 lowercase hex "
+            "characters without dashes (metarouter.store.new_id())."
+        )
+    validate_user_id(record.user_id)
+    validate_query_hash(record.query_hash)
+    validate_embedding(record.embedding)
+    _check_count("prompt_tokens", record.prompt_tokens)
+    if isinstance(record.candidates, str) or not record.candidates:
+        raise FeedbackError("candidates must be a non-empty sequence of model names.")
+    for name in record.candidates:
+        validate_model_name(name, "candidate name")
+    if len(set(record.candidates)) != len(record.candidates):
+        raise FeedbackError(f"candidates {list(record.candidates)} contain duplicates.")
+    if not isinstance(record.scores, Mapping):
+        raise FeedbackError("scores must be a mapping of model name to probability.")
+    for name, score in record.scores.items():
+        validate_model_name(name, "scored model name")
+        if isinstance(score, bool) or not isinstance(score, (int, float, np.floating)):
+            raise FeedbackError(f"score of {name!r} must be a number, got {score!r}.")
+        if not math.isfinite(float(score)):
+            raise FeedbackError(f"score of {name!r} is not finite ({score!r}).")
+    validate_model_name(record.chosen, "chosen model")
+    _check_usd("expected_cost_usd", record.expected_cost_usd)
+    _check_usd("cost_usd", record.cost_usd, optional=True)
+    if record.run_id is not None:
+        if not isinstance(record.run_id, str) or not record.run_id:
+            raise FeedbackError(f"run id must be a non-empty string, got {record.run_id!r}.")
+        check_text("run id", record.run_id, MAX_RUN_ID_CHARS)
+    if not isinstance(record.forced, (bool, np.bool_)):
+        raise FeedbackError(f"forced must be a bool, got {record.forced!r}.")
+    for name in record.fallbacks:
+        validate_model_name(name, "fallback model name")
+    _check_time(record.created_at)
+    if not isinstance(record.metadata, Mapping):
+        raise FeedbackError("metadata must be a mapping (a JSON object).")
+    encode_json("decision metadata", dict(record.metadata))
+
+
+def validate_comparison(record: ComparisonRecord) -> None:
+    """Check every field of a comparison before it is stored.
+
+    Raises:
+        FeedbackError: Naming the first invalid field and how to fix it; self-comparisons
+            (the same model or the same decision on both sides) included.
+    """
+    if not isinstance(record.comparison_id, str) or not _DECISION_ID.match(record.comparison_id):
+        raise FeedbackError(
+            f"malformed comparison id {record.comparison_id!r}: expected 32 lowercase hex "
+            "characters (metarouter.store.new_id())."
+        )
+    validate_user_id(record.user_id)
+    validate_model_name(record.winner, "winner model name")
+    validate_model_name(record.loser, "loser model name")
+    if record.winner == record.loser:
+        raise FeedbackError(
+            f"both answers come from {record.winner!r}; a comparison needs two different "
+            "models. Fix: compare answers of two different candidates."
+        )
+    _check_usd("winner_cost_usd", record.winner_cost_usd)
+    _check_usd("loser_cost_usd", record.loser_cost_usd)
+    validate_query_hash(record.query_hash)
+    validate_embedding(record.embedding)
+    _check_count("prompt_tokens", record.prompt_tokens)
+    if record.source not in COMPARISON_SOURCES:
+        raise FeedbackError(
+            f"unknown comparison source {record.source!r}; use one of {list(COMPARISON_SOURCES)}."
+        )
+    ids = []
+    for role in ("winner", "loser"):
+        did = getattr(record, f"{role}_decision_id")
+        if did is not None:
+            if not isinstance(did, str) or not _DECISION_ID.match(did):
+                raise FeedbackError(
+                    f"malformed {role} decision id {did!r}: expected 32 lowercase hex characters "
+                    "as in response_metadata['metarouter']['decision_id']."
+                )
+            ids.append(did)
+    if len(ids) == 2 and ids[0] == ids[1]:
+        raise FeedbackError("winner and loser are the same decision; compare two answers.")
+    _check_time(record.created_at)
 
 
 @dataclass(frozen=True)
@@ -164,6 +370,19 @@ class ComparisonRecord:
     winner_decision_id: str | None = None
     loser_decision_id: str | None = None
     created_at: float = field(default_factory=time.time)
+
+    def to_comparison(self) -> Comparison:
+        """The :class:`~metarouter.types.Comparison` the router adapts on."""
+        from metarouter.types import Comparison
+
+        return Comparison(
+            self.winner,
+            self.loser,
+            self.winner_cost_usd,
+            self.loser_cost_usd,
+            embedding=self.embedding,
+            tokens=self.prompt_tokens,
+        )
 
 
 @dataclass(frozen=True)

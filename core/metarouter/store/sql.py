@@ -1,13 +1,24 @@
 """SQL preference store (SQLAlchemy Core): SQLite by default, PostgreSQL for many processes.
 
 * SQLite: a file path or ``sqlite:///path.db``; WAL journal, ``BEGIN IMMEDIATE`` write
-  transactions, a busy timeout, foreign keys on. Good for one machine, several processes.
-* PostgreSQL: ``postgresql+psycopg://user@host/db`` (install ``metarouter[postgres]``); for
-  several app instances and machines.
+  transactions (reads are snapshots that never block writers), a busy timeout, foreign keys on,
+  ``synchronous=FULL`` (a commit survives power loss, not just a process crash). Good for one
+  machine and several processes.
+* PostgreSQL: ``postgresql+psycopg://user:password@host:5432/db`` (install
+  ``metarouter[postgres]``; ``postgres://`` and ``postgresql://`` URLs are read as psycopg); for
+  several app instances and machines. Transient deadlocks and serialization failures are
+  retried.
 
-The schema is created (and migrated) on first use; its version lives in ``metarouter_schema``.
-Every statement is parameterised; embeddings are raw float32 bytes, lists and dicts JSON; nothing
-is ever unpickled.
+Nothing touches the database until first use; then the schema is created or migrated (see
+:mod:`metarouter.store.migrations`). Every statement is parameterised; embeddings are raw
+little-endian float32 bytes, lists and dicts JSON; nothing is ever unpickled. Every write is one
+transaction: when it fails, nothing of it is stored and a
+:class:`~metarouter.errors.StoreError` (database trouble) or
+:class:`~metarouter.errors.FeedbackError` (invalid input) says why.
+
+User versions come from one monotonic clock (``metarouter_clock``): recording a comparison
+gives the user a version no one had before, so a preference cached at an older version, in this
+process or another, is recomputed rather than served, even across a deletion of the user.
 """
 
 from __future__ import annotations
@@ -15,195 +26,326 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import sqlalchemy as sa
 
 from metarouter.errors import ConfigError, DependencyError, FeedbackError, StoreError
 from metarouter.store.base import PreferenceStore
+from metarouter.store.migrations import migrate
 from metarouter.store.records import (
     ComparisonRecord,
     DecisionRecord,
+    check_text,
+    encode_json,
+    validate_comparison,
+    validate_decision,
     validate_decision_id,
+    validate_model_name,
     validate_user_id,
 )
+from metarouter.store.schema import SCHEMA_VERSION, Tables, define_tables
 
-__all__ = ["SCHEMA_VERSION", "SQLStore"]
+__all__ = ["SQLStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+#: Attempts for a write that hits a PostgreSQL deadlock or serialization failure.
+_WRITE_ATTEMPTS = 4
+#: SQLSTATEs worth retrying: serialization_failure, deadlock_detected.
+_TRANSIENT_SQLSTATES = {"40001", "40P01"}
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-def _url(target: str | os.PathLike[str]) -> str:
-    text = str(target)
-    if "://" in text:
-        return text
-    path = Path(text).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+def _normalise_url(target: str | os.PathLike[str]) -> str:
+    text = os.fspath(target)
+    if not text:
+        raise ConfigError("empty store location: give a SQLite file path or a database URL.")
+    if "://" not in text:
+        if text == ":memory:":
+            return "sqlite://"
+        return f"sqlite:///{Path(text).expanduser()}"
+    scheme, rest = text.split("://", 1)
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    return text
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
 
 
 class SQLStore(PreferenceStore):
     """A :class:`PreferenceStore` on SQLite or PostgreSQL.
 
     Args:
-        target: A SQLite file path, or a SQLAlchemy URL (``sqlite:///...``,
-            ``postgresql+psycopg://...``).
-        busy_timeout: Seconds a SQLite writer waits for the lock.
-        echo: Log SQL statements.
+        target: A SQLite file path (created with its folder on first use), ``":memory:"``
+            (tests), or a SQLAlchemy URL: ``sqlite:///path.db``,
+            ``postgresql+psycopg://user:password@host:5432/db``. Put the tables in their own
+            PostgreSQL schema with ``?options=-csearch_path%3Dmetarouter``.
+        busy_timeout: Seconds a SQLite writer waits for another writer's lock.
+        synchronous: SQLite durability: ``FULL`` (default; a commit survives power loss) or
+            ``NORMAL`` (faster; the last commits may be lost on power loss, never on a crash).
+        pool_size: Connections kept open per process (PostgreSQL; SQLite files too).
+        max_overflow: Extra connections allowed under load, closed when idle.
+        pool_timeout: Seconds to wait for a free pooled connection.
+        connect_timeout: Seconds to wait when connecting to PostgreSQL.
+        echo: Log every SQL statement (``logging`` at INFO).
+
+    Raises:
+        ConfigError: The URL is invalid or names an unsupported database.
+        DependencyError: The PostgreSQL driver is not installed.
 
     Example:
         >>> store = SQLStore("~/.local/share/myapp/metarouter.db")  # doctest: +SKIP
+        >>> store = SQLStore("postgresql+psycopg://app@db.internal/app")  # doctest: +SKIP
     """
 
     def __init__(
-        self, target: str | os.PathLike[str], *, busy_timeout: float = 30.0, echo: bool = False
+        self,
+        target: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "FULL",
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        pool_timeout: float = 30.0,
+        connect_timeout: int = 10,
+        echo: bool = False,
     ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ConfigError(f"synchronous={synchronous!r}: use one of {list(_SYNCHRONOUS)}.")
+        self.busy_timeout = float(busy_timeout)
+        self._synchronous = synchronous.upper()
         try:
-            import sqlalchemy as sa
-        except ImportError as exc:  # pragma: no cover - core dependency
-            raise DependencyError("SQLAlchemy is required: pip install metarouter") from exc
-        self._sa = sa
-        self.url = _url(target)
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+            url = sa.make_url(_normalise_url(target))
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(
+                f"invalid store location {os.fspath(target)!r}: {exc}. Fix: give a SQLite file "
+                "path or a URL like postgresql+psycopg://user@host/db."
+            ) from exc
+        backend = url.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"unsupported store database {backend!r}; supported: SQLite (a file path or "
+                "sqlite:///path.db) and PostgreSQL (postgresql+psycopg://user@host/db)."
+            )
+        kwargs: dict[str, Any] = {"echo": echo}
+        if backend == "sqlite":
+            kwargs["connect_args"] = {"timeout": self.busy_timeout, "check_same_thread": False}
+            if _sqlite_file(url) is None:
+                kwargs["poolclass"] = sa.pool.StaticPool
+            else:
+                kwargs.update(
+                    pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
+                )
+        else:
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": int(connect_timeout)},
+            )
         try:
-            self.engine = sa.create_engine(self.url, **kwargs)
+            self.engine = sa.create_engine(url, **kwargs)
         except ImportError as exc:
             raise DependencyError(
-                f"the database driver for {self.url.split('://')[0]!r} is missing. Fix: pip "
+                f"the database driver for {url.drivername!r} is missing ({exc}). Fix: pip "
                 "install 'metarouter[postgres]' for PostgreSQL."
             ) from exc
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"invalid store URL {self.url!r}: {exc}") from exc
+        except (sa.exc.ArgumentError, TypeError) as exc:
+            raise ConfigError(f"invalid store URL {self._mask(url)!r}: {exc}") from exc
+        self.url = self._mask(url)
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
-            self._setup_sqlite(busy_timeout)
-        self._define_tables()
-        self._migrate()
+            self._setup_sqlite()
+        self._write_engine = self.engine.execution_options(metarouter_write=True)
+        self.tables: Tables = define_tables()
+        self._ready = False
+        self._init_lock = threading.Lock()
+        ref = weakref.ref(self)
+
+        def _after_fork() -> None:  # a forked worker must not share pooled connections
+            store = ref()
+            if store is not None:
+                store.engine.dispose(close=False)
+
+        os.register_at_fork(after_in_child=_after_fork)
 
     # -- setup ----------------------------------------------------------------------------------
-    def _setup_sqlite(self, busy_timeout: float) -> None:
-        sa = self._sa
+    @staticmethod
+    def _mask(url: sa.URL) -> str:
+        return url.render_as_string(hide_password=True)
+
+    def _setup_sqlite(self) -> None:
+        busy_ms = int(self.busy_timeout * 1000)
+        synchronous = self._synchronous
 
         @sa.event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" event issue BEGIN
+            dbapi_conn.isolation_level = None  # transactions are begun explicitly below
             cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
         @sa.event.listens_for(self.engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _on_begin(conn: sa.Connection) -> None:
+            # Writers take the write lock up front (no deadlock-prone lock upgrades); readers
+            # get a snapshot and never block anyone.
+            write = conn.get_execution_options().get("metarouter_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    def _define_tables(self) -> None:
-        sa = self._sa
-        md = sa.MetaData()
-        self.t_schema = sa.Table(
-            "metarouter_schema", md, sa.Column("version", sa.Integer, nullable=False)
-        )
-        self.t_users = sa.Table(
-            "metarouter_users",
-            md,
-            sa.Column("user_id", sa.String(128), primary_key=True),
-            sa.Column("version", sa.Integer, nullable=False),
-            sa.Column("updated_at", sa.Float, nullable=False),
-        )
-        self.t_decisions = sa.Table(
-            "metarouter_decisions",
-            md,
-            sa.Column("decision_id", sa.String(32), primary_key=True),
-            sa.Column("user_id", sa.String(128), nullable=False, index=True),
-            sa.Column("created_at", sa.Float, nullable=False),
-            sa.Column("query_hash", sa.String(64), nullable=False),
-            sa.Column("embedding", sa.LargeBinary, nullable=False),
-            sa.Column("prompt_tokens", sa.Integer, nullable=False),
-            sa.Column("candidates", sa.Text, nullable=False),
-            sa.Column("scores", sa.Text, nullable=False),
-            sa.Column("chosen", sa.String(256), nullable=False),
-            sa.Column("expected_cost_usd", sa.Float, nullable=False),
-            sa.Column("cost_usd", sa.Float, nullable=True),
-            sa.Column("run_id", sa.String(64), nullable=True, unique=True),
-            sa.Column("forced", sa.Boolean, nullable=False),
-            sa.Column("fallbacks", sa.Text, nullable=False),
-            sa.Column("metadata", sa.Text, nullable=False),
-        )
-        self.t_comparisons = sa.Table(
-            "metarouter_comparisons",
-            md,
-            sa.Column("comparison_id", sa.String(32), primary_key=True),
-            sa.Column("user_id", sa.String(128), nullable=False, index=True),
-            sa.Column("created_at", sa.Float, nullable=False),
-            sa.Column("winner", sa.String(256), nullable=False),
-            sa.Column("loser", sa.String(256), nullable=False),
-            sa.Column("winner_cost_usd", sa.Float, nullable=False),
-            sa.Column("loser_cost_usd", sa.Float, nullable=False),
-            sa.Column("query_hash", sa.String(64), nullable=False),
-            sa.Column("embedding", sa.LargeBinary, nullable=False),
-            sa.Column("prompt_tokens", sa.Integer, nullable=False),
-            sa.Column("source", sa.String(32), nullable=False),
-            sa.Column(
-                "winner_decision_id",
-                sa.String(32),
-                sa.ForeignKey("metarouter_decisions.decision_id", ondelete="CASCADE"),
-                nullable=True,
-            ),
-            sa.Column(
-                "loser_decision_id",
-                sa.String(32),
-                sa.ForeignKey("metarouter_decisions.decision_id", ondelete="CASCADE"),
-                nullable=True,
-            ),
-        )
-        self.t_cache = sa.Table(
-            "metarouter_preference_cache",
-            md,
-            sa.Column("user_id", sa.String(128), primary_key=True),
-            sa.Column("router_id", sa.String(64), primary_key=True),
-            sa.Column("version", sa.Integer, nullable=False),
-            sa.Column("state", sa.Text, nullable=False),
-            sa.Column("updated_at", sa.Float, nullable=False),
-        )
-        self.metadata = md
-
-    def _migrate(self) -> None:
-        sa = self._sa
-        try:
-            with self.engine.begin() as conn:
-                self.metadata.create_all(conn)
-                row = conn.execute(sa.select(self.t_schema.c.version)).first()
-                if row is None:
-                    conn.execute(self.t_schema.insert().values(version=SCHEMA_VERSION))
-                elif row.version > SCHEMA_VERSION:
+    def _ensure(self) -> None:
+        """Create or migrate the schema on first use (once per process, under a lock)."""
+        if self._ready:
+            return
+        with self._init_lock:
+            if self._ready:
+                return
+            path = _sqlite_file(self.engine.url)
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
                     raise StoreError(
-                        f"{self._where()}: schema version {row.version} is newer than this "
-                        f"metarouter ({SCHEMA_VERSION}). Fix: upgrade metarouter."
-                    )
+                        f"cannot create the folder of the SQLite store {path}: {exc}. Fix: "
+                        "choose a writable location (or set METAROUTER_STORE)."
+                    ) from exc
+            try:
+                with self._write_engine.begin() as conn:
+                    found, now = migrate(conn, where=self.url)
+            except StoreError:
+                raise
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(
+                    self._explain("open the store (create or migrate its schema)", exc)
+                ) from exc
+            if found != now:
+                logger.info("store %s: schema %s -> version %s", self.url, found or "new", now)
+            self._ready = True
+
+    def migrate(self) -> int:
+        """Create or migrate the schema now (otherwise done on first use); returns its version.
+
+        Raises:
+            StoreError: The database is unreachable or at a newer schema version.
+        """
+        self._ensure()
+        return SCHEMA_VERSION
+
+    # -- transactions and errors ----------------------------------------------------------------
+    def _explain(self, action: str, exc: sa.exc.SQLAlchemyError) -> str:
+        orig = getattr(exc, "orig", None)
+        detail = " ".join(str(orig if orig is not None else exc).split())
+        lowered = detail.lower()
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        where = self.url
+        if self.dialect == "sqlite":
+            if "locked" in lowered or "busy" in lowered:
+                hint = (
+                    f"another process held the write lock for more than {self.busy_timeout:g}s. "
+                    "Fix: raise busy_timeout, keep transactions short, or use PostgreSQL for "
+                    "many concurrent writers."
+                )
+            elif "readonly" in lowered or "unable to open" in lowered or "i/o" in lowered:
+                hint = (
+                    "Fix: check the file and its folder exist and are writable by this process "
+                    "(SQLite writes -wal and -shm files beside it)."
+                )
+            elif "malformed" in lowered or "not a database" in lowered:
+                hint = "Fix: the file is not an intact SQLite database; restore it from a backup."
+            else:
+                hint = ""
+        elif sqlstate == "42501":
+            hint = (
+                "Fix: grant the database user CREATE on the schema (first use and migrations) "
+                "and SELECT, INSERT, UPDATE, DELETE on the metarouter_* tables."
+            )
+        elif sqlstate == "53300" or "too many" in lowered:
+            hint = (
+                "Fix: lower pool_size/max_overflow (per process) or raise the server's "
+                "max_connections."
+            )
+        elif isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+            hint = (
+                "Fix: check that the server is running and reachable, and the URL's user, "
+                "password, host, port and database."
+            )
+        else:
+            hint = ""
+        if isinstance(exc, sa.exc.IntegrityError):
+            hint = "It conflicts with a stored row: ids and run ids must be unique."
+        return f"{where}: could not {action}: {detail}. {hint}".rstrip()
+
+    def _write(self, action: str, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction; all or nothing."""
+        self._ensure()
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self._write_engine.begin() as conn:
+                    return fn(conn)
+            except sa.exc.DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+                if sqlstate in _TRANSIENT_SQLSTATES and attempt < _WRITE_ATTEMPTS:
+                    logger.info("%s: retrying %s after %s", self.url, action, sqlstate)
+                    time.sleep(0.02 * attempt)
+                    continue
+                raise StoreError(f"{self._explain(action, exc)} Nothing was written.") from exc
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"{self._explain(action, exc)} Nothing was written.") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, action: str, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` on a read connection (one snapshot on SQLite)."""
+        self._ensure()
+        try:
+            with self.engine.connect() as conn:
+                return fn(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"{self._where()}: could not open the store ({exc}).") from exc
+            raise StoreError(self._explain(action, exc)) from exc
 
-    def _where(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+    @contextmanager
+    def _snapshot(self) -> Iterator[sa.Connection]:
+        """A connection whose reads all see one consistent snapshot (exports)."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            yield conn
 
-    # -- helpers --------------------------------------------------------------------------------
-    def _write(self) -> Any:
-        return self.engine.begin()
+    def _stream(
+        self, action: str, queries: list[tuple[sa.Select[Any], Callable[[Any], T]]]
+    ) -> Iterator[T]:
+        """Yield converted rows of several queries from one snapshot, without loading them all."""
+        self._ensure()
+        try:
+            with self._snapshot() as conn:
+                for query, convert in queries:
+                    result = conn.execution_options(yield_per=500).execute(query)
+                    for row in result:
+                        yield convert(row)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(self._explain(action, exc)) from exc
 
+    # -- row conversion -------------------------------------------------------------------------
     @staticmethod
     def _emb(vec: np.ndarray) -> bytes:
-        arr = np.asarray(vec, dtype="<f4")
-        if arr.ndim != 1 or not np.isfinite(arr).all():
-            raise FeedbackError("query embedding must be a finite 1-d vector.")
-        return arr.tobytes()
+        return np.asarray(vec, dtype="<f4").tobytes()
 
     @staticmethod
     def _vec(raw: bytes) -> np.ndarray:
@@ -245,61 +387,65 @@ class SQLStore(PreferenceStore):
             created_at=row.created_at,
         )
 
-    def _bump(self, conn: Any, user_id: str) -> int:
-        now = time.time()
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        base = insert(self.t_users).values(user_id=user_id, version=1, updated_at=now)
-        upsert = base.on_conflict_do_update(
-            index_elements=[self.t_users.c.user_id],
-            set_={"version": self.t_users.c.version + 1, "updated_at": now},
-        ).returning(self.t_users.c.version)
-        return int(conn.execute(upsert).scalar_one())
+    def _tick(self, conn: sa.Connection) -> int:
+        """Advance the version clock; the row lock also serialises per-user version changes."""
+        clock = self.tables.clock
+        conn.execute(clock.update().where(clock.c.id == 1).values(value=clock.c.value + 1))
+        return int(conn.execute(sa.select(clock.c.value).where(clock.c.id == 1)).scalar_one())
 
-    # -- interface ------------------------------------------------------------------------------
+    # -- decisions ------------------------------------------------------------------------------
     def record_decision(self, record: DecisionRecord) -> None:
-        """Store a routing decision."""
-        sa = self._sa
-        validate_user_id(record.user_id)
-        validate_decision_id(record.decision_id)
-        try:
-            with self._write() as conn:
-                conn.execute(
-                    self.t_decisions.insert().values(
-                        decision_id=record.decision_id,
-                        user_id=record.user_id,
-                        created_at=record.created_at,
-                        query_hash=record.query_hash,
-                        embedding=self._emb(record.embedding),
-                        prompt_tokens=int(record.prompt_tokens),
-                        candidates=json.dumps(list(record.candidates)),
-                        scores=json.dumps(dict(record.scores)),
-                        chosen=record.chosen,
-                        expected_cost_usd=float(record.expected_cost_usd),
-                        cost_usd=record.cost_usd,
-                        run_id=record.run_id,
-                        forced=bool(record.forced),
-                        fallbacks=json.dumps(list(record.fallbacks)),
-                        metadata=json.dumps(dict(record.metadata), default=str),
-                    )
+        """Store a routing decision.
+
+        Raises:
+            FeedbackError: A field is invalid (named in the message).
+            StoreError: The id or run id is already stored, or the database failed.
+        """
+        validate_decision(record)
+        t = self.tables.decisions
+        values = {
+            "decision_id": record.decision_id,
+            "user_id": record.user_id,
+            "created_at": float(record.created_at),
+            "query_hash": record.query_hash,
+            "embedding": self._emb(record.embedding),
+            "prompt_tokens": int(record.prompt_tokens),
+            "candidates": encode_json("candidates", list(record.candidates)),
+            "scores": encode_json("scores", {k: float(v) for k, v in record.scores.items()}),
+            "chosen": record.chosen,
+            "expected_cost_usd": float(record.expected_cost_usd),
+            "cost_usd": None if record.cost_usd is None else float(record.cost_usd),
+            "run_id": record.run_id,
+            "forced": bool(record.forced),
+            "fallbacks": encode_json("fallbacks", list(record.fallbacks)),
+            "metadata": encode_json("decision metadata", dict(record.metadata)),
+        }
+
+        def insert(conn: sa.Connection) -> None:
+            clash = sa.or_(t.c.decision_id == record.decision_id)
+            if record.run_id is not None:
+                clash = sa.or_(clash, t.c.run_id == record.run_id)
+            if conn.execute(sa.select(t.c.decision_id).where(clash).limit(1)).first():
+                raise StoreError(
+                    f"decision {record.decision_id} (run id {record.run_id}) is already stored; "
+                    "decision ids and run ids must be unique (use new_id()). Nothing was written."
                 )
-        except sa.exc.IntegrityError as exc:
-            raise StoreError(
-                f"decision {record.decision_id} (run id {record.run_id}) already exists; ids "
-                "and run ids must be unique. Nothing was written."
-            ) from exc
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not record decision: {exc}. Nothing was written.") from exc
+            conn.execute(t.insert().values(**values))
+
+        self._write(f"record decision {record.decision_id}", insert)
 
     def get_decision(self, decision_id: str) -> DecisionRecord:
-        """The decision with this id."""
+        """The decision with this id.
+
+        Raises:
+            FeedbackError: The id is malformed or unknown.
+        """
         did = validate_decision_id(decision_id)
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                self._sa.select(self.t_decisions).where(self.t_decisions.c.decision_id == did)
-            ).first()
+        t = self.tables.decisions
+        row = self._read(
+            "read a decision",
+            lambda conn: conn.execute(sa.select(t).where(t.c.decision_id == did)).first(),
+        )
         if row is None:
             raise FeedbackError(
                 f"unknown decision id {did!r}: no routing decision with this id is stored. Fix: "
@@ -309,11 +455,13 @@ class SQLStore(PreferenceStore):
         return self._decision_from_row(row)
 
     def find_decision(self, run_id: str) -> DecisionRecord | None:
-        """The decision recorded with ``run_id``."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                self._sa.select(self.t_decisions).where(self.t_decisions.c.run_id == str(run_id))
-            ).first()
+        """The decision recorded with ``run_id``, if any."""
+        run = check_text("run id", str(run_id), 64) or ""
+        t = self.tables.decisions
+        row = self._read(
+            "find a decision by run id",
+            lambda conn: conn.execute(sa.select(t).where(t.c.run_id == run)).first(),
+        )
         return None if row is None else self._decision_from_row(row)
 
     def complete_decision(
@@ -324,179 +472,340 @@ class SQLStore(PreferenceStore):
         cost_usd: float | None,
         fallbacks: tuple[str, ...] = (),
     ) -> None:
-        """Record the answering model, its real cost and failed models."""
-        sa = self._sa
-        did = validate_decision_id(decision_id)
-        try:
-            with self._write() as conn:
-                done = conn.execute(
-                    self.t_decisions.update()
-                    .where(self.t_decisions.c.decision_id == did)
-                    .values(chosen=chosen, cost_usd=cost_usd, fallbacks=json.dumps(list(fallbacks)))
-                )
-                if done.rowcount != 1:
-                    raise FeedbackError(f"unknown decision id {did!r}.")
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not complete decision {did}: {exc}") from exc
+        """Record the answering model, its real cost and the models that failed first.
 
-    def record_comparison(self, record: ComparisonRecord) -> int:
-        """Store a comparison after checking the decisions it references; returns new version."""
-        sa = self._sa
-        validate_user_id(record.user_id)
-        try:
-            with self._write() as conn:
-                for role in ("winner", "loser"):
-                    did = getattr(record, f"{role}_decision_id")
-                    if did is None:
-                        continue
-                    owner = conn.execute(
-                        sa.select(self.t_decisions.c.user_id).where(
-                            self.t_decisions.c.decision_id == did
-                        )
-                    ).scalar_one_or_none()
-                    if owner is None:
-                        raise FeedbackError(f"unknown decision id {did!r} for the {role}.")
-                    if owner != record.user_id:
-                        raise FeedbackError(
-                            f"decision {did} belongs to another user; a comparison may only "
-                            f"reference decisions of user {record.user_id!r}."
-                        )
-                conn.execute(
-                    self.t_comparisons.insert().values(
-                        comparison_id=record.comparison_id,
-                        user_id=record.user_id,
-                        created_at=record.created_at,
-                        winner=record.winner,
-                        loser=record.loser,
-                        winner_cost_usd=float(record.winner_cost_usd),
-                        loser_cost_usd=float(record.loser_cost_usd),
-                        query_hash=record.query_hash,
-                        embedding=self._emb(record.embedding),
-                        prompt_tokens=int(record.prompt_tokens),
-                        source=record.source,
-                        winner_decision_id=record.winner_decision_id,
-                        loser_decision_id=record.loser_decision_id,
-                    )
+        Raises:
+            FeedbackError: Unknown or malformed id, invalid model name or cost.
+        """
+        did = validate_decision_id(decision_id)
+        validate_model_name(chosen, "chosen model")
+        for name in fallbacks:
+            validate_model_name(name, "fallback model name")
+        if cost_usd is not None and (
+            isinstance(cost_usd, bool)
+            or not isinstance(cost_usd, (int, float, np.floating))
+            or not np.isfinite(cost_usd)
+            or cost_usd < 0
+        ):
+            raise FeedbackError(f"cost_usd must be a finite USD amount >= 0, got {cost_usd!r}.")
+        t = self.tables.decisions
+        values = {
+            "chosen": chosen,
+            "cost_usd": None if cost_usd is None else float(cost_usd),
+            "fallbacks": encode_json("fallbacks", list(fallbacks)),
+        }
+
+        def update(conn: sa.Connection) -> None:
+            done = conn.execute(t.update().where(t.c.decision_id == did).values(**values))
+            if done.rowcount != 1:
+                raise FeedbackError(
+                    f"unknown decision id {did!r}: nothing to complete. Fix: pass the id of a "
+                    "decision recorded in this store."
                 )
-                return self._bump(conn, record.user_id)
-        except FeedbackError:
-            raise
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not record comparison: {exc}. Nothing was written.") from exc
+
+        self._write(f"complete decision {did}", update)
+
+    # -- comparisons ----------------------------------------------------------------------------
+    def record_comparison(self, record: ComparisonRecord) -> int:
+        """Store a comparison after checking the decisions it references.
+
+        Returns:
+            The user's new version.
+
+        Raises:
+            FeedbackError: A field is invalid, a referenced decision is unknown, belongs to
+                another user or answers another query. Nothing is stored then.
+            StoreError: The comparison id is already stored, or the database failed.
+        """
+        validate_comparison(record)
+        d, c, users = self.tables.decisions, self.tables.comparisons, self.tables.users
+        values = {
+            "comparison_id": record.comparison_id,
+            "user_id": record.user_id,
+            "created_at": float(record.created_at),
+            "winner": record.winner,
+            "loser": record.loser,
+            "winner_cost_usd": float(record.winner_cost_usd),
+            "loser_cost_usd": float(record.loser_cost_usd),
+            "query_hash": record.query_hash,
+            "embedding": self._emb(record.embedding),
+            "prompt_tokens": int(record.prompt_tokens),
+            "source": record.source,
+            "winner_decision_id": record.winner_decision_id,
+            "loser_decision_id": record.loser_decision_id,
+        }
+
+        def insert(conn: sa.Connection) -> int:
+            for role in ("winner", "loser"):
+                did = getattr(record, f"{role}_decision_id")
+                if did is None:
+                    continue
+                row = conn.execute(
+                    sa.select(d.c.user_id, d.c.query_hash).where(d.c.decision_id == did)
+                ).first()
+                if row is None:
+                    raise FeedbackError(
+                        f"unknown decision id {did!r} for the {role}: no such routing decision "
+                        "is stored. Fix: use the decision_id from the response metadata of a "
+                        "call routed with this store."
+                    )
+                if row.user_id != record.user_id:
+                    raise FeedbackError(
+                        f"decision {did} (the {role}) belongs to another user; a comparison for "
+                        f"user {record.user_id!r} may only reference that user's decisions."
+                    )
+                if row.query_hash != record.query_hash:
+                    raise FeedbackError(
+                        f"decision {did} (the {role}) answered another query; a comparison is "
+                        "between two answers to the same query."
+                    )
+            if conn.execute(
+                sa.select(c.c.comparison_id).where(c.c.comparison_id == record.comparison_id)
+            ).first():
+                raise StoreError(
+                    f"comparison {record.comparison_id} is already stored; comparison ids must "
+                    "be unique (use new_id()). Nothing was written."
+                )
+            conn.execute(c.insert().values(**values))
+            version = self._tick(conn)
+            now = time.time()
+            done = conn.execute(
+                users.update()
+                .where(users.c.user_id == record.user_id)
+                .values(version=version, updated_at=now)
+            )
+            if done.rowcount == 0:
+                conn.execute(
+                    users.insert().values(user_id=record.user_id, version=version, updated_at=now)
+                )
+            return version
+
+        return self._write("record a comparison", insert)
 
     def comparisons(self, user_id: str) -> list[ComparisonRecord]:
         """A user's comparisons, oldest first."""
-        validate_user_id(user_id)
-        t = self.t_comparisons
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                self._sa.select(t)
-                .where(t.c.user_id == user_id)
-                .order_by(t.c.created_at, t.c.comparison_id)
-            ).all()
+        uid = validate_user_id(user_id)
+        c = self.tables.comparisons
+        rows = self._read(
+            "read comparisons",
+            lambda conn: conn.execute(
+                sa.select(c).where(c.c.user_id == uid).order_by(c.c.created_at, c.c.comparison_id)
+            ).all(),
+        )
         return [self._comparison_from_row(r) for r in rows]
 
+    # -- versions and cache ---------------------------------------------------------------------
     def user_version(self, user_id: str) -> int:
-        """The user's version (0 if unknown)."""
-        with self.engine.connect() as conn:
-            v = conn.execute(
-                self._sa.select(self.t_users.c.version).where(self.t_users.c.user_id == user_id)
-            ).scalar_one_or_none()
-        return int(v or 0)
+        """The user's version (0 when the user has no comparisons)."""
+        uid = validate_user_id(user_id)
+        u = self.tables.users
+        version = self._read(
+            "read a user version",
+            lambda conn: conn.execute(
+                sa.select(u.c.version).where(u.c.user_id == uid)
+            ).scalar_one_or_none(),
+        )
+        return int(version or 0)
+
+    @staticmethod
+    def _router_id(router_id: str) -> str:
+        if not isinstance(router_id, str) or not 0 < len(router_id) <= 64:
+            raise FeedbackError(f"router id must be 1-64 characters, got {router_id!r}.")
+        return router_id
 
     def cached_preference(self, user_id: str, router_id: str) -> tuple[int, dict[str, Any]] | None:
-        """Cached state for (user, router), or None."""
-        t = self.t_cache
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                self._sa.select(t.c.version, t.c.state).where(
-                    t.c.user_id == user_id, t.c.router_id == router_id
-                )
-            ).first()
+        """Cached state for (user, router) with the version it was computed at, or None."""
+        uid = validate_user_id(user_id)
+        rid = self._router_id(router_id)
+        t = self.tables.cache
+        row = self._read(
+            "read a cached preference",
+            lambda conn: conn.execute(
+                sa.select(t.c.version, t.c.state).where(t.c.user_id == uid, t.c.router_id == rid)
+            ).first(),
+        )
         if row is None:
             return None
-        return int(row.version), json.loads(row.state)
+        try:
+            state = json.loads(row.state)
+        except json.JSONDecodeError:
+            logger.warning("unreadable cached preference of %s; it will be recomputed", uid)
+            return None
+        return int(row.version), state
 
     def cache_preference(
         self, user_id: str, router_id: str, version: int, state: dict[str, Any]
     ) -> None:
-        """Upsert the cache row unless the user's version has moved past ``version``."""
-        sa = self._sa
-        now = time.time()
-        payload = json.dumps(state)
+        """Cache a preference computed at ``version``, unless the user has moved on since."""
+        uid = validate_user_id(user_id)
+        rid = self._router_id(router_id)
+        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+            return  # version 0 is the prior: nothing to cache
         try:
-            with self._write() as conn:
-                current = conn.execute(
-                    sa.select(self.t_users.c.version).where(self.t_users.c.user_id == user_id)
-                ).scalar_one_or_none()
-                if int(current or 0) != version:
-                    return
-                t = self.t_cache
-                done = conn.execute(
-                    t.update()
-                    .where(t.c.user_id == user_id, t.c.router_id == router_id)
-                    .values(version=version, state=payload, updated_at=now)
-                )
-                if done.rowcount == 0:
-                    conn.execute(
-                        t.insert().values(
-                            user_id=user_id,
-                            router_id=router_id,
-                            version=version,
-                            state=payload,
-                            updated_at=now,
-                        )
-                    )
-        except sa.exc.IntegrityError:
-            logger.debug("preference cache race for %s; another writer cached it", user_id)
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not cache preference: {exc}") from exc
+            payload = json.dumps(state, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise FeedbackError(f"preference state is not JSON-serialisable ({exc}).") from exc
+        t, u = self.tables.cache, self.tables.users
 
+        def upsert(conn: sa.Connection) -> None:
+            # Lock the user's row: a concurrent delete_user either waits for this cache row (and
+            # then deletes it) or has already removed the user (and nothing is cached).
+            current = conn.execute(
+                sa.select(u.c.version).where(u.c.user_id == uid).with_for_update()
+            ).scalar_one_or_none()
+            if current != version:
+                return
+            now = time.time()
+            done = conn.execute(
+                t.update()
+                .where(t.c.user_id == uid, t.c.router_id == rid)
+                .values(version=version, state=payload, updated_at=now)
+            )
+            if done.rowcount == 0:
+                conn.execute(
+                    t.insert().values(
+                        user_id=uid, router_id=rid, version=version, state=payload, updated_at=now
+                    )
+                )
+
+        try:
+            self._write("cache a preference", upsert)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                logger.debug("preference cache race for %s; another process cached it", uid)
+                return
+            raise
+
+    # -- retention and export -------------------------------------------------------------------
     def export_user(self, user_id: str) -> Iterator[dict[str, Any]]:
-        """Every stored row about the user, as JSON-ready dicts with a ``type`` key."""
-        validate_user_id(user_id)
-        sa = self._sa
-        with self.engine.connect() as conn:
-            for kind, table in (
-                ("decision", self.t_decisions),
-                ("comparison", self.t_comparisons),
-                ("preference_cache", self.t_cache),
-            ):
-                for row in conn.execute(sa.select(table).where(table.c.user_id == user_id)):
-                    data = dict(row._mapping)
-                    if "embedding" in data:
-                        data["embedding"] = self._vec(data["embedding"]).tolist()
-                    for key in ("candidates", "scores", "fallbacks", "metadata", "state"):
-                        if key in data and isinstance(data[key], str):
-                            data[key] = json.loads(data[key])
-                    yield {"type": kind, **data}
+        """Every stored row about the user, as JSON-ready dicts with a ``type`` key.
+
+        Types: ``user`` (the version), ``decision``, ``comparison``, ``preference_cache``; read
+        from one consistent snapshot.
+        """
+        uid = validate_user_id(user_id)
+        tables = (
+            ("user", self.tables.users),
+            ("decision", self.tables.decisions),
+            ("comparison", self.tables.comparisons),
+            ("preference_cache", self.tables.cache),
+        )
+
+        def converter(kind: str) -> Callable[[Any], dict[str, Any]]:
+            def convert(row: Any) -> dict[str, Any]:
+                data = dict(row._mapping)
+                if "embedding" in data:
+                    data["embedding"] = [float(v) for v in self._vec(data["embedding"])]
+                for key in ("candidates", "scores", "fallbacks", "metadata", "state"):
+                    if isinstance(data.get(key), str):
+                        data[key] = json.loads(data[key])
+                if "forced" in data:
+                    data["forced"] = bool(data["forced"])
+                return {"type": kind, **data}
+
+            return convert
+
+        queries = []
+        for kind, table in tables:
+            order = [table.c.created_at] if "created_at" in table.c else []
+            query = sa.select(table).where(table.c.user_id == uid).order_by(*order)
+            queries.append((query, converter(kind)))
+        yield from self._stream(f"export user {uid!r}", queries)
+
+    def iter_records(self) -> Iterator[DecisionRecord | ComparisonRecord]:
+        """Every decision, then every comparison, oldest first, from one snapshot (streamed)."""
+        d, c = self.tables.decisions, self.tables.comparisons
+        queries: list[tuple[sa.Select[Any], Callable[[Any], DecisionRecord | ComparisonRecord]]]
+        queries = [
+            (sa.select(d).order_by(d.c.created_at, d.c.decision_id), self._decision_from_row),
+            (sa.select(c).order_by(c.c.created_at, c.c.comparison_id), self._comparison_from_row),
+        ]
+        yield from self._stream("export the dataset", queries)
+
+    def export_comparisons(
+        self, path: str | os.PathLike[str], *, include_metadata: bool = False
+    ) -> dict[str, int]:
+        """Write every decision and comparison as a ``metarouter-feedback`` JSONL dataset.
+
+        See :mod:`metarouter.store.export` (and docs/store.md) for the format; read it back
+        with :func:`~metarouter.store.export.load_comparison_export`.
+
+        Args:
+            path: Output file (replaced atomically).
+            include_metadata: Also write decisions' run ids and free-form metadata.
+
+        Returns:
+            Rows written: ``{"decisions": ..., "comparisons": ...}``.
+        """
+        from metarouter.store.export import write_dataset
+
+        return write_dataset(
+            path,
+            self.iter_records(),
+            schema_version=SCHEMA_VERSION,
+            include_metadata=include_metadata,
+        )
 
     def delete_user(self, user_id: str) -> int:
-        """Delete all rows of the user in one transaction."""
-        validate_user_id(user_id)
-        sa = self._sa
-        try:
-            with self._write() as conn:
-                n = 0
-                for table in (self.t_cache, self.t_comparisons, self.t_decisions, self.t_users):
-                    n += conn.execute(table.delete().where(table.c.user_id == user_id)).rowcount
-                return n
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(
-                f"could not delete user {user_id!r}: {exc}. Nothing was deleted."
-            ) from exc
+        """Delete everything about a user in one transaction (right to be forgotten).
 
+        Returns:
+            The number of rows deleted (0 for an unknown user).
+        """
+        uid = validate_user_id(user_id)
+        t = self.tables
+
+        def delete(conn: sa.Connection) -> int:
+            self._tick(conn)  # serialise with comparison writers of any user
+            n = 0
+            for table in (t.users, t.cache, t.comparisons, t.decisions):
+                n += conn.execute(table.delete().where(table.c.user_id == uid)).rowcount
+            return n
+
+        deleted = self._write(f"delete user {uid!r}", delete)
+        logger.info("deleted %d rows of user %s from %s", deleted, uid, self.url)
+        return deleted
+
+    # -- inspection -----------------------------------------------------------------------------
     def users(self) -> list[str]:
         """All users with decisions or comparisons."""
-        sa = self._sa
-        with self.engine.connect() as conn:
-            a = conn.execute(sa.select(self.t_decisions.c.user_id).distinct()).scalars().all()
-            b = conn.execute(sa.select(self.t_comparisons.c.user_id).distinct()).scalars().all()
-        return sorted(set(a) | set(b))
+        d, c = self.tables.decisions, self.tables.comparisons
+        query = sa.union(sa.select(d.c.user_id), sa.select(c.c.user_id))
+        ids = self._read("list users", lambda conn: conn.execute(query).scalars().all())
+        return sorted(ids)
+
+    def stats(self) -> dict[str, Any]:
+        """Backend, location, schema version and row counts."""
+        t = self.tables
+
+        def count(conn: sa.Connection) -> dict[str, int]:
+            def n(table: sa.Table) -> int:
+                return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+            users = sa.union(sa.select(t.decisions.c.user_id), sa.select(t.comparisons.c.user_id))
+            return {
+                "users": int(
+                    conn.execute(
+                        sa.select(sa.func.count()).select_from(users.subquery())
+                    ).scalar_one()
+                ),
+                "users_with_feedback": n(t.users),
+                "decisions": n(t.decisions),
+                "comparisons": n(t.comparisons),
+                "cached_preferences": n(t.cache),
+            }
+
+        counts = self._read("count rows", count)
+        return {
+            "backend": self.dialect,
+            "url": self.url,
+            "schema_version": SCHEMA_VERSION,
+            **counts,
+        }
 
     def close(self) -> None:
-        """Dispose of the connection pool."""
+        """Close pooled connections (the store reopens them if used again)."""
         self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"SQLStore({self._where()!r})"
+        return f"SQLStore({self.url!r})"

@@ -1,0 +1,343 @@
+"""JSONL exports of the preference store: a user's data, and the feedback dataset.
+
+Both are UTF-8 JSON Lines, written to a temporary file and renamed into place (a crash never
+leaves a half-written export under the final name). Each starts with a ``header`` line and ends
+with a ``footer`` line counting the rows, so a truncated copy is detected on load.
+
+**Feedback dataset** (:func:`write_dataset`, :func:`load_comparison_export`), format
+``metarouter-feedback`` version 1; one object per line with a ``type``:
+
+* ``header``: ``format``, ``format_version``, ``exported_at`` (Unix time), ``schema_version``;
+* ``decision``: ``decision_id``, ``user_id``, ``created_at``, ``query_hash`` (SHA-256 of the
+  query; the text itself is never stored), ``embedding`` (list of floats, the query embedding),
+  ``prompt_tokens``, ``candidates``, ``scores`` (policy probability per candidate), ``chosen``,
+  ``expected_cost_usd``, ``cost_usd`` (real cost or null), ``forced``, ``fallbacks``, and with
+  ``include_metadata`` also ``run_id`` and ``metadata``;
+* ``comparison``: ``comparison_id``, ``user_id``, ``created_at``, ``winner``, ``loser``,
+  ``winner_cost_usd``, ``loser_cost_usd``, ``query_hash``, ``embedding``, ``prompt_tokens``,
+  ``source``, ``winner_decision_id``, ``loser_decision_id`` (null for answers the router did
+  not produce);
+* ``footer``: ``decisions`` and ``comparisons`` (row counts).
+
+**User export** (:func:`write_user_export`), format ``metarouter-user-export`` version 1: the
+header (with ``user_id``), then every stored row about the user as returned by
+:meth:`~metarouter.store.base.PreferenceStore.export_user` (types ``user``, ``decision``,
+``comparison``, ``preference_cache``), then a footer with ``rows``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarouter.errors import DataError, FeedbackError, StoreError
+from metarouter.store.records import (
+    ComparisonRecord,
+    DecisionRecord,
+    validate_comparison,
+    validate_decision,
+)
+
+__all__ = [
+    "DATASET_FORMAT",
+    "DATASET_FORMAT_VERSION",
+    "USER_EXPORT_FORMAT",
+    "comparison_to_json",
+    "decision_to_json",
+    "load_comparison_export",
+    "load_decision_export",
+    "write_dataset",
+    "write_user_export",
+]
+
+logger = logging.getLogger(__name__)
+
+DATASET_FORMAT = "metarouter-feedback"
+DATASET_FORMAT_VERSION = 1
+USER_EXPORT_FORMAT = "metarouter-user-export"
+USER_EXPORT_FORMAT_VERSION = 1
+
+
+def _floats(vec: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(vec, dtype=np.float32)]
+
+
+def decision_to_json(record: DecisionRecord, *, include_metadata: bool = True) -> dict[str, Any]:
+    """A decision as a JSON-ready dict (``type: decision``)."""
+    data: dict[str, Any] = {
+        "type": "decision",
+        "decision_id": record.decision_id,
+        "user_id": record.user_id,
+        "created_at": float(record.created_at),
+        "query_hash": record.query_hash,
+        "embedding": _floats(record.embedding),
+        "prompt_tokens": int(record.prompt_tokens),
+        "candidates": list(record.candidates),
+        "scores": {k: float(v) for k, v in record.scores.items()},
+        "chosen": record.chosen,
+        "expected_cost_usd": float(record.expected_cost_usd),
+        "cost_usd": None if record.cost_usd is None else float(record.cost_usd),
+        "forced": bool(record.forced),
+        "fallbacks": list(record.fallbacks),
+    }
+    if include_metadata:
+        data["run_id"] = record.run_id
+        data["metadata"] = dict(record.metadata)
+    return data
+
+
+def comparison_to_json(record: ComparisonRecord) -> dict[str, Any]:
+    """A comparison as a JSON-ready dict (``type: comparison``)."""
+    return {
+        "type": "comparison",
+        "comparison_id": record.comparison_id,
+        "user_id": record.user_id,
+        "created_at": float(record.created_at),
+        "winner": record.winner,
+        "loser": record.loser,
+        "winner_cost_usd": float(record.winner_cost_usd),
+        "loser_cost_usd": float(record.loser_cost_usd),
+        "query_hash": record.query_hash,
+        "embedding": _floats(record.embedding),
+        "prompt_tokens": int(record.prompt_tokens),
+        "source": record.source,
+        "winner_decision_id": record.winner_decision_id,
+        "loser_decision_id": record.loser_decision_id,
+    }
+
+
+def _write_jsonl(path: str | os.PathLike[str], lines: Iterable[Mapping[str, Any]]) -> int:
+    """Write ``lines`` atomically to ``path``; returns the number of lines."""
+    target = Path(path).expanduser()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise StoreError(f"cannot write the export to {target}: {exc}.") from exc
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for line in lines:
+                fh.write(json.dumps(line, ensure_ascii=False, allow_nan=False))
+                fh.write("\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write the export to {target}: {exc}.") from exc
+        raise
+    return n
+
+
+def write_dataset(
+    path: str | os.PathLike[str],
+    records: Iterable[DecisionRecord | ComparisonRecord],
+    *,
+    schema_version: int | None = None,
+    include_metadata: bool = False,
+) -> dict[str, int]:
+    """Write decisions and comparisons as a ``metarouter-feedback`` JSONL dataset.
+
+    Args:
+        path: Output file (replaced atomically).
+        records: The rows, streamed.
+        schema_version: The store's schema version, recorded in the header.
+        include_metadata: Also write decisions' ``run_id`` and free-form ``metadata`` (may hold
+            application data; off by default for a dataset).
+
+    Returns:
+        Rows written per type: ``{"decisions": ..., "comparisons": ...}``.
+    """
+    counts = {"decisions": 0, "comparisons": 0}
+
+    def lines() -> Iterator[dict[str, Any]]:
+        yield {
+            "type": "header",
+            "format": DATASET_FORMAT,
+            "format_version": DATASET_FORMAT_VERSION,
+            "exported_at": time.time(),
+            "schema_version": schema_version,
+        }
+        for rec in records:
+            if isinstance(rec, DecisionRecord):
+                counts["decisions"] += 1
+                yield decision_to_json(rec, include_metadata=include_metadata)
+            else:
+                counts["comparisons"] += 1
+                yield comparison_to_json(rec)
+        yield {"type": "footer", **counts}
+
+    _write_jsonl(path, lines())
+    return counts
+
+
+def write_user_export(
+    path: str | os.PathLike[str], user_id: str, rows: Iterable[Mapping[str, Any]]
+) -> int:
+    """Write one user's rows (from ``export_user``) as JSONL; returns the number of rows."""
+    count = 0
+
+    def lines() -> Iterator[Mapping[str, Any]]:
+        nonlocal count
+        yield {
+            "type": "header",
+            "format": USER_EXPORT_FORMAT,
+            "format_version": USER_EXPORT_FORMAT_VERSION,
+            "exported_at": time.time(),
+            "user_id": user_id,
+        }
+        for row in rows:
+            count += 1
+            yield row
+        yield {"type": "footer", "rows": count}
+
+    _write_jsonl(path, lines())
+    return count
+
+
+def _comparison_from_json(obj: Mapping[str, Any]) -> ComparisonRecord:
+    return ComparisonRecord(
+        comparison_id=obj["comparison_id"],
+        user_id=obj["user_id"],
+        winner=obj["winner"],
+        loser=obj["loser"],
+        winner_cost_usd=obj["winner_cost_usd"],
+        loser_cost_usd=obj["loser_cost_usd"],
+        query_hash=obj["query_hash"],
+        embedding=np.asarray(obj["embedding"], dtype=np.float32),
+        prompt_tokens=obj["prompt_tokens"],
+        source=obj["source"],
+        winner_decision_id=obj.get("winner_decision_id"),
+        loser_decision_id=obj.get("loser_decision_id"),
+        created_at=obj["created_at"],
+    )
+
+
+def _decision_from_json(obj: Mapping[str, Any]) -> DecisionRecord:
+    return DecisionRecord(
+        decision_id=obj["decision_id"],
+        user_id=obj["user_id"],
+        query_hash=obj["query_hash"],
+        embedding=np.asarray(obj["embedding"], dtype=np.float32),
+        prompt_tokens=obj["prompt_tokens"],
+        candidates=tuple(obj["candidates"]),
+        scores=dict(obj["scores"]),
+        chosen=obj["chosen"],
+        expected_cost_usd=obj["expected_cost_usd"],
+        cost_usd=obj.get("cost_usd"),
+        run_id=obj.get("run_id"),
+        forced=obj["forced"],
+        fallbacks=tuple(obj["fallbacks"]),
+        created_at=obj["created_at"],
+        metadata=dict(obj.get("metadata") or {}),
+    )
+
+
+def _read_dataset(
+    path: str | os.PathLike[str],
+) -> tuple[list[DecisionRecord], list[ComparisonRecord]]:
+    source = Path(path).expanduser()
+    decisions: list[DecisionRecord] = []
+    comparisons: list[ComparisonRecord] = []
+    footer: Mapping[str, Any] | None = None
+    try:
+        fh = source.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read the feedback export {source}: {exc}.") from exc
+    with fh:
+        lineno = 0
+        seen_header = False
+        try:
+            for lineno, line in enumerate(fh, start=1):  # noqa: B007 - used in errors
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise DataError("expected a JSON object")
+                kind = obj.get("type")
+                if not seen_header:
+                    seen_header = True
+                    if kind != "header" or obj.get("format") != DATASET_FORMAT:
+                        raise DataError(
+                            f"not a {DATASET_FORMAT} export (the first line must be its header; "
+                            "write one with SQLStore.export_comparisons or "
+                            "`metarouter store export`)"
+                        )
+                    version = obj.get("format_version")
+                    if not isinstance(version, int) or version > DATASET_FORMAT_VERSION:
+                        raise DataError(
+                            f"format version {version!r} is newer than this metarouter reads "
+                            f"({DATASET_FORMAT_VERSION}); upgrade metarouter"
+                        )
+                    continue
+                if footer is not None:
+                    raise DataError("rows after the footer")
+                if kind == "comparison":
+                    rec_c = _comparison_from_json(obj)
+                    validate_comparison(rec_c)
+                    comparisons.append(rec_c)
+                elif kind == "decision":
+                    rec_d = _decision_from_json(obj)
+                    validate_decision(rec_d)
+                    decisions.append(rec_d)
+                elif kind == "footer":
+                    footer = obj
+                else:
+                    raise DataError(f"unknown row type {kind!r}")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{source}: not UTF-8 text ({exc}).") from exc
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}, line {lineno}: invalid JSON ({exc.msg}).") from exc
+        except KeyError as exc:
+            raise DataError(f"{source}, line {lineno}: missing field {exc}.") from exc
+        except (FeedbackError, DataError, TypeError, ValueError) as exc:
+            raise DataError(f"{source}, line {lineno}: {exc}.") from exc
+    if not seen_header:
+        raise DataError(f"{source} is empty; expected a {DATASET_FORMAT} export.")
+    if footer is None:
+        logger.warning(
+            "%s has no footer line: it may be truncated (%d decisions, %d comparisons read)",
+            source,
+            len(decisions),
+            len(comparisons),
+        )
+    elif footer.get("decisions") != len(decisions) or footer.get("comparisons") != len(comparisons):
+        raise DataError(
+            f"{source}: the footer announces {footer.get('decisions')} decisions and "
+            f"{footer.get('comparisons')} comparisons but the file holds {len(decisions)} and "
+            f"{len(comparisons)}; the file was altered or truncated. Fix: export it again."
+        )
+    return decisions, comparisons
+
+
+def load_comparison_export(path: str | os.PathLike[str]) -> list[ComparisonRecord]:
+    """The comparisons of a ``metarouter-feedback`` export, in file order (oldest first).
+
+    Each record carries the query embedding and prompt tokens, so
+    ``[r.to_comparison() for r in records]`` is ready for :meth:`MetaRouter.adapt` or training.
+
+    Raises:
+        DataError: Not such an export, a newer format version, an invalid row (with its line
+            number), or counts that disagree with the footer.
+    """
+    return _read_dataset(path)[1]
+
+
+def load_decision_export(path: str | os.PathLike[str]) -> list[DecisionRecord]:
+    """The routing decisions of a ``metarouter-feedback`` export, in file order.
+
+    Raises:
+        DataError: As :func:`load_comparison_export`.
+    """
+    return _read_dataset(path)[0]
