@@ -354,6 +354,10 @@ class RoutingService:
         uid = self.user(user_id)
         if not isinstance(query, str):
             raise ConfigError(f"decide() takes the prompt text, got {type(query).__name__}.")
+        try:  # a lone surrogate would fail later, in hashing or in the provider's client
+            check_text("query", query, max_chars=None)
+        except FeedbackError as exc:
+            raise ConfigError(str(exc)) from exc
         names = self.eligible(exclude=exclude, only=only)
         if forced is not None:
             if forced not in self.specs:
@@ -518,7 +522,7 @@ class RoutingService:
             raise FeedbackError(f"the two decisions belong to different users {sorted(owners)}.")
         else:
             uid = owners.pop() if owners else self.user(None)
-        check_text("query", query)
+        query = check_text("query", query)  # bytes are decoded, bad text refused
         hashes = {r.query_hash for r in recs}
         if query is not None:
             hashes.add(query_hash(query))
