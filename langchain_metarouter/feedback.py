@@ -1,0 +1,112 @@
+"""Pairwise feedback in LangChain terms: what can be compared, and the result of ``compare()``.
+
+A comparison says "this answer was worth its cost over that one" for one query. Each side can
+be named by anything LangChain code has at hand; :func:`as_feedback_item` turns it into what
+the core :meth:`~metarouter.service.RoutingService.record_preference` takes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from langchain_core.messages import AIMessage, BaseMessage
+from metarouter.errors import FeedbackError
+from metarouter.service import Decision, Response
+from metarouter.store.records import ComparisonRecord, ComparisonSource
+
+from langchain_metarouter._utils import METADATA_KEY
+
+__all__ = ["ComparePair", "FeedbackItem", "as_feedback_item"]
+
+#: One side of a comparison: a routed ``AIMessage``, a decision id, a run id (``str`` or
+#: ``UUID``), a core ``Decision`` or ``Response``, or a mapping (``{"decision_id": ...}`` or
+#: ``{"model": ..., "cost_usd": ..., "text": ...}`` for an answer the router did not produce).
+FeedbackItem: TypeAlias = BaseMessage | str | uuid.UUID | Decision | Response | Mapping[str, Any]
+
+
+def as_feedback_item(item: FeedbackItem) -> str | uuid.UUID | Decision | Response:
+    """Normalise one side of a comparison for the routing service.
+
+    Raises:
+        FeedbackError: The item names no answer (a message the router did not produce, a
+            mapping without ``decision_id`` or ``model`` + ``cost_usd``, another type).
+    """
+    if isinstance(item, BaseMessage):
+        data = item.response_metadata.get(METADATA_KEY)
+        if not isinstance(data, Mapping) or "decision_id" not in data:
+            raise FeedbackError(
+                "this message was not produced by MetaRouterChat (it has no "
+                "response_metadata['metarouter']). Fix: for an answer the router did not "
+                "produce, pass Response(model=..., cost_usd=..., text=...) and query=..."
+            )
+        return str(data["decision_id"])
+    if isinstance(item, Mapping):
+        if "decision_id" in item:
+            return str(item["decision_id"])
+        if "run_id" in item:
+            return str(item["run_id"])
+        try:
+            return Response(
+                model=str(item["model"]),
+                cost_usd=float(item["cost_usd"]),
+                text=item.get("text"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeedbackError(
+                f"cannot read an answer from {dict(item)!r}: give {{'decision_id': ...}} for a "
+                "routed answer, or {'model': str, 'cost_usd': float, 'text': str} for another one."
+            ) from exc
+    if isinstance(item, (str, uuid.UUID, Decision, Response)):
+        return item
+    raise FeedbackError(
+        f"cannot compare a {type(item).__name__}: pass a routed AIMessage, a decision id, a run "
+        "id, or Response(model=..., cost_usd=..., text=...)."
+    )
+
+
+@dataclass(frozen=True)
+class ComparePair:
+    """Two candidates' answers to the same input, for the user to choose between.
+
+    Attributes:
+        query: The routing text of the input.
+        user_id: Whose comparison it is.
+        answers: The two answers (each with ``response_metadata["metarouter"]``).
+        models: The candidates that wrote them.
+        decision_ids: Their decision ids (what :meth:`MetaRouterChat.record_preference` takes).
+    """
+
+    query: str
+    user_id: str
+    answers: tuple[AIMessage, AIMessage]
+    models: tuple[str, str]
+    decision_ids: tuple[str, str]
+    recorder: Callable[..., ComparisonRecord] = field(repr=False, compare=False)
+
+    def prefer(self, winner: int | str) -> ComparisonRecord:
+        """Record the user's choice.
+
+        Args:
+            winner: ``0`` or ``1`` (position in :attr:`answers`), or the winning model's name.
+
+        Raises:
+            FeedbackError: ``winner`` names neither answer.
+        """
+        if isinstance(winner, str):
+            if winner not in self.models:
+                raise FeedbackError(f"{winner!r} is not one of the compared models {self.models}.")
+            index = self.models.index(winner)
+        elif winner in (0, 1):
+            index = int(winner)
+        else:
+            raise FeedbackError(f"winner must be 0, 1 or one of {self.models}, got {winner!r}.")
+        source: ComparisonSource = "compare"
+        return self.recorder(
+            self.decision_ids[index],
+            self.decision_ids[1 - index],
+            user_id=self.user_id,
+            source=source,
+        )

@@ -1,0 +1,80 @@
+"""Fixtures for the LangChain adapter tests: one router per session, a fresh store per test.
+
+Every test in this folder runs with the network blocked (pytest-recording's ``block_network``
+mark; loopback recording is the only exception, see test_openai_vcr.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
+from metarouter.pricing import Price
+from metarouter.router import MetaRouter
+from metarouter.service import ArmSpec, RoutingService
+from metarouter.store.sql import SQLStore
+
+HERE = Path(__file__).parent
+
+#: Catalog models used as candidate names (no descriptor needed), cheap to expensive.
+CHEAP, MID, BIG = "gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"
+PRICES = {CHEAP: Price(0.1, 0.1), MID: Price(0.2, 0.2), BIG: Price(0.9, 0.9)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.block_network)
+
+
+@cache
+def shared_router() -> MetaRouter:
+    """The bundled router, loaded once per process (its embedder too)."""
+    return MetaRouter.default()
+
+
+@cache
+def shared_service() -> RoutingService:
+    """A service over scripted candidates for the standard suites (store in a temp dir)."""
+    folder = Path(tempfile.mkdtemp(prefix="metarouter-lc-"))
+    return RoutingService(arm_specs(), router=shared_router(), store=SQLStore(folder / "s.db"))
+
+
+def arm_specs() -> list[ArmSpec]:
+    return [ArmSpec(name, price=price) for name, price in PRICES.items()]
+
+
+def scripted_candidates(**overrides: ScriptedChatModel) -> dict[str, ScriptedChatModel]:
+    models = {name: ScriptedChatModel(model_name=f"{name}-v1") for name in PRICES}
+    models.update(overrides)
+    return models
+
+
+@pytest.fixture(scope="session")
+def lc_router(embedder) -> MetaRouter:
+    """The bundled router with the session's embedder."""
+    router = shared_router()
+    router._embedder = router._embedder or embedder
+    return router
+
+
+@pytest.fixture
+def service(tmp_path: Path, lc_router: MetaRouter) -> Iterator[RoutingService]:
+    """A routing service over the three candidates with a fresh SQLite store."""
+    store = SQLStore(tmp_path / "s.db")
+    yield RoutingService(arm_specs(), router=lc_router, store=store)
+    store.close()
+
+
+@pytest.fixture
+def candidates() -> dict[str, ScriptedChatModel]:
+    return scripted_candidates()
+
+
+@pytest.fixture
+def text_only() -> TextOnlyChatModel:
+    return TextOnlyChatModel(model_name="text-only-v1")
