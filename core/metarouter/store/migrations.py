@@ -132,13 +132,13 @@ def baseline_v1() -> sa.MetaData:
 
 def _to_v2(conn: sa.Connection) -> None:
     """Version clock (no version reuse after a deletion) and indexes for hot queries."""
-    md = sa.MetaData()
-    users = sa.Table("metarouter_users", md, autoload_with=conn)
-    decisions = sa.Table("metarouter_decisions", md, autoload_with=conn)
-    comparisons = sa.Table("metarouter_comparisons", md, autoload_with=conn)
+    v1 = baseline_v1()  # the frozen version-1 tables: what this step starts from
+    users = v1.tables["metarouter_users"]
+    decisions = v1.tables["metarouter_decisions"]
+    comparisons = v1.tables["metarouter_comparisons"]
     clock = sa.Table(
         "metarouter_clock",
-        md,
+        v1,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("value", sa.Integer, nullable=False),
     )
