@@ -39,12 +39,12 @@ from langchain_core.runnables.utils import coro_with_context
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
-from metarouter.errors import ConfigError, DispatchError
+from metarouter.errors import ConfigError, DispatchError, MetaRouterError
 from metarouter.router import MetaRouter
 from metarouter.service import ArmSpec, Decision, FeedbackListener, RoutingService
 from metarouter.store.base import PreferenceStore
 from metarouter.store.records import ComparisonRecord, ComparisonSource, validate_user_id
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from typing_extensions import Self
 
 from langchain_metarouter._utils import (
@@ -237,6 +237,16 @@ class MetaRouterChat(BaseChatModel):
     _configured: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
 
     # -- construction ---------------------------------------------------------------------------
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except ValidationError as exc:  # surface our own errors (ConfigError, ...) unwrapped
+            for error in exc.errors():
+                original = (error.get("ctx") or {}).get("error")
+                if isinstance(original, MetaRouterError):
+                    raise original from None
+            raise
+
     @model_validator(mode="before")
     @classmethod
     def _warn_unknown_arguments(cls, values: Any) -> Any:

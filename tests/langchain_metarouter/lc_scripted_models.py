@@ -70,11 +70,17 @@ class TextOnlyChatModel(BaseChatModel):
     """Accepted like a real provider's output limit (recorded, not used)."""
 
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _async_calls: int = PrivateAttr(default=0)
 
     @property
     def calls(self) -> list[list[BaseMessage]]:
         """Messages of every call received, oldest first."""
         return self._calls
+
+    @property
+    def async_calls(self) -> int:
+        """How many calls came through the native async hooks."""
+        return self._async_calls
 
     @property
     def _llm_type(self) -> str:
@@ -195,6 +201,7 @@ class TextOnlyChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         await asyncio.sleep(0)
+        self._async_calls += 1
         return self._generate(messages, stop, **kwargs)
 
     def _chunks(self, message: AIMessage) -> Iterator[AIMessageChunk]:
@@ -247,6 +254,7 @@ class TextOnlyChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        self._async_calls += 1
         for chunk in self._stream(messages, stop, **kwargs):
             await asyncio.sleep(0)
             yield chunk

@@ -1,0 +1,149 @@
+"""Pairwise feedback through ``MetaRouterChat``: ids, run ids, external answers, ``compare()``,
+listeners, and per-user learning (one user's comparisons change only that user's routing)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from conftest import BIG, CHEAP, MID
+from langchain_core.messages import AIMessage
+from metarouter.errors import FeedbackError
+
+from langchain_metarouter import MetaRouterChat, Response
+
+PROOF = "Prove that the square root of 2 is irrational."
+QUERIES = [
+    PROOF,
+    "Write a Python function that merges two sorted lists.",
+    "What is the capital of France?",
+    "Explain quantum entanglement to a physicist.",
+]
+
+
+@pytest.fixture
+def router(candidates, service) -> MetaRouterChat:
+    return MetaRouterChat(candidates=candidates, service=service)
+
+
+def meta(message: AIMessage) -> dict:
+    return message.response_metadata["metarouter"]
+
+
+def test_record_preference_takes_the_routed_answers_themselves(router, service):
+    cheap = router.invoke(PROOF, model=CHEAP, config={"configurable": {"user_id": "ann"}})
+    big = router.invoke(PROOF, model=BIG, config={"configurable": {"user_id": "ann"}})
+
+    record = router.record_preference(big, cheap)
+
+    assert (record.user_id, record.winner, record.loser) == ("ann", BIG, CHEAP)
+    assert record.winner_decision_id == meta(big)["decision_id"]
+    assert record.winner_cost_usd == pytest.approx(meta(big)["cost_usd"])
+    assert service.preference("ann").n_comparisons == 1
+
+
+def test_record_preference_takes_decision_ids_and_run_ids(router):
+    run_a, run_b = uuid.uuid4(), uuid.uuid4()
+    a = router.invoke(PROOF, model=MID, config={"run_id": run_a})
+    router.invoke(PROOF, model=CHEAP, config={"run_id": run_b})
+
+    by_id = router.record_preference(meta(a)["decision_id"], str(run_b))
+    by_run = router.record_preference(run_b, run_a)
+
+    assert (by_id.winner, by_id.loser) == (MID, CHEAP)
+    assert (by_run.winner, by_run.loser) == (CHEAP, MID)
+
+
+def test_record_preference_takes_answers_the_router_did_not_produce(router, service):
+    record = router.record_preference(
+        Response(model="gpt-4o", cost_usd=0.004, text="A full proof ..."),
+        {"model": "gpt-4o-mini", "cost_usd": 0.0003, "text": "It is."},
+        user_id="ann",
+        query=PROOF,
+    )
+    assert (record.source, record.winner, record.user_id) == ("external", "gpt-4o", "ann")
+
+    routed = router.invoke(PROOF, model=CHEAP, config={"configurable": {"user_id": "ann"}})
+    mixed = router.record_preference(routed, Response(model="gpt-4o", cost_usd=0.004))
+    assert mixed.winner == CHEAP and mixed.query_hash == record.query_hash
+    assert service.preference("ann").n_comparisons == 2
+
+
+def test_feedback_errors_say_what_to_pass(router):
+    with pytest.raises(FeedbackError, match="not produced by MetaRouterChat"):
+        router.record_preference(AIMessage("hi"), AIMessage("ho"))
+    with pytest.raises(FeedbackError, match="cost_usd"):
+        router.record_preference({"model": "x"}, {"model": "y", "cost_usd": 0.1}, query=PROOF)
+    with pytest.raises(FeedbackError, match="no decision was recorded for run id"):
+        router.record_preference(uuid.uuid4(), uuid.uuid4())
+
+
+def test_compare_answers_with_two_candidates_and_records_the_choice(router, service):
+    pair = router.compare(PROOF, config={"configurable": {"user_id": "ann"}})
+
+    assert pair.user_id == "ann" and pair.models[0] != pair.models[1]
+    assert [a.response_metadata["model_name"] for a in pair.answers] == list(pair.models)
+    assert all(meta(a)["forced"] for a in pair.answers)
+    assert pair.models == service.suggest_pair(PROOF, "ann")
+    record = pair.prefer(1)
+    assert (record.winner, record.loser, record.source) == (
+        pair.models[1],
+        pair.models[0],
+        "compare",
+    )
+    with pytest.raises(FeedbackError, match="not one of the compared models"):
+        pair.prefer("gpt-17")
+
+
+def test_acompare_runs_both_candidates_concurrently(router):
+    pair = asyncio.run(router.acompare(PROOF, user_id="ann"))
+    assert pair.prefer(pair.models[0]).winner == pair.models[0]
+
+
+def test_feedback_listeners_hear_comparisons_and_preference_updates(router):
+    events = []
+    listener = router.add_feedback_listener(events.append)
+    pair = router.compare(PROOF, user_id="ann")
+    pair.prefer(0)
+
+    assert [e.kind for e in events] == ["comparison_recorded", "preference_updated"]
+    assert {e.user_id for e in events} == {"ann"} and events[1].n_comparisons == 1
+
+    router.remove_feedback_listener(listener)
+    router.compare(PROOF, user_id="ann").prefer(0)
+    assert len(events) == 2
+
+
+def _teach(router: MetaRouterChat, user: str, winner: str, loser: str) -> None:
+    for query in QUERIES:
+        config = {"configurable": {"user_id": user}}
+        w = router.invoke(query, model=winner, config=config)
+        lose = router.invoke(query, model=loser, config=config)
+        router.record_preference(w, lose)
+
+
+def test_a_users_comparisons_change_that_users_routing_and_no_one_elses(router):
+    before = {
+        u: meta(router.invoke(PROOF, config={"metadata": {"user_id": u}}))
+        for u in ("ann", "bob", "cy")
+    }
+    assert len({b["chosen_model"] for b in before.values()}) == 1  # same prior for everyone
+
+    _teach(router, "ann", winner=BIG, loser=CHEAP)  # ann finds the big model worth its cost
+    _teach(router, "bob", winner=CHEAP, loser=BIG)  # bob does not
+
+    after = {
+        u: meta(router.invoke(PROOF, config={"metadata": {"user_id": u}}))
+        for u in ("ann", "bob", "cy")
+    }
+    assert after["ann"]["chosen_model"] == BIG != before["ann"]["chosen_model"]
+    assert after["ann"]["scores"][BIG] > before["ann"]["scores"][BIG] + 0.5
+    assert after["bob"]["chosen_model"] != BIG
+    assert after["bob"]["scores"] != pytest.approx(before["bob"]["scores"])
+    assert (
+        after["bob"]["quality_weight"]
+        < before["bob"]["quality_weight"]
+        < after["ann"]["quality_weight"]
+    )
+    assert after["cy"]["scores"] == pytest.approx(before["cy"]["scores"])  # untouched
