@@ -119,6 +119,7 @@ class RecordedLLM(LLM):
     _answers: dict[str, str] = PrivateAttr()
     _pool: list[str] = PrivateAttr()
     calls: list[str] = Field(default_factory=list, exclude=True)
+    conversations: list[list[ChatMessage]] = Field(default_factory=list, exclude=True)
 
     def __init__(self, recorded_model: str, answers: dict[str, str], **kwargs: Any) -> None:
         super().__init__(recorded_model=recorded_model, **kwargs)
@@ -164,6 +165,7 @@ class RecordedLLM(LLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         prompt = self._prompt(messages)
         self.calls.append("chat")
+        self.conversations.append(list(messages))
         text = self.answer(prompt)
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
@@ -175,6 +177,7 @@ class RecordedLLM(LLM):
         await asyncio.sleep(0)
         prompt = self._prompt(messages)
         self.calls.append("achat")
+        self.conversations.append(list(messages))
         text = self.answer(prompt)
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
@@ -198,6 +201,7 @@ class RecordedLLM(LLM):
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         prompt = self._prompt(messages)
         self.calls.append("stream_chat")
+        self.conversations.append(list(messages))
 
         def gen() -> Generator[ChatResponse, None, None]:
             yield from self._chat_chunks(prompt)
@@ -210,6 +214,7 @@ class RecordedLLM(LLM):
     ) -> ChatResponseAsyncGen:
         prompt = self._prompt(messages)
         self.calls.append("astream_chat")
+        self.conversations.append(list(messages))
 
         async def gen() -> AsyncGenerator[ChatResponse, None]:
             for chunk in self._chat_chunks(prompt):

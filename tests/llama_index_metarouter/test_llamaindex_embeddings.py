@@ -1,0 +1,43 @@
+"""``MiniLMEmbedding``: the router's offline embedder as a LlamaIndex embedding model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llama_index_metarouter import MiniLMEmbedding
+
+
+@pytest.fixture
+def embed_model(embedder):
+    return MiniLMEmbedding(embedder)
+
+
+def test_embeddings_are_384_dimensional_unit_vectors(embed_model):
+    vector = np.asarray(embed_model.get_text_embedding("Capybaras graze on grasses."))
+    assert vector.shape == (384,)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_similar_texts_are_closer_than_unrelated_ones(embed_model):
+    query = np.asarray(embed_model.get_query_embedding("What do capybaras eat?"))
+    docs = np.asarray(
+        embed_model.get_text_embedding_batch(
+            ["Capybaras graze on grasses and water plants.", "Jupiter has a great red storm."]
+        )
+    )
+    related, unrelated = docs @ query
+    assert related > unrelated + 0.2
+
+
+async def test_async_embeddings_match_sync_ones(embed_model):
+    text = "The borrow checker keeps references valid."
+    sync = embed_model.get_text_embedding(text)
+    assert await embed_model.aget_text_embedding(text) == pytest.approx(sync, abs=1e-6)
+    assert await embed_model.aget_query_embedding(text) == pytest.approx(sync, abs=1e-6)
+
+
+def test_shares_the_routers_loaded_model(make_router, mock_candidates):
+    router = make_router(mock_candidates())
+    shared = router.service.router.embedder
+    assert MiniLMEmbedding(shared)._embedder is shared

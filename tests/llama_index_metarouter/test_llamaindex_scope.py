@@ -1,0 +1,65 @@
+"""Routing scopes: per-request user and model for whole pipelines, and the calls made inside."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from llama_index.core.llms.mock import MockLLM
+from metarouter.errors import UnknownArmError
+
+from llama_index_metarouter import ROUTING_KEY
+
+
+def test_scope_sets_user_and_model_and_collects_the_calls(make_router, mock_candidates):
+    router = make_router(mock_candidates())
+    with router.scope(user_id="erin", model="gemma-2-9b-it") as scope:
+        first = router.complete("Hi")
+        second = router.complete("Hello", user_id="frank")  # a per-call keyword still wins
+    assert [c.decision_id for c in scope.calls] == [
+        first.additional_kwargs[ROUTING_KEY]["decision_id"],
+        second.additional_kwargs[ROUTING_KEY]["decision_id"],
+    ]
+    assert [(c.user_id, c.model, c.reason) for c in scope.calls] == [
+        ("erin", "gemma-2-9b-it", "override"),
+        ("frank", "gemma-2-9b-it", "override"),
+    ]
+    assert router.complete("Hi").additional_kwargs[ROUTING_KEY]["user_id"] == "tester"
+
+
+def test_nested_scopes_innermost_wins_and_both_log(make_router, mock_candidates):
+    router = make_router(mock_candidates())
+    with router.scope(user_id="outer") as outer, router.scope(user_id="inner") as inner:
+        router.complete("Hi")
+    assert inner.last.user_id == "inner"
+    assert outer.calls == inner.calls
+
+
+def test_scope_applies_only_to_routers_sharing_its_service(make_router, mock_candidates):
+    mine, other = make_router(mock_candidates()), make_router(mock_candidates())
+    with mine.scope(user_id="gina") as scope:
+        response = other.complete("Hi")
+    assert response.additional_kwargs[ROUTING_KEY]["user_id"] == "tester"
+    assert scope.calls == []
+    with pytest.raises(LookupError, match="no routed call"):
+        _ = scope.last
+
+
+async def test_concurrent_requests_keep_their_own_user(make_router, mock_candidates):
+    router = make_router(mock_candidates())
+
+    async def request(user: str) -> tuple[str, list[str]]:
+        with router.scope(user_id=user) as scope:
+            response = await router.acomplete(f"question from {user}")
+            await asyncio.sleep(0)
+            await router.acomplete("follow-up")
+        return response.additional_kwargs[ROUTING_KEY]["user_id"], [c.user_id for c in scope.calls]
+
+    results = await asyncio.gather(*(request(u) for u in ("u1", "u2", "u3")))
+    assert results == [(u, [u, u]) for u in ("u1", "u2", "u3")]
+
+
+def test_scope_rejects_a_model_that_is_not_a_candidate(make_router):
+    router = make_router({"gemma-2-9b-it": MockLLM()})
+    with pytest.raises(UnknownArmError, match="not a candidate"), router.scope(model="gpt-5"):
+        pass
