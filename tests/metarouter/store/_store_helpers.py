@@ -125,6 +125,7 @@ def concurrent_writer(
     rng = np.random.default_rng(worker)
     log: dict[str, list[Any]] = {"decisions": [], "comparisons": []}
     start.wait(60)
+    began = time.perf_counter()
     pair: list[DecisionRecord] = []
     for i in range(n_writes):
         triple, step = divmod(i, 3)
@@ -150,6 +151,7 @@ def concurrent_writer(
             )
         version = store.record_comparison(cmp)
         log["comparisons"].append([cmp.comparison_id, user, version])
+    log["seconds"] = [time.perf_counter() - began]
     store.close()
     Path(out).write_text(json.dumps(log))
 

@@ -1,0 +1,153 @@
+"""RoutingService feedback input: every bad comparison gives a clear error and stores nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from metarouter.errors import ConfigError, FeedbackError
+from metarouter.service import Response, RoutingService
+from metarouter.store import SQLStore
+from metarouter.store.records import MAX_TEXT_CHARS
+
+ARMS = ["gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"]
+QUERY = "Summarise the plot of Hamlet in two sentences."
+
+
+@pytest.fixture(scope="module")
+def router(embedder):
+    from metarouter.router import MetaRouter
+
+    return MetaRouter.default(embedder=embedder)
+
+
+@pytest.fixture
+def service(tmp_path, router):
+    store = SQLStore(tmp_path / "store.db")
+    yield RoutingService(ARMS, router=router, store=store)
+    store.close()
+
+
+def _state(service):
+    store = service.store
+    return store.stats(), {u: store.user_version(u) for u in store.users()}
+
+
+@pytest.fixture
+def decided(service):
+    """Two decisions of alice on QUERY (cheap and dear), one of bob, one on another query."""
+    return {
+        "cheap": service.decide(QUERY, "alice", forced=ARMS[0]),
+        "dear": service.decide(QUERY, "alice", forced=ARMS[2]),
+        "cheap_again": service.decide(QUERY, "alice", forced=ARMS[0]),
+        "other_query": service.decide("What is 2 + 2?", "alice", forced=ARMS[1]),
+        "bob": service.decide(QUERY, "bob", forced=ARMS[1]),
+    }
+
+
+BAD_FEEDBACK = {
+    "malformed decision id": (lambda d: ("not-a-decision-id", d["dear"]), {}, "malformed"),
+    "unknown decision id": (lambda d: (uuid.uuid4().hex, d["dear"]), {}, "unknown decision id"),
+    "unknown run id": (
+        lambda d: (str(uuid.uuid4()), d["dear"]),
+        {},
+        "no decision was recorded for run id",
+    ),
+    "the same decision twice": (lambda d: (d["cheap"], d["cheap"]), {}, "same decision"),
+    "the same model twice": (
+        lambda d: (d["cheap"], d["cheap_again"]),
+        {},
+        "two different models",
+    ),
+    "decisions of two users": (lambda d: (d["cheap"], d["bob"]), {}, "different users"),
+    "another user's decisions": (
+        lambda d: (d["cheap"], d["dear"]),
+        {"user_id": "bob"},
+        "same user's decisions",
+    ),
+    "invalid user id": (lambda d: (d["cheap"], d["dear"]), {"user_id": "al ice"}, "user id"),
+    "answers to different queries": (
+        lambda d: (d["cheap"], d["other_query"]),
+        {},
+        "different queries",
+    ),
+    "a query that is not the decisions' query": (
+        lambda d: (d["cheap"], d["dear"]),
+        {"query": "something else"},
+        "different queries",
+    ),
+    "oversized query": (
+        lambda d: (Response(ARMS[0], 0.001), Response(ARMS[2], 0.01)),
+        {"query": "x" * (MAX_TEXT_CHARS + 1)},
+        "at most",
+    ),
+    "query bytes that are not UTF-8": (
+        lambda d: (Response(ARMS[0], 0.001), Response(ARMS[2], 0.01)),
+        {"query": b"\xff\xfe caf\xe9"},
+        "not valid UTF-8",
+    ),
+    "query with a lone surrogate": (
+        lambda d: (Response(ARMS[0], 0.001), Response(ARMS[2], 0.01)),
+        {"query": "tell me \ud800 more"},
+        "lone surrogate",
+    ),
+    "oversized answer text": (
+        lambda d: (Response(ARMS[0], 0.001, text="y" * (MAX_TEXT_CHARS + 1)), d["dear"]),
+        {},
+        "at most",
+    ),
+    "answer text with a lone surrogate": (
+        lambda d: (Response(ARMS[0], 0.001, text="ok\udc00"), d["dear"]),
+        {},
+        "lone surrogate",
+    ),
+    "negative cost": (lambda d: (Response(ARMS[0], -1.0), d["dear"]), {}, "USD amount"),
+    "no query and no decision": (
+        lambda d: (Response(ARMS[0], 0.001), Response(ARMS[2], 0.01)),
+        {},
+        "query text is needed",
+    ),
+    "not an answer at all": (lambda d: (42, d["dear"]), {}, "must be a decision id"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FEEDBACK))
+def test_bad_feedback_is_refused_and_changes_nothing(service, decided, case):
+    make, kwargs, message = BAD_FEEDBACK[case]
+    winner, loser = make(decided)
+    before = _state(service)
+    events = []
+    service.add_listener(events.append)
+    with pytest.raises(FeedbackError, match=message):
+        service.record_preference(winner, loser, **kwargs)
+    assert _state(service) == before
+    assert events == []
+
+
+def test_valid_feedback_after_refusals_is_recorded(service, decided):
+    record = service.record_preference(decided["dear"], decided["cheap"])
+    assert (record.winner, record.loser, record.user_id) == (ARMS[2], ARMS[0], "alice")
+    assert service.store.user_version("alice") > 0
+    assert service.preference("alice").n_comparisons == 1
+
+
+def test_utf8_bytes_query_is_decoded_for_external_answers(service):
+    record = service.record_preference(
+        Response(ARMS[2], 0.01),
+        Response(ARMS[0], 0.001),
+        user_id="carol",
+        query="Résumé of Hamlet?".encode(),
+    )
+    assert record.source == "external"
+    assert service.store.comparisons("carol")[0].query_hash == record.query_hash
+
+
+def test_decide_refuses_text_that_cannot_be_sent_and_stores_nothing(service):
+    before = _state(service)
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        service.decide("broken \ud800 text", "alice")
+    with pytest.raises(ConfigError, match="prompt text"):
+        service.decide(b"bytes", "alice")
+    with pytest.raises(FeedbackError, match="invalid user id"):
+        service.decide(QUERY, "bad user")
+    assert _state(service) == before
