@@ -174,6 +174,92 @@ def train(
     )
 
 
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for demo.png.")] = Path(
+        "metarouter-demo"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    random_pairs: Annotated[
+        bool, typer.Option(help="Compare random pairs instead of the ones the router asks for.")
+    ] = False,
+) -> None:
+    """Three simulated users teach the bundled router their taste with six comparisons each."""
+    from metarouter.demo import run_demo
+
+    console.print(
+        "[bold]MetaRouter demo[/]: the bundled router (trained on LLMRouter data) "
+        "meets three users with hidden cost-vs-quality tastes.\n"
+    )
+    result = run_demo(out=out, seed=seed, active=not random_pairs)
+    for user in result.users:
+        console.rule(f"user '{user.name}' (hidden weight on quality: {user.alpha})")
+        shown = Table(title="their six comparisons (the winner was worth it)", title_justify="left")
+        shown.add_column("query")
+        shown.add_column("winner (cost)")
+        shown.add_column("loser (cost)")
+        for query, win, lose, cw, cl in user.comparisons:
+            snippet = " ".join(query.split())[:60] + ("..." if len(query) > 60 else "")
+            shown.add_row(snippet, f"{win} (${cw:.6f})", f"{lose} (${cl:.6f})")
+        console.print(shown)
+        pref = user.preference
+        console.print(
+            f"inferred weight on quality: [bold]{pref.quality_weight:.2f}[/] "
+            f"(hidden: {user.alpha}); traffic: "
+            + ", ".join(f"{m} {s:.0%}" for m, s in user.traffic.items() if s > 0)
+        )
+        grid = Table(
+            title=f"routing {result.n_scored} held-out queries for this user", title_justify="left"
+        )
+        for col in ("policy", "mean cost (USD)", "mean quality", "user's utility"):
+            grid.add_column(col, justify="left" if col == "policy" else "right")
+        rows = [("MetaRouter", user.metarouter), *user.baselines.items()]
+        for label, o in rows:
+            style = "bold" if label == "MetaRouter" else None
+            grid.add_row(
+                label, f"{o.cost:.6f}", f"{o.quality:.3f}", f"{o.utility:.3f}", style=style
+            )
+        console.print(grid)
+    console.print(f"\nplot: {result.plot}")
+
+
+@app.command("eval")
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for results.json, plots, routers.")],
+    data: DataOption = None,
+    quick: Annotated[
+        bool, typer.Option(help="CI-sized run on the bundled data (< 3 min).")
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write the Markdown report here (e.g. docs/results.md)."),
+    ] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", help="Datasets (repeatable).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds.")] = 5,
+    steps: Annotated[int, typer.Option(help="Meta-training steps per router.")] = 1500,
+) -> None:
+    """Evaluate MetaRouter against the baselines (docs/method.md protocol)."""
+    import dataclasses
+    import shlex
+    import sys
+
+    from metarouter.evaluation.report import write_markdown
+    from metarouter.evaluation.runner import EvalConfig, run_evaluation
+
+    cfg = EvalConfig.quick() if quick else EvalConfig(seeds=tuple(range(seeds)), train_steps=steps)
+    if dataset:
+        cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
+    results = run_evaluation(cfg, out, data=data)
+    command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    md = write_markdown(results, out / "report.md", plots_dir=out, command=command)
+    if report is not None:
+        write_markdown(results, report, plots_dir=out, command=command)
+        md = report
+    console.print(f"evaluation finished in {results['seconds'] / 60:.1f} min; report {md}")
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into clean exits."""
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -118,6 +119,37 @@ def cost_log_factors(
     return (arm_sum + arm_prior * traffic.unsqueeze(-1)) / (arm_n + arm_prior)
 
 
+def pair_information(
+    posterior: np.ndarray, q_a: float, q_b: float, c_a: float, c_b: float
+) -> float:
+    """Expected information (nats) about alpha from a user's answer to "a or b?".
+
+    Args:
+        posterior: (G,) current belief over the alpha grid.
+        q_a: Probability that answer a is good.
+        q_b: Same for b.
+        c_a: Normalised expected cost of a.
+        c_b: Same for b.
+    """
+    grid = _ALPHA_GRID.numpy().astype(np.float64)[:, None]
+    temps = _TEMPERATURES.numpy().astype(np.float64)[None, :]
+    p = np.zeros((len(grid), temps.shape[1]))
+    for ga in (0.0, 1.0):
+        for gb in (0.0, 1.0):
+            w = (q_a if ga else 1 - q_a) * (q_b if gb else 1 - q_b)
+            z = (grid * (ga - gb) - (1 - grid) * (c_a - c_b)) / temps
+            p += w / (1 + np.exp(-np.clip(z, -50, 50)))
+    p = ((1 - _FLIP) * p + _FLIP * (1 - p)).mean(axis=1)  # (G,)
+
+    def entropy(x: np.ndarray) -> np.ndarray:
+        x = np.clip(x, 1e-12, 1 - 1e-12)
+        return -(x * np.log(x) + (1 - x) * np.log(1 - x))
+
+    belief = np.asarray(posterior, np.float64)
+    belief = belief / belief.sum()
+    return float(entropy(np.array(belief @ p)) - belief @ entropy(p))
+
+
 class SupportBatch(dict[str, "torch.Tensor"]):
     """Named tensors describing B support sets of N (padded) comparisons each.
 
@@ -170,17 +202,21 @@ class ContextEncoder(nn.Module):
         mask = s["mask"].unsqueeze(-1).to(h.dtype)
         n = mask.sum(1)
         pooled = (h * mask).sum(1) / n.clamp(min=1.0)
-        post = bradley_terry_posterior(
+        post = self.posterior(s, item_quality)
+        grid = _ALPHA_GRID.to(post.dtype)
+        mean = (post * grid).sum(-1, keepdim=True)
+        std = ((post * (grid - mean) ** 2).sum(-1, keepdim=True)).clamp(min=0).sqrt()
+        return self.rho(torch.cat([pooled, torch.log1p(n) / _COUNT_NORM, mean, std, post], -1))
+
+    def posterior(self, s: SupportBatch, item_quality: torch.Tensor) -> torch.Tensor:
+        """The explicit Bradley-Terry posterior over the alpha grid, shape (B, G)."""
+        return bradley_terry_posterior(
             item_quality[..., 0],
             item_quality[..., 1],
             (s["win_cost"] / self.tau).clamp(max=1.0),
             (s["lose_cost"] / self.tau).clamp(max=1.0),
             s["mask"],
         )
-        grid = _ALPHA_GRID.to(post.dtype)
-        mean = (post * grid).sum(-1, keepdim=True)
-        std = ((post * (grid - mean) ** 2).sum(-1, keepdim=True)).clamp(min=0).sqrt()
-        return self.rho(torch.cat([pooled, torch.log1p(n) / _COUNT_NORM, mean, std, post], -1))
 
     def prior_evidence(self) -> torch.Tensor:
         """The evidence vector of an arm with no comparisons, shape (evidence_dim,)."""

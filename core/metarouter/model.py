@@ -75,6 +75,14 @@ class MetaRouterModel(nn.Module):
     # -- forward pieces -------------------------------------------------------------------------
     def encode(self, support: SupportBatch) -> torch.Tensor:
         """Latent preference z (B, L) of each support set."""
+        return self.encoder(support, self.item_quality(support))
+
+    def alpha_posterior(self, support: SupportBatch) -> torch.Tensor:
+        """The encoder's explicit Bradley-Terry posterior over the alpha grid (B, G)."""
+        return self.encoder.posterior(support, self.item_quality(support))
+
+    def item_quality(self, support: SupportBatch) -> torch.Tensor:
+        """The quality head's belief (B, N, 2) that each compared answer was good."""
         qx = self.query_proj(support["q"])
         prior_ev = self.encoder.prior_evidence()
         probs = []
@@ -83,7 +91,7 @@ class MetaRouterModel(nn.Module):
             ev = prior_ev.expand(*feats.shape[:-1], prior_ev.shape[-1])
             logit = self.policy.quality_head(torch.cat([qx, ev, feats], dim=-1)).squeeze(-1)
             probs.append(torch.sigmoid(logit))
-        return self.encoder(support, torch.stack(probs, dim=-1))
+        return torch.stack(probs, dim=-1)
 
     def evidence(
         self, support: SupportBatch, arm_ids: torch.Tensor, z: torch.Tensor

@@ -313,6 +313,7 @@ class MetaRouter:
             z = self.model.encode(support)
             ev = self.model.evidence(support, arm_ids, z)[0]
             factors = torch.exp(cost_log_factors(support, arm_ids))[0]
+            posterior = self.model.alpha_posterior(support)[0]
         if refine_steps > 0 and comparisons:
             z = self._refine(z, ev, support, refine_steps)
         with torch.no_grad():
@@ -325,6 +326,7 @@ class MetaRouter:
             quality_weight=alpha,
             cost_factors={n: float(factors[i]) for n, i in ids.items()},
             default_cost_factor=float(factors[len(names)]),
+            alpha_posterior=tuple(float(v) for v in posterior),
         )
 
     def _profile_of(self, name: str, known: Mapping[str, ArmDescriptor]) -> np.ndarray:
@@ -527,6 +529,42 @@ class MetaRouter:
         return self.route_embeddings(
             emb, np.asarray([estimate_tokens(query)], float), candidates, preference
         )[0]
+
+    def suggest_pair(
+        self, query: str, candidates: Sequence[Candidate], preference: Preference | None = None
+    ) -> tuple[str, str]:
+        """The two candidates whose comparison on ``query`` says most about this user.
+
+        Bayesian experimental design: for every pair, the expected information gain about the
+        user's quality weight from their answer, under the preference's current posterior, the
+        router's quality estimates for this query and the candidates' expected costs (the same
+        Bradley-Terry model the encoder uses). Ties are broken towards the routed choice.
+
+        Args:
+            query: The query both candidates would answer.
+            candidates: At least two candidates.
+            preference: The user's current preference (default: the prior).
+        """
+        from metarouter.encoder import pair_information
+
+        arms = self.resolve(candidates)
+        if len(arms) < 2:
+            raise ConfigError("suggest_pair() needs at least two candidates.")
+        pref = preference or self.prior()
+        emb = self.embedder.encode_one(query)[None, :]
+        probs, quality, costs = self.score_embeddings(
+            emb, np.asarray([estimate_tokens(query)], float), arms, pref
+        )
+        post = np.asarray(pref.alpha_posterior or self.prior().alpha_posterior, np.float64)
+        cn = np.minimum(costs[0] / self.config.cost_scale_usd, 1.0)
+        best, pair = -1.0, (0, 1)
+        for i in range(len(arms)):
+            for j in range(i + 1, len(arms)):
+                gain = pair_information(post, quality[0, i], quality[0, j], cn[i], cn[j])
+                gain += 1e-6 * (probs[0, i] + probs[0, j])
+                if gain > best:
+                    best, pair = gain, (i, j)
+        return arms[pair[0]].name, arms[pair[1]].name
 
     def __repr__(self) -> str:
         return (

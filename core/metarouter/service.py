@@ -579,20 +579,14 @@ class RoutingService:
     def suggest_pair(
         self, query: str, user_id: str | None = None, *, exclude: Iterable[str] = ()
     ) -> tuple[str, str]:
-        """Two candidates worth comparing on ``query``.
+        """Two candidates worth comparing on ``query`` for this user.
 
-        The routed choice and, among the others, the one whose expected cost differs most from
-        it: the user's answer then says most about their cost-vs-quality trade-off.
+        The pair whose answer is expected to tell most about the user's cost-vs-quality
+        trade-off (see :meth:`MetaRouter.suggest_pair`).
         """
         names = self.eligible(exclude=exclude)
         if len(names) < 2:
             raise ConfigError("comparing needs at least two eligible candidates.")
-        pref = self.preference(user_id)
-        routing = self.router.route(query, [self.descriptors[n] for n in names], pref)
-        first = routing.model
-        costs = routing.expected_costs_usd
-        second = max(
-            (n for n in names if n != first),
-            key=lambda n: abs(np.log(costs[n] + 1e-12) - np.log(costs[first] + 1e-12)),
+        return self.router.suggest_pair(
+            query, [self.descriptors[n] for n in names], self.preference(user_id)
         )
-        return first, second

@@ -78,6 +78,8 @@ class Preference:
         cost_factors: Per-model calibration of expected costs on this user's traffic
             (observed / expected cost, from the comparisons).
         default_cost_factor: Calibration for models not compared yet (traffic-wide).
+        alpha_posterior: The encoder's Bradley-Terry posterior over a grid of quality weights
+            (0, 0.05, ..., 1); used to pick informative comparisons.
     """
 
     z: np.ndarray = field(repr=False)
@@ -87,6 +89,7 @@ class Preference:
     quality_weight: float
     cost_factors: Mapping[str, float] = field(default_factory=dict)
     default_cost_factor: float = 1.0
+    alpha_posterior: tuple[float, ...] = ()
 
     def cost_factor_for(self, model: str) -> float:
         """Cost calibration of ``model`` on this user's traffic."""
@@ -106,6 +109,7 @@ class Preference:
             "quality_weight": float(self.quality_weight),
             "cost_factors": {k: float(v) for k, v in self.cost_factors.items()},
             "default_cost_factor": float(self.default_cost_factor),
+            "alpha_posterior": [float(v) for v in self.alpha_posterior],
         }
 
     @classmethod
@@ -120,6 +124,7 @@ class Preference:
                 quality_weight=float(data["quality_weight"]),
                 cost_factors={k: float(v) for k, v in data.get("cost_factors", {}).items()},
                 default_cost_factor=float(data.get("default_cost_factor", 1.0)),
+                alpha_posterior=tuple(float(v) for v in data.get("alpha_posterior", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed preference state: {exc}") from exc

@@ -1,0 +1,276 @@
+"""``metarouter eval``: train what is needed, run every setting, write results and the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from metarouter.config import TrainingConfig
+from metarouter.data import llmrouter_prices, load_dataset
+from metarouter.embeddings import Embedder
+from metarouter.evaluation.baselines import (
+    AvengersPro,
+    BaRP,
+    FromScratch,
+    KNNRouter,
+    LinUCB,
+    MetaRouterMethod,
+    Method,
+    Oracle,
+    RandomRouter,
+    RouteLLM,
+    SingleModel,
+)
+from metarouter.evaluation.protocol import ALPHA_GRID, N_SWEEP, EvalRun, run_setting
+from metarouter.evaluation.settings import (
+    DatasetPlan,
+    Setting,
+    build_settings,
+    default_plans,
+    split_rows,
+)
+from metarouter.router import MetaRouter
+
+__all__ = ["EvalConfig", "run_evaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate.
+
+    Attributes:
+        datasets: Dataset names (see :func:`default_plans`).
+        seeds: Seeds per setting.
+        n_values: Comparison counts for the sweep (all settings).
+        train_steps: Meta-training steps per trained router.
+        max_train: Cap on training queries per split (None: all).
+        max_test: Cap on test queries per setting (None: all).
+        splits: ``ID`` and/or ``OOD``.
+        ksets: ``K2``, ``K5``, ``swap``.
+        train_variant: Also run the variant with comparisons drawn from training queries
+            (N = 6, K2 and K5).
+    """
+
+    datasets: tuple[str, ...] = ("routerbench", "llmrouter")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    n_values: tuple[int, ...] = N_SWEEP
+    train_steps: int = 1500
+    max_train: int | None = None
+    max_test: int | None = None
+    splits: tuple[str, ...] = ("ID", "OOD")
+    ksets: tuple[str, ...] = ("K2", "K5", "swap")
+    train_variant: bool = True
+
+    @classmethod
+    def quick(cls) -> EvalConfig:
+        """A CI-sized run: bundled LLMRouter data, ID, two seeds, short training."""
+        return cls(
+            datasets=("llmrouter",),
+            seeds=(0, 1),
+            n_values=(0, 6),
+            train_steps=150,
+            max_train=1200,
+            max_test=240,
+            splits=("ID",),
+            ksets=("K2", "K5", "swap"),
+            train_variant=False,
+        )
+
+
+def _methods(routers: dict[str, MetaRouter]) -> list[Method]:
+    return [
+        Oracle(),
+        RandomRouter(),
+        MetaRouterMethod(routers),
+        KNNRouter(true_alpha=False),
+        KNNRouter(true_alpha=True),
+        AvengersPro(alpha=None),
+        AvengersPro(alpha=0.5),
+        BaRP(true_alpha=False),
+        BaRP(true_alpha=True),
+        RouteLLM(),
+        LinUCB(),
+        FromScratch(),
+    ]
+
+
+def _train_routers(
+    settings: list[Setting], cfg: EvalConfig, out: Path, progress: bool
+) -> tuple[dict[str, MetaRouter], dict[str, Any]]:
+    from metarouter.report import write_training_report
+    from metarouter.training import train_router
+
+    routers: dict[str, MetaRouter] = {}
+    info: dict[str, Any] = {}
+    for s in settings:
+        key = s.train_key
+        if key in routers:
+            continue
+        folder = out / "routers" / key.replace("/", "-")
+        stamp = {
+            "queries": len(s.train),
+            "models": list(s.train.models),
+            "tau": s.tau,
+            "steps": cfg.train_steps,
+        }
+        stamp_file = folder / "eval_stamp.json"
+        if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+            routers[key] = MetaRouter.from_pretrained(folder)
+            info[key] = json.loads((folder / "training.json").read_text())["seconds"]
+            logger.info("reusing trained router %s", folder)
+            continue
+        prices = llmrouter_prices() if s.dataset == "llmrouter" else None
+        result = train_router(
+            s.train,
+            s.train_emb,
+            tau=s.tau,
+            prices=prices,
+            training=TrainingConfig(steps=cfg.train_steps),
+            progress=progress,
+            description=f"metarouter eval: {key}",
+        )
+        result.router.save_pretrained(folder)
+        write_training_report(result, folder)
+        stamp_file.write_text(json.dumps(stamp))
+        routers[key] = result.router
+        info[key] = round(result.seconds, 1)
+    return routers, info
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("metarouter", "torch", "sentence-transformers", "numpy", "scikit-learn"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run_evaluation(
+    cfg: EvalConfig,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    progress: bool = True,
+    plans: dict[str, DatasetPlan] | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation and write ``results.json`` (and return it).
+
+    Args:
+        cfg: What to run.
+        out: Output folder (trained routers are cached in ``out/routers``).
+        data: Folder of the datasets (``llmrouter`` falls back to the bundled copy).
+        progress: Progress bars.
+        plans: Dataset plans (default :func:`default_plans`).
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plans = plans or default_plans()
+    embedder = Embedder(cache=True)
+    settings: list[Setting] = []
+    for name in cfg.datasets:
+        matrix = load_dataset(name, data).to_matrix()
+        needed = np.unique(
+            np.concatenate(
+                [
+                    np.concatenate(
+                        split_rows(
+                            matrix,
+                            plans[name],
+                            split,
+                            max_train=cfg.max_train,
+                            max_test=cfg.max_test,
+                        )
+                    )
+                    for split in cfg.splits
+                ]
+            )
+        )
+        emb = np.zeros((len(matrix), embedder.dim), np.float32)
+        emb[needed] = embedder.encode(list(matrix.queries[needed]), progress=progress)
+        settings += build_settings(
+            matrix,
+            emb,
+            plans[name],
+            splits=cfg.splits,
+            ksets=cfg.ksets,
+            max_train=cfg.max_train,
+            max_test=cfg.max_test,
+        )
+    routers, train_seconds = _train_routers(settings, cfg, out, progress)
+    runs: list[EvalRun] = []
+    results: dict[str, Any] = {"settings": {}, "variant_train_comparisons": {}}
+    for s in settings:
+        methods = _methods(routers) + [SingleModel(k, m) for k, m in enumerate(s.models)]
+        run = run_setting(s, methods, seeds=cfg.seeds, n_values=cfg.n_values, progress=progress)
+        runs.append(run)
+        results["settings"][s.name] = _setting_entry(s, run)
+        if cfg.train_variant and s.kset in ("K2", "K5"):
+            variant = run_setting(
+                s,
+                _methods(routers),
+                seeds=cfg.seeds,
+                n_values=(6,),
+                source="train",
+                progress=progress,
+            )
+            results["variant_train_comparisons"][s.name] = _setting_entry(s, variant)
+    results["config"] = {
+        "datasets": list(cfg.datasets),
+        "seeds": list(cfg.seeds),
+        "n_values": list(cfg.n_values),
+        "alpha_grid": list(ALPHA_GRID),
+        "bt_temperature": 0.05,
+        "label_flips": 0.0,
+        "adaptation_pool_share": 0.25,
+        "train_steps": cfg.train_steps,
+        "max_train": cfg.max_train,
+        "max_test": cfg.max_test,
+        "router_training_seconds": train_seconds,
+        "versions": _versions(),
+        "normalisation": "cost scaled by [cheapest, dearest] single-model mean cost on the "
+        "setting's test queries, quality by [0, 1], reference point (1, 0); "
+        "points clipped to the unit box",
+    }
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json) + "\n")
+    from metarouter.evaluation.report import write_plots
+
+    write_plots(runs, results, out)
+    return results
+
+
+def _setting_entry(s: Setting, run: EvalRun) -> dict[str, Any]:
+    return {
+        "dataset": s.dataset,
+        "split": s.split,
+        "kset": s.kset,
+        "models": list(s.models),
+        "held_out_model": s.held_out,
+        "tau_usd": s.tau,
+        "cost_bounds_usd": list(s.cost_bounds),
+        "n_train_queries": len(s.train),
+        "n_test_queries": len(s.test),
+        "metrics": run.summary(),
+        "fronts_n6": {
+            m: run.front(m, 6).tolist()
+            for m in run.methods
+            if 6 in run.n_values and run.points[m][6]
+        },
+    }
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)

@@ -1,0 +1,48 @@
+"""The evaluation pipeline end to end, in its CI-sized quick mode."""
+
+import json
+
+import pytest
+from metarouter.cli import app
+from typer.testing import CliRunner
+
+
+@pytest.mark.slow
+def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
+    out = tmp_path / "eval"
+    report = tmp_path / "results.md"
+    result = CliRunner().invoke(
+        app, ["eval", "--quick", "--out", str(out), "--report", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["settings"]) == {"llmrouter/ID/K2", "llmrouter/ID/K5", "llmrouter/ID/swap"}
+    for name, entry in results["settings"].items():
+        met = entry["metrics"]
+        assert met["oracle"]["6"]["regret"]["mean"] == pytest.approx(0.0, abs=1e-12)
+        oracle_hv = met["oracle"]["6"]["hv"]["mean"]
+        for method, per_n in met.items():
+            hv = per_n["6"].get("hv")
+            if hv:
+                assert hv["mean"] <= oracle_hv + 1e-9, (name, method)
+        assert met["MetaRouter"]["6"]["hv"]["n"] == 2  # two seeds
+        for method in (
+            "kNN (fitted alpha)",
+            "Avengers-Pro (fitted alpha)",
+            "LinUCB",
+            "from scratch (N comparisons)",
+            "random",
+        ):
+            assert met[method]["6"]["regret"] is not None
+    swap = results["settings"]["llmrouter/ID/swap"]
+    assert swap["held_out_model"] == "qwen2.5-7b-instruct"
+    assert "BaRP (true alpha)" not in swap["metrics"]  # fixed output head: not applicable
+    assert "RouteLLM (threshold)" in results["settings"]["llmrouter/ID/K2"]["metrics"]
+    assert "RouteLLM (threshold)" not in results["settings"]["llmrouter/ID/K5"]["metrics"]
+    for png in ("fronts.png", "id_vs_ood.png", "k2_vs_k5.png"):
+        if png == "id_vs_ood.png":
+            continue  # quick mode has no OOD split
+        assert (out / png).stat().st_size > 10_000
+    text = report.read_text()
+    assert "## Target check (N = 6)" in text and "llmrouter/ID/K5" in text
+    assert (out / "routers" / "llmrouter-ID" / "model.safetensors").is_file()

@@ -1,0 +1,226 @@
+"""Router API: adaptation, routing, new arms, persistence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from metarouter.arms import ArmDescriptor
+from metarouter.errors import ConfigError, ModelLoadError, UnknownArmError
+from metarouter.pricing import Price
+from metarouter.router import CONFIG_FILE, WEIGHTS_FILE, MetaRouter
+from metarouter.types import Comparison, Preference
+
+CANDS = ["gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"]
+
+
+def _comparisons(held, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    m = held.matrix.select_models(CANDS)
+    out = []
+    for r in rng.choice(len(m.quality), n, replace=False):
+        a, b = rng.choice(len(CANDS), 2, replace=False)
+        out.append(
+            Comparison(
+                CANDS[a],
+                CANDS[b],
+                m.cost[r, a],
+                m.cost[r, b],
+                embedding=held.embeddings[r],
+                tokens=int(held.tokens[r]),
+            )
+        )
+    return out
+
+
+def test_no_comparisons_gives_the_prior(default_router):
+    prior = default_router.adapt([])
+    assert prior.n_comparisons == 0
+    assert 0.3 < prior.quality_weight < 0.7
+    assert default_router.prior().quality_weight == pytest.approx(prior.quality_weight)
+    decision = default_router.route("What is 12 * 13?", CANDS)
+    assert decision.model in CANDS
+    assert decision.quality_weight == pytest.approx(prior.quality_weight)
+
+
+def test_encoder_is_permutation_invariant(default_router, llmrouter_heldout):
+    comps = _comparisons(llmrouter_heldout, 8)
+    a = default_router.adapt(comps)
+    b = default_router.adapt(comps[::-1])
+    np.testing.assert_allclose(a.z, b.z, atol=1e-5)
+    for name in a.evidence:
+        np.testing.assert_allclose(a.evidence[name], b.evidence[name], atol=1e-5)
+
+
+def test_comparisons_change_the_preference_and_it_round_trips_as_json(
+    default_router, llmrouter_heldout
+):
+    pref = default_router.adapt(_comparisons(llmrouter_heldout, 6))
+    assert pref.n_comparisons == 6
+    assert not np.allclose(pref.z, default_router.prior().z)
+    again = Preference.from_dict(json.loads(json.dumps(pref.to_dict())))
+    np.testing.assert_array_equal(again.z, pref.z)
+    assert again.cost_factors == pytest.approx(pref.cost_factors)
+
+
+def test_decision_reports_scores_ranking_and_costs(default_router):
+    d = default_router.route("Translate 'good morning' into French.", CANDS)
+    assert set(d.scores) == set(CANDS)
+    assert sum(d.scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert d.ranking[0] == d.model
+    assert sorted(d.ranking) == sorted(CANDS)
+    assert d.expected_cost_usd == d.expected_costs_usd[d.model] > 0
+    assert all(0 <= q <= 1 for q in d.predicted_quality.values())
+
+
+def test_candidate_order_does_not_change_the_choice(default_router, llmrouter_heldout):
+    held = llmrouter_heldout
+    pref = default_router.adapt(_comparisons(held, 6, seed=3))
+    p1, _, _ = default_router.score_embeddings(held.embeddings[:50], held.tokens[:50], CANDS, pref)
+    p2, _, _ = default_router.score_embeddings(
+        held.embeddings[:50], held.tokens[:50], CANDS[::-1], pref
+    )
+    np.testing.assert_allclose(p1, p2[:, ::-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8])
+def test_any_number_of_candidates_from_2_to_8(default_router, llmrouter_heldout, k):
+    names = list(default_router.catalog)[:k]
+    out = default_router.route_embeddings(
+        llmrouter_heldout.embeddings[:10], llmrouter_heldout.tokens[:10], names
+    )
+    assert len(out) == 10
+    assert all(d.model in names and len(d.scores) == k for d in out)
+
+
+def test_batched_routing_matches_single_routing(default_router):
+    queries = [
+        "What is the capital of Peru?",
+        "Write a haiku about rain.",
+        "Solve x^2 - 5x + 6 = 0.",
+    ]
+    batch = default_router.route_batch(queries, CANDS)
+    for q, d in zip(queries, batch, strict=True):
+        single = default_router.route(q, CANDS)
+        assert single.model == d.model
+        for name in CANDS:
+            assert single.scores[name] == pytest.approx(d.scores[name], abs=1e-5)
+
+
+def test_unknown_candidate_error_says_how_to_describe_it(default_router):
+    with pytest.raises(UnknownArmError, match=r"not in this router's catalog.*describe"):
+        default_router.route("hi", ["gemma-2-9b-it", "gpt-9"])
+    with pytest.raises(ConfigError, match="unique"):
+        default_router.route("hi", ["gemma-2-9b-it", "gemma-2-9b-it"])
+    with pytest.raises(ConfigError, match="exactly one of"):
+        default_router.describe("gpt-9", Price(1, 2))
+
+
+def test_new_arm_routes_without_retraining_where_it_is_cheap_and_good(
+    default_router, llmrouter_heldout
+):
+    """A model never seen in training, described only by outcomes on probe queries."""
+    from metarouter.data import load_dataset
+
+    train = load_dataset("llmrouter").to_matrix().split("train")
+    rng = np.random.default_rng(0)
+    probe = rng.choice(len(train), 1200, replace=False)
+    code_tasks = {"mbpp", "human_eval"}
+    probe_quality = np.isin(train.tasks[probe], list(code_tasks)).astype(float)
+    new = default_router.describe(
+        "code-specialist",
+        Price(0.05, 0.05),
+        outcomes=(list(train.queries[probe]), probe_quality),
+    )
+    assert isinstance(new, ArmDescriptor) and new.name not in default_router.catalog
+    held = llmrouter_heldout
+    cands = [new, "llama-3.1-8b-instruct", "llama-3.1-nemotron-51b-instruct"]
+    out = default_router.route_embeddings(held.embeddings, held.tokens, cands)
+    chosen_new = np.array([d.model == "code-specialist" for d in out])
+    is_code = np.isin(held.matrix.tasks, list(code_tasks))
+    assert chosen_new[is_code].mean() > 0.8
+    assert chosen_new[~is_code].mean() < 0.2
+
+
+def test_descriptor_from_price_and_like(default_router):
+    arm = default_router.describe("my-gemma-clone", Price(0.1, 0.1), like="gemma-2-9b-it")
+    np.testing.assert_array_equal(
+        arm.capability, default_router.catalog["gemma-2-9b-it"].capability
+    )
+    flat = default_router.describe("mystery", Price(1.0, 2.0), quality=0.6)
+    assert np.allclose(flat.capability, 0.6)
+    d = default_router.route("hello", [arm, flat])
+    assert d.model in {"my-gemma-clone", "mystery"}
+
+
+def test_save_and_load_reproduce_decisions_exactly(
+    default_router, llmrouter_heldout, tmp_path, embedder
+):
+    held = llmrouter_heldout
+    comps = _comparisons(held, 6, seed=5)
+    default_router.save_pretrained(tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=embedder)
+    a = default_router.score_embeddings(
+        held.embeddings, held.tokens, CANDS, default_router.adapt(comps)
+    )[0]
+    b = loaded.score_embeddings(held.embeddings, held.tokens, CANDS, loaded.adapt(comps))[0]
+    np.testing.assert_array_equal(a, b)
+    assert loaded.catalog.keys() == default_router.catalog.keys()
+    meta = json.loads((tmp_path / "r" / CONFIG_FILE).read_text())
+    assert meta["format_version"] == 1 and meta["metarouter_version"]
+
+
+def test_bad_router_directories_fail_clearly(default_router, tmp_path):
+    with pytest.raises(ModelLoadError, match="not a saved router"):
+        MetaRouter.from_pretrained(tmp_path / "nothing-here")
+    folder = default_router.save_pretrained(tmp_path / "r")
+    (folder / WEIGHTS_FILE).write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="corrupted weights"):
+        MetaRouter.from_pretrained(folder)
+
+    folder = default_router.save_pretrained(tmp_path / "v")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta["format_version"] = 99
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"format version 99.*retrain"):
+        MetaRouter.from_pretrained(folder)
+
+    folder = default_router.save_pretrained(tmp_path / "m")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta["config"]["hidden_dim"] = 32
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="do not match"):
+        MetaRouter.from_pretrained(folder)
+
+    folder = default_router.save_pretrained(tmp_path / "j")
+    (folder / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ModelLoadError, match="unreadable"):
+        MetaRouter.from_pretrained(folder)
+
+    folder = default_router.save_pretrained(tmp_path / "k")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta["config"]["surprise"] = 1
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="unknown MetaRouterConfig keys"):
+        MetaRouter.from_pretrained(folder)
+
+
+def test_saved_weights_are_safetensors_without_pickle(default_router, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = default_router.save_pretrained(tmp_path / "r")
+    state = load_file(str(folder / WEIGHTS_FILE))
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert not list(folder.glob("*.pt")) and not list(folder.glob("*.pkl"))
+
+
+def test_refining_z_keeps_a_valid_preference(default_router, llmrouter_heldout):
+    comps = _comparisons(llmrouter_heldout, 6, seed=9)
+    plain = default_router.adapt(comps)
+    refined = default_router.adapt(comps, refine_steps=20)
+    assert refined.z.shape == plain.z.shape
+    assert not np.allclose(refined.z, plain.z)
+    assert 0.0 <= refined.quality_weight <= 1.0
