@@ -255,7 +255,14 @@ def evaluate(
     command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_markdown(results, out / "report.md", plots_dir=out, command=command)
     if report is not None:
-        write_markdown(results, report, plots_dir=out, command=command)
+        # The report travels with its figures and figures file (e.g. docs/results/*.png).
+        import shutil
+
+        assets = report.parent / report.stem
+        assets.mkdir(parents=True, exist_ok=True)
+        for item in [*out.glob("*.png"), out / "results.json"]:
+            shutil.copy2(item, assets / item.name)
+        write_markdown(results, report, plots_dir=assets, command=command)
         md = report
     console.print(f"evaluation finished in {results['seconds'] / 60:.1f} min; report {md}")
 

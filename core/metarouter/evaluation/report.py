@@ -193,6 +193,7 @@ def write_markdown(
         "Methods marked † are told the user's true preference (upper references).",
         "",
     ]
+    lines += _summary_section(results)
     lines += _target_section(results)
     for name, entry in results["settings"].items():
         lines += _setting_table(name, entry)
@@ -271,6 +272,56 @@ def _setting_table(name: str, entry: dict[str, Any]) -> list[str]:
             else f"| {m}{mark} | n/a | | | | | | |"
         )
     lines.append("")
+    return lines
+
+
+def _others(metrics: dict[str, Any], key: str, n: str = "6") -> list[tuple[str, float]]:
+    """Methods without the true preference (single models excluded), best first."""
+    out = []
+    for m, v in metrics.items():
+        if m in (*_TRUE, "MetaRouter", "single-model front") or m.startswith("single:"):
+            continue
+        cell = v.get(n, {}).get(key)
+        if cell:
+            out.append((m, float(cell["mean"])))
+    return sorted(out, key=lambda t: -t[1] if key == "hv" else t[1])
+
+
+def _summary_section(results: dict[str, Any]) -> list[str]:
+    """Plain sentences: per setting, where MetaRouter ranks and whom it loses to."""
+    lines = ["## Where MetaRouter wins and where it loses (N = 6)", ""]
+    first = {"hv": 0, "regret": 0}
+    count = 0
+    for name, entry in results["settings"].items():
+        met = entry["metrics"]
+        meta = met.get("MetaRouter", {}).get("6", {})
+        if not meta.get("hv"):
+            continue
+        count += 1
+        parts = []
+        for key, label, d in (("hv", "HV", 3), ("regret", "utility regret", 4)):
+            mine = float(meta[key]["mean"])
+            others = _others(met, key)
+            better = [(m, v) for m, v in others if (v > mine if key == "hv" else v < mine)]
+            if not better:
+                first[key] += 1
+                runner = others[0] if others else ("none", float("nan"))
+                parts.append(f"best {label} ({mine:.{d}f}; next {runner[0]} {runner[1]:.{d}f})")
+            else:
+                names = ", ".join(f"{m} {v:.{d}f}" for m, v in better)
+                parts.append(f"{label} {mine:.{d}f} loses to {names}")
+        single = met.get("single-model front", {}).get("6", {}).get("hv")
+        if single:
+            rel = "above" if meta["hv"]["mean"] > single["mean"] else "**below**"
+            parts.append(f"HV {rel} the single-model front ({single['mean']:.3f})")
+        lines.append(f"- **{name}**: " + "; ".join(parts) + ".")
+    lines += [
+        "",
+        f"Among methods not told the user's preference, MetaRouter has the best HV in "
+        f"{first['hv']} of {count} settings and the lowest utility regret in "
+        f"{first['regret']} of {count}.",
+        "",
+    ]
     return lines
 
 
