@@ -16,6 +16,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from llama_index_metarouter.base import MetaRouterLLM
+from llama_index_metarouter.callbacks import (
+    MetaRouterFeedbackHandler,
+    PreferenceGivenEvent,
+    adispatch_feedback,
+    dispatch_feedback,
+)
 from llama_index_metarouter.candidates import Candidate
 from llama_index_metarouter.embeddings import MiniLMEmbedding
 from llama_index_metarouter.events import (
@@ -24,20 +30,24 @@ from llama_index_metarouter.events import (
     RoutingDecisionEvent,
     RoutingFallbackEvent,
 )
-from llama_index_metarouter.feedback import ComparisonPair, RoutedCall
+from llama_index_metarouter.feedback import ComparePair, RoutedCall
 from llama_index_metarouter.scope import RoutingScope
 from llama_index_metarouter.utils import ROUTING_KEY
 
 __all__ = [
     "ROUTING_KEY",
     "Candidate",
-    "ComparisonPair",
+    "ComparePair",
     "FeedbackRecordedEvent",
+    "MetaRouterFeedbackHandler",
     "MetaRouterLLM",
     "MiniLMEmbedding",
+    "PreferenceGivenEvent",
     "RoutedCall",
     "RoutingCompletedEvent",
     "RoutingDecisionEvent",
     "RoutingFallbackEvent",
     "RoutingScope",
+    "adispatch_feedback",
+    "dispatch_feedback",
 ]

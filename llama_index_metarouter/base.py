@@ -10,10 +10,10 @@ feedback is the core's job.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import (
     AsyncGenerator,
@@ -52,7 +52,6 @@ from llama_index.core.llms.llm import ToolSelection
 from metarouter.errors import (
     ConfigError,
     DispatchError,
-    FeedbackError,
     StoreError,
     UnknownArmError,
 )
@@ -70,7 +69,7 @@ from llama_index_metarouter.events import (
     RoutingDecisionEvent,
     RoutingFallbackEvent,
 )
-from llama_index_metarouter.feedback import ComparisonPair, RoutedCall
+from llama_index_metarouter.feedback import ComparePair, FeedbackItem, RoutedCall, as_feedback_item
 from llama_index_metarouter.scope import RoutingScope, active_scopes, pop_scope, push_scope
 from llama_index_metarouter.utils import (
     ROUTING_KEY,
@@ -84,9 +83,10 @@ from llama_index_metarouter.utils import (
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
     from metarouter.router import MetaRouter
-    from metarouter.service import Decision, FeedbackListener, Response, RoutingService
+    from metarouter.service import ArmSpec, Decision, FeedbackListener, RoutingService
     from metarouter.store.base import PreferenceStore
     from metarouter.store.records import ComparisonRecord, ComparisonSource
+    from metarouter.types import Preference
 
 __all__ = ["MODEL_KWARG", "USER_KWARG", "MetaRouterLLM"]
 
@@ -156,6 +156,8 @@ class MetaRouterLLM(FunctionCallingLLM):
         candidates: ``name -> LLM`` or ``name -> Candidate(llm, price=..., like=...)``. Names in
             the router's catalog need no description; others need a price and ``like`` or
             ``quality`` (see :class:`~llama_index_metarouter.Candidate`).
+        arms: Alternatively, the descriptions as core ``ArmSpec(name, price=..., like=...)``
+            (as the LangChain adapter takes them), for plain-LLM candidates.
         service: A ready :class:`~metarouter.service.RoutingService` (e.g. shared with the
             LangChain adapter) whose arms include every candidate name. Excludes ``router``
             and ``store``.
@@ -202,6 +204,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         self,
         candidates: Mapping[str, CandidateLike],
         *,
+        arms: Sequence[ArmSpec] = (),
         service: RoutingService | None = None,
         router: MetaRouter | None = None,
         store: PreferenceStore | str | os.PathLike[str] | None = None,
@@ -210,7 +213,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
-        llms, arms, described = resolve_candidates(candidates)
+        llms, specs, described = resolve_candidates(candidates, arms)
         if service is not None:
             if router is not None or store is not None:
                 raise ConfigError(
@@ -220,8 +223,8 @@ class MetaRouterLLM(FunctionCallingLLM):
             if described:
                 raise ConfigError(
                     "candidates are described (price/like/quality) by the RoutingService passed "
-                    "as service=; pass plain LLMs, or drop service= and let MetaRouterLLM build "
-                    "it."
+                    "as service=; pass plain LLMs and no arms=, or drop service= and let "
+                    "MetaRouterLLM build it."
                 )
             missing = [name for name in llms if name not in service.specs]
             if missing:
@@ -236,7 +239,7 @@ class MetaRouterLLM(FunctionCallingLLM):
                 from metarouter.store.sql import SQLStore
 
                 store = SQLStore(store)
-            service = RoutingService(arms, router=router, store=store)
+            service = RoutingService(specs, router=router, store=store)
         if user_id is not None:
             validate_user_id(user_id)
         super().__init__(
@@ -915,7 +918,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         *,
         user_id: str | None = None,
         **kwargs: Any,
-    ) -> ComparisonPair:
+    ) -> ComparePair:
         """Answer ``query`` with two candidates worth comparing, for the user to choose from.
 
         The pair is the router's current choice and the candidate whose expected cost differs
@@ -937,7 +940,7 @@ class MetaRouterLLM(FunctionCallingLLM):
             route = self._open(plan, self._decide(replace(plan, user_id=uid), text))
             response, _ = self._dispatch(route, self._pair_call(route, messages, text))
             answers.append(RoutedCall.from_response(self._finish(route, response)))
-        return ComparisonPair(text, uid, (answers[0], answers[1]), self)
+        return ComparePair(text, uid, (answers[0], answers[1]), self)
 
     @dispatcher.span
     async def acompare(
@@ -946,7 +949,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         *,
         user_id: str | None = None,
         **kwargs: Any,
-    ) -> ComparisonPair:
+    ) -> ComparePair:
         """Async :meth:`compare`: both candidates run concurrently."""
         messages, text = self._comparison_input(query)
         uid, plans = await asyncio.to_thread(self._pair_plans, text, user_id, kwargs)
@@ -964,27 +967,12 @@ class MetaRouterLLM(FunctionCallingLLM):
             return RoutedCall.from_response(await self._afinish(route, response))
 
         first, second = await asyncio.gather(one(plans[0]), one(plans[1]))
-        return ComparisonPair(text, uid, (first, second), self)
-
-    def _feedback_item(self, item: Any, role: str) -> str | uuid.UUID | Decision | Response:
-        from metarouter.service import Decision, Response
-
-        if isinstance(item, RoutedCall):
-            return item.decision_id
-        if isinstance(item, (ChatResponse, CompletionResponse)):
-            return RoutedCall.from_response(item).decision_id
-        if isinstance(item, (str, uuid.UUID, Decision, Response)):
-            return item
-        raise FeedbackError(
-            f"the {role} must be a routed response, a RoutedCall, a decision id, or a "
-            f"metarouter.service.Response for an answer the router did not produce; got "
-            f"{type(item).__name__}."
-        )
+        return ComparePair(text, uid, (first, second), self)
 
     def record_preference(
         self,
-        winner: Any,
-        loser: Any,
+        winner: FeedbackItem,
+        loser: FeedbackItem,
         *,
         user_id: str | None = None,
         query: str | None = None,
@@ -998,8 +986,9 @@ class MetaRouterLLM(FunctionCallingLLM):
 
         Args:
             winner: A response this router returned, a :class:`RoutedCall` (e.g.
-                ``scope.last``), a decision id, or a ``metarouter.service.Response(model,
-                cost_usd, text)`` for an answer the router did not produce.
+                ``scope.last``), a decision id, or an answer the router did not produce as
+                ``Response(model=..., cost_usd=..., text=...)`` (from ``metarouter.service``)
+                or a dict with those keys.
             loser: Same kinds.
             user_id: The user (default: the decisions' user; for two external answers, the
                 scope's or this instance's user).
@@ -1011,8 +1000,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         """
         from metarouter.service import Response
 
-        win = self._feedback_item(winner, "winner")
-        lose = self._feedback_item(loser, "loser")
+        win, lose = as_feedback_item(winner), as_feedback_item(loser)
         if user_id is None and all(
             isinstance(x, Response) and x.decision_id is None for x in (win, lose)
         ):
@@ -1033,6 +1021,29 @@ class MetaRouterLLM(FunctionCallingLLM):
             )
         )
         return record
+
+    async def arecord_preference(
+        self,
+        winner: FeedbackItem,
+        loser: FeedbackItem,
+        *,
+        user_id: str | None = None,
+        query: str | None = None,
+        source: ComparisonSource | None = None,
+    ) -> ComparisonRecord:
+        """Async :meth:`record_preference` (the store is written in a worker thread)."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.record_preference, winner, loser, user_id=user_id, query=query, source=source
+            )
+        )
+
+    def preference(self, user_id: str | None = None) -> Preference:
+        """The user's current preference (``quality_weight`` in [0, 1], ``n_comparisons``).
+
+        Default user: the scope's, else this instance's, else the service's default.
+        """
+        return self._service.preference(self._resolve_user(user_id, active_scopes(self._service)))
 
     def add_feedback_listener(self, listener: FeedbackListener) -> FeedbackListener:
         """Call ``listener(event)`` whenever feedback is recorded or a preference re-estimated.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -83,16 +83,22 @@ CandidateLike = LLM | Candidate
 
 def resolve_candidates(
     candidates: Mapping[str, CandidateLike],
+    arms: Sequence[ArmSpec] = (),
 ) -> tuple[dict[str, LLM], list[ArmSpec], bool]:
     """Split a ``name -> LLM | Candidate`` mapping into the LLMs and the core's arm specs.
+
+    Args:
+        candidates: ``name -> LLM | Candidate``.
+        arms: Descriptions given separately as core ``ArmSpec`` (the LangChain adapter's style).
 
     Returns:
         ``(llms, arms, described)``: the LLM of each name, an arm spec per name (in order),
         and whether any candidate carried a description (price, like, quality, descriptor).
 
     Raises:
-        ConfigError: The mapping is empty, a name is not a non-empty string, or a value is
-            neither a LlamaIndex LLM nor a :class:`Candidate`.
+        ConfigError: The mapping is empty, a name is not a non-empty string, a value is
+            neither a LlamaIndex LLM nor a :class:`Candidate`, or ``arms`` names no candidate
+            or one described twice.
     """
     if not isinstance(candidates, Mapping) or not candidates:
         raise ConfigError(
@@ -100,9 +106,16 @@ def resolve_candidates(
             "{'gemma-2-9b-it': llm_a, 'gpt-4o-mini': Candidate(llm_b, price=(0.15, 0.6), "
             "like='qwen2.5-7b-instruct')}."
         )
+    separate = {spec.name: spec for spec in arms}
+    stray = sorted(set(separate) - set(candidates))
+    if stray:
+        raise ConfigError(
+            f"arms {stray} describe no candidate; candidates are {list(candidates)}. Fix: use "
+            "the same names in candidates and arms."
+        )
     llms: dict[str, LLM] = {}
-    arms: list[ArmSpec] = []
-    described = False
+    specs: list[ArmSpec] = []
+    described = bool(separate)
     for name, value in candidates.items():
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"candidate names must be non-empty strings, got {name!r}.")
@@ -113,10 +126,14 @@ def resolve_candidates(
                 "(llama_index.core.llms.LLM). Fix: pass e.g. OpenAI(model=...) or "
                 "Candidate(llm, price=...)."
             )
+        if name in separate and candidate.described:
+            raise ConfigError(
+                f"candidate {name!r} is described twice (Candidate(...) and arms=); keep one."
+            )
         described = described or candidate.described
         llms[name] = candidate.llm
-        arms.append(candidate.arm(name))
-    return llms, arms, described
+        specs.append(separate.get(name) or candidate.arm(name))
+    return llms, specs, described
 
 
 def can_call_tools(llm: LLM) -> bool:

@@ -7,9 +7,10 @@ views of it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from metarouter.errors import FeedbackError
@@ -18,9 +19,15 @@ from metarouter.store.records import ComparisonRecord
 from llama_index_metarouter.utils import routing_info
 
 if TYPE_CHECKING:
+    from metarouter.service import Decision, Response
     from metarouter.store.records import ComparisonSource
 
-__all__ = ["ComparisonPair", "RoutedCall"]
+__all__ = ["ComparePair", "FeedbackItem", "RoutedCall", "as_feedback_item"]
+
+#: One side of a comparison: a response ``MetaRouterLLM`` returned, a :class:`RoutedCall`, a
+#: decision id, a core ``Decision`` or ``Response``, or a mapping (``{"decision_id": ...}``, or
+#: ``{"model": ..., "cost_usd": ..., "text": ...}`` for an answer the router did not produce).
+FeedbackItem: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class _Recorder(Protocol):
 
 
 @dataclass(frozen=True)
-class ComparisonPair:
+class ComparePair:
     """Two candidates' answers to the same query, for the user to choose between.
 
     Returned by :meth:`MetaRouterLLM.compare`; call :meth:`prefer` with the better one.
@@ -136,6 +143,16 @@ class ComparisonPair:
     user_id: str
     answers: tuple[RoutedCall, RoutedCall]
     recorder: _Recorder = field(repr=False, compare=False)
+
+    @property
+    def models(self) -> tuple[str, str]:
+        """The candidates that wrote the two answers."""
+        return self.answers[0].model, self.answers[1].model
+
+    @property
+    def decision_ids(self) -> tuple[str, str]:
+        """Decision ids of the two answers."""
+        return self.answers[0].decision_id, self.answers[1].decision_id
 
     def _pick(self, winner: int | str | RoutedCall) -> tuple[RoutedCall, RoutedCall]:
         first, second = self.answers
@@ -165,3 +182,30 @@ class ComparisonPair:
         """
         win, lose = self._pick(winner)
         return self.recorder.record_preference(win, lose, user_id=self.user_id, source="compare")
+
+
+def as_feedback_item(item: FeedbackItem) -> str | uuid.UUID | Decision | Response:
+    """Normalise one side of a comparison for :meth:`RoutingService.record_preference`.
+
+    LlamaIndex responses and :class:`RoutedCall` become their decision id; the plain forms
+    (ids, ``Decision``, ``Response``, mappings) are read by the core's
+    :func:`metarouter.service.as_answer`, as in every adapter.
+
+    Raises:
+        FeedbackError: The item names no answer (a response the router did not produce, a
+            mapping without ``decision_id`` or ``model`` + ``cost_usd``, another type).
+    """
+    from metarouter.service import Decision, Response, as_answer
+
+    if isinstance(item, RoutedCall):
+        return item.decision_id
+    if isinstance(item, (ChatResponse, CompletionResponse)):
+        return RoutedCall.from_response(item).decision_id
+    if isinstance(item, (str, uuid.UUID, Decision, Response, Mapping)):
+        return as_answer(item)
+    raise FeedbackError(
+        f"cannot compare a {type(item).__name__}: pass a response MetaRouterLLM returned, a "
+        "RoutedCall (e.g. scope.last), a decision id, or, for an answer the router did not "
+        "produce, Response(model=..., cost_usd=..., text=...) from metarouter.service or a dict "
+        "with those keys."
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import threading
 import uuid
@@ -53,6 +54,7 @@ __all__ = [
     "FeedbackListener",
     "Response",
     "RoutingService",
+    "as_answer",
     "default_store_path",
 ]
 
@@ -151,6 +153,44 @@ class Response:
 
 
 WinnerLike = str | uuid.UUID | Response | Decision
+
+
+def as_answer(item: object) -> WinnerLike:
+    """One side of a comparison, from any framework-free way of naming it.
+
+    Adapters convert their own response types (a routed message or response) to a decision id
+    and hand everything else here, so every adapter accepts the same plain forms.
+
+    Args:
+        item: What :meth:`RoutingService.record_preference` takes (a decision id, a run id as
+            ``str`` or ``UUID``, a :class:`Decision`, a :class:`Response`), or a mapping:
+            ``{"decision_id": ...}``, ``{"run_id": ...}``, or ``{"model": str, "cost_usd":
+            float, "text": str}`` (``text`` optional) for an answer the router did not produce.
+
+    Returns:
+        The item in a form :meth:`RoutingService.record_preference` takes.
+
+    Raises:
+        FeedbackError: A mapping naming no answer, or another type.
+    """
+    if isinstance(item, (str, uuid.UUID, Decision, Response)):
+        return item
+    if isinstance(item, Mapping):
+        for key in ("decision_id", "run_id"):
+            if item.get(key) is not None:
+                return str(item[key])
+        model, cost = item.get("model"), item.get("cost_usd")
+        if isinstance(model, str) and isinstance(cost, numbers.Real) and not isinstance(cost, bool):
+            return Response(model=model, cost_usd=float(cost), text=item.get("text"))
+        raise FeedbackError(
+            f"cannot read an answer from {dict(item)!r}: give {{'decision_id': ...}} for a "
+            "routed answer, or {'model': str, 'cost_usd': float, 'text': str} for another one."
+        )
+    raise FeedbackError(
+        f"cannot compare a {type(item).__name__}: pass a decision id, a run id, a Decision, or "
+        "Response(model=..., cost_usd=..., text=...) (or a dict with those keys) for an answer "
+        "the router did not produce."
+    )
 
 
 @dataclass

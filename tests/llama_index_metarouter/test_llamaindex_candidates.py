@@ -84,3 +84,33 @@ def test_store_may_be_a_sqlite_path(meta_router, tmp_path):
     )
     router.complete("Hi")
     assert (tmp_path / "prefs.db").exists()
+
+
+def test_arms_describe_plain_llms_as_in_the_langchain_adapter(make_router):
+    router = make_router(
+        {"my-model": MockLLM(), "gemma-2-9b-it": MockLLM()},
+        arms=[ArmSpec("my-model", price=Price(0.15, 0.6), like="qwen2.5-7b-instruct")],
+    )
+    spec = router.service.specs["my-model"]
+    assert spec.price == Price(0.15, 0.6) and spec.like == "qwen2.5-7b-instruct"
+    assert router.service.arm_names == ["my-model", "gemma-2-9b-it"]
+    assert router.complete("Hi", model="my-model").additional_kwargs["metarouter"]["model"] == (
+        "my-model"
+    )
+
+
+def test_arms_conflicts_are_explained(make_router, meta_router, store):
+    with pytest.raises(ConfigError, match=r"arms \['typo'\] describe no candidate"):
+        make_router({"gemma-2-9b-it": MockLLM()}, arms=[ArmSpec("typo", price=Price(1, 1))])
+    with pytest.raises(ConfigError, match="described twice"):
+        make_router(
+            {"m": Candidate(MockLLM(), price=(1, 1), quality=0.5)},
+            arms=[ArmSpec("m", price=Price(1, 1), quality=0.5)],
+        )
+    service = RoutingService(["gemma-2-9b-it"], router=meta_router, store=store)
+    with pytest.raises(ConfigError, match="no arms="):
+        MetaRouterLLM(
+            {"gemma-2-9b-it": MockLLM()},
+            arms=[ArmSpec("gemma-2-9b-it", price=Price(0.1, 0.1))],
+            service=service,
+        )

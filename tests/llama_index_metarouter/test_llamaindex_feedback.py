@@ -61,14 +61,59 @@ def test_answers_the_router_did_not_produce_can_be_compared(make_router, recorde
     assert router.service.preference("carol").n_comparisons == 1
 
 
+def test_dicts_name_routed_and_external_answers(make_router, recorded_candidates, routerbench):
+    router = make_router(recorded_candidates())
+    prompt = routerbench.prompts[6]
+    cheap = router.complete(prompt, model=CHEAP)
+    routed = {"decision_id": cheap.additional_kwargs[ROUTING_KEY]["decision_id"]}
+    # an answer from outside the router (e.g. the user's own GPT-4 call), as a plain dict
+    outside = {"model": STRONG, "cost_usd": 0.02, "text": routerbench.answers[STRONG][prompt]}
+
+    record = router.record_preference(outside, routed)
+
+    assert (record.winner, record.loser, record.user_id) == (STRONG, CHEAP, "tester")
+    assert record.winner_cost_usd == pytest.approx(0.02) and record.winner_decision_id is None
+    assert record.loser_decision_id == routed["decision_id"]
+
+
+async def test_arecord_preference_stores_and_updates_the_preference(
+    make_router, recorded_candidates, routerbench
+):
+    router = make_router(recorded_candidates())
+    prompt = routerbench.prompts[7]
+    strong, cheap = [await router.acomplete(prompt, model=m) for m in (STRONG, CHEAP)]
+    assert router.preference().n_comparisons == 0
+
+    record = await router.arecord_preference(strong, cheap)
+
+    assert (record.winner, record.user_id) == (STRONG, "tester")
+    assert router.preference().n_comparisons == 1
+    assert router.preference("someone-else").n_comparisons == 0
+
+
+def test_preference_defaults_to_the_scope_then_the_instance_user(
+    make_router, recorded_candidates
+):
+    router = make_router(recorded_candidates(), user_id="erin")
+    router.record_preference(
+        Response(STRONG, 0.01, "a"), Response(CHEAP, 0.001, "b"), query="Explain recursion."
+    )
+    assert router.preference().n_comparisons == 1
+    with router.scope(user_id="frank"):
+        assert router.preference().n_comparisons == 0
+        assert router.preference("erin").n_comparisons == 1
+
+
 def test_feedback_errors_say_how_to_fix(make_router, recorded_candidates, routerbench):
     router = make_router(recorded_candidates())
     foreign = ChatResponse(message=ChatMessage(role="assistant", content="hi"))
     strong, _ = _answers(router, routerbench.prompts[2])
     with pytest.raises(FeedbackError, match=r"did not come through MetaRouterLLM.*Response\("):
         router.record_preference(strong, foreign)
-    with pytest.raises(FeedbackError, match="must be a routed response"):
+    with pytest.raises(FeedbackError, match=r"cannot compare a int: pass a response .*RoutedCall"):
         router.record_preference(strong, 42)
+    with pytest.raises(FeedbackError, match=r"cannot read an answer from \{'model': 'x'\}"):
+        router.record_preference(strong, {"model": "x"})
     with pytest.raises(FeedbackError, match="same decision"):
         router.record_preference(strong, strong)
     with pytest.raises(FeedbackError, match="query text is needed"):
@@ -86,8 +131,11 @@ def test_compare_runs_the_suggested_pair_on_the_same_query(
     for answer in pair.answers:
         assert answer.text == routerbench.answers[answer.model][prompt]
         assert answer.reason == "compare" and answer.cost_usd > 0
+    assert set(pair.models) == {STRONG, CHEAP}
+    assert pair.decision_ids == tuple(a.decision_id for a in pair.answers)
     record = pair.prefer(STRONG)
     assert (record.winner, record.loser, record.source) == (STRONG, CHEAP, "compare")
+    assert {record.winner_decision_id, record.loser_decision_id} == set(pair.decision_ids)
 
 
 async def test_acompare_runs_both_candidates_concurrently(
