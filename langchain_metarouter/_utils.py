@@ -46,6 +46,9 @@ METADATA_KEY = "metarouter"
 USER_ID_KEY = "user_id"
 #: Tag put on the chosen candidate's own run.
 CANDIDATE_TAG = "metarouter:candidate"
+#: LangGraph's tag for runs whose tokens ``stream_mode="messages"`` must not emit: the router's
+#: run already streams the candidate's tokens.
+NOSTREAM_TAG = "nostream"
 
 CandidateCallbacks = Literal["tracers", "all"]
 
@@ -176,7 +179,8 @@ def child_callbacks(
     run collectors, ``astream_log``) receive the nested run; other handlers (token counters,
     streaming handlers, the app's own) see the router's run only, which carries the same
     tokens, answer and usage, so nothing is counted twice. ``policy="all"`` passes every
-    inheritable handler.
+    inheritable handler. Either way the candidate's run is tagged ``nostream``, so that a
+    LangGraph ``stream_mode="messages"`` stream emits each token once (from the router's run).
 
     Args:
         parent_run_id: The router's run id (None when unknown).
@@ -196,7 +200,7 @@ def child_callbacks(
     manager.add_metadata({k: v for k, v in metadata.items() if not k.startswith("ls_")})
     if extra_metadata:
         manager.add_metadata(dict(extra_metadata), inherit=False)
-    manager.add_tags([CANDIDATE_TAG], inherit=False)
+    manager.add_tags([CANDIDATE_TAG, NOSTREAM_TAG], inherit=False)
     return manager
 
 
