@@ -239,8 +239,20 @@ def evaluate(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds.")] = 5,
     steps: Annotated[int, typer.Option(help="Meta-training steps per router.")] = 1500,
+    ood_task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ood-task",
+            help="With --data FILE: task families left out of training for the OOD split.",
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate MetaRouter against the baselines (docs/method.md protocol)."""
+    """Evaluate MetaRouter against the baselines (docs/method.md protocol).
+
+    --data is the folder of the shared datasets, or one outcome file of your own (Parquet,
+    CSV or JSONL, docs/data.md) with train and test splits: candidates, the held-out model of
+    the swap test and tau are then chosen from it (see metarouter.evaluation.plan_for_table).
+    """
     import dataclasses
     import shlex
     import sys
@@ -251,6 +263,11 @@ def evaluate(
     cfg = EvalConfig.quick() if quick else EvalConfig(seeds=tuple(range(seeds)), train_steps=steps)
     if dataset:
         cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
+    if data is not None and Path(data).is_file():  # a user's own outcome table
+        cfg = dataclasses.replace(
+            cfg, datasets=(str(data),), ood_tasks=tuple(ood_task or ()), splits=("ID", "OOD")
+        )
+        data = None
     results = run_evaluation(cfg, out, data=data)
     command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_markdown(results, out / "report.md", plots_dir=out, command=command)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from metarouter.arms import ArmDescriptor
 from metarouter.evaluation.feedback import Feedback, outcomes
 from metarouter.evaluation.settings import Setting

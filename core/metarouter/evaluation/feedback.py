@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from metarouter.evaluation.settings import Setting
 from metarouter.profiles import Profile, simulate_preferences
 

@@ -11,6 +11,7 @@ References:
 from __future__ import annotations
 
 import numpy as np
+
 from metarouter.errors import ConfigError
 
 __all__ = [

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from metarouter.evaluation.baselines import Context, Method
 from metarouter.evaluation.feedback import draw_feedback
 from metarouter.evaluation.metrics import hypervolume, igd, normalise_costs
@@ -163,8 +164,9 @@ def run_setting(
         temperature: Bradley-Terry temperature of the simulated users.
         progress: Show a progress bar.
     """
-    from metarouter.evaluation.baselines import Oracle
     from tqdm.auto import tqdm
+
+    from metarouter.evaluation.baselines import Oracle
 
     profiles = (
         list(profiles)

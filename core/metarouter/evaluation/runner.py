@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from metarouter.config import TrainingConfig
-from metarouter.data import llmrouter_prices, load_dataset
+from metarouter.data import OutcomeMatrix, llmrouter_prices, load_dataset, load_outcomes
 from metarouter.embeddings import Embedder
+from metarouter.errors import ConfigError
 from metarouter.evaluation.baselines import (
     AvengersPro,
     BaRP,
@@ -33,6 +35,7 @@ from metarouter.evaluation.settings import (
     Setting,
     build_settings,
     default_plans,
+    plan_for_table,
     split_rows,
 )
 from metarouter.router import MetaRouter
@@ -57,6 +60,8 @@ class EvalConfig:
         ksets: ``K2``, ``K5``, ``swap``.
         train_variant: Also run the variant with comparisons drawn from training queries
             (N = 6, K2 and K5).
+        ood_tasks: For a user's outcome file in ``datasets``: task families left out of
+            training for the OOD split (empty: ID only).
     """
 
     datasets: tuple[str, ...] = ("routerbench", "llmrouter")
@@ -68,6 +73,7 @@ class EvalConfig:
     splits: tuple[str, ...] = ("ID", "OOD")
     ksets: tuple[str, ...] = ("K2", "K5", "swap")
     train_variant: bool = True
+    ood_tasks: tuple[str, ...] = ()
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -145,6 +151,25 @@ def _train_routers(
     return routers, info
 
 
+def _dataset(
+    name: str,
+    data: str | Path | None,
+    plans: dict[str, DatasetPlan],
+    ood_tasks: tuple[str, ...],
+) -> tuple[OutcomeMatrix, DatasetPlan]:
+    """A shared dataset by name (with its plan), or a user's outcome file (plan derived)."""
+    if name in plans:
+        return load_dataset(name, data).to_matrix(), plans[name]
+    path = Path(name)
+    if path.is_file():
+        matrix = load_outcomes(path).to_matrix()
+        return matrix, plan_for_table(matrix, path.stem, ood_tasks=ood_tasks)
+    raise ConfigError(
+        f"unknown dataset {name!r}: give one of {sorted(plans)} or the path of an outcome file "
+        "(Parquet, CSV or JSONL; see docs/data.md)."
+    )
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for name in ("metarouter", "torch", "sentence-transformers", "numpy", "scikit-learn"):
@@ -179,14 +204,14 @@ def run_evaluation(
     embedder = Embedder(cache=True)
     settings: list[Setting] = []
     for name in cfg.datasets:
-        matrix = load_dataset(name, data).to_matrix()
+        matrix, plan = _dataset(name, data, plans, cfg.ood_tasks)
         needed = np.unique(
             np.concatenate(
                 [
                     np.concatenate(
                         split_rows(
                             matrix,
-                            plans[name],
+                            plan,
                             split,
                             max_train=cfg.max_train,
                             max_test=cfg.max_test,
@@ -201,7 +226,7 @@ def run_evaluation(
         settings += build_settings(
             matrix,
             emb,
-            plans[name],
+            plan,
             splits=cfg.splits,
             ksets=cfg.ksets,
             max_train=cfg.max_train,

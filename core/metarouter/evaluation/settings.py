@@ -10,11 +10,19 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from metarouter.data.table import OutcomeMatrix
 from metarouter.errors import ConfigError
 from metarouter.pricing import estimate_tokens
 
-__all__ = ["DatasetPlan", "Setting", "build_settings", "default_plans", "split_rows"]
+__all__ = [
+    "DatasetPlan",
+    "Setting",
+    "build_settings",
+    "default_plans",
+    "plan_for_table",
+    "split_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,26 +32,77 @@ class DatasetPlan:
     """How one dataset is evaluated.
 
     Attributes:
-        name: Dataset name (``load_dataset`` name).
+        name: Dataset name (``load_dataset`` name, or a label for a user's table).
         k2: One cheap and one strong model.
-        k5: Five models (a superset of ``k2``).
-        held_out: A model never used in training, swapped into ``k5`` for the swap test.
+        k5: The larger candidate set (five models where the table has them; a superset of
+            ``k2``).
+        held_out: A model never used in training, swapped into ``k5`` for the swap test
+            (None: no swap test).
         swap_out: The ``k5`` member it replaces.
-        ood_tasks: Task families left out of training and used as the OOD test set.
+        ood_tasks: Task families left out of training and used as the OOD test set (empty: no
+            OOD split).
     """
 
     name: str
     k2: tuple[str, str]
     k5: tuple[str, ...]
-    held_out: str
-    swap_out: str
-    ood_tasks: tuple[str, ...]
+    held_out: str | None = None
+    swap_out: str | None = None
+    ood_tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not set(self.k2) <= set(self.k5) or len(self.k5) != 5:
-            raise ConfigError(f"{self.name}: k5 must have 5 models including k2.")
-        if self.held_out in self.k5 or self.swap_out not in self.k5:
+        if not set(self.k2) <= set(self.k5) or len(set(self.k2)) != 2:
+            raise ConfigError(f"{self.name}: k2 must be two different models, both in k5.")
+        if self.held_out is not None and (self.held_out in self.k5 or self.swap_out not in self.k5):
             raise ConfigError(f"{self.name}: held_out must be outside k5, swap_out inside.")
+
+
+def plan_for_table(
+    matrix: OutcomeMatrix, name: str, *, ood_tasks: tuple[str, ...] = ()
+) -> DatasetPlan:
+    """A plan for a user's outcome table, chosen from its training split.
+
+    K2 = the cheapest model and the one with the best mean quality; K5 = those two plus the
+    next models by mean quality (up to five); the held-out model for the swap test is the best
+    remaining model (when the table has six or more), swapped in for the weakest K5 member
+    other than the K2 pair.
+
+    Raises:
+        ConfigError: Fewer than two models, identical cheapest and strongest model, no
+            ``test`` split rows, or an OOD task the table does not have.
+    """
+    if len(matrix.models) < 2:
+        raise ConfigError(f"{name}: evaluating a router needs at least two models.")
+    if not (matrix.splits == "test").any():
+        raise ConfigError(
+            f"{name}: no rows with split 'test'. Fix: add a split column marking held-out "
+            "queries as 'test' (and the rest 'train'); see docs/data.md."
+        )
+    missing = sorted(set(ood_tasks) - set(matrix.tasks.tolist()))
+    if missing:
+        raise ConfigError(
+            f"{name}: OOD tasks {missing} are not in the table; its tasks are "
+            f"{sorted(set(matrix.tasks.tolist()))}."
+        )
+    train = matrix.split("train")
+    quality = train.quality.mean(axis=0)
+    cost = train.cost.mean(axis=0)
+    models = list(matrix.models)
+    cheap = models[int(np.argmin(cost))]
+    by_quality = [models[i] for i in np.argsort(-quality, kind="stable")]
+    strong = by_quality[0] if by_quality[0] != cheap else by_quality[1]
+    k5 = [cheap, strong, *[m for m in by_quality if m not in (cheap, strong)][:3]]
+    rest = [m for m in by_quality if m not in k5]
+    held_out = rest[0] if rest and len(k5) > 2 else None
+    swap_out = k5[-1] if held_out is not None else None
+    return DatasetPlan(
+        name=name,
+        k2=(cheap, strong),
+        k5=tuple(k5),
+        held_out=held_out,
+        swap_out=swap_out,
+        ood_tasks=tuple(ood_tasks),
+    )
 
 
 def default_plans() -> dict[str, DatasetPlan]:
@@ -180,6 +239,10 @@ def build_settings(
     """
     out: list[Setting] = []
     train_models = tuple(m for m in matrix.models if m != plan.held_out)
+    if plan.held_out is None:
+        ksets = tuple(k for k in ksets if k != "swap")
+    if not plan.ood_tasks:
+        splits = tuple(s for s in splits if s != "OOD")
     for split in splits:
         train_idx, test_idx = split_rows(
             matrix, plan, split, max_train=max_train, max_test=max_test, seed=seed
@@ -187,7 +250,7 @@ def build_settings(
         tr = train_idx
         train_full = matrix.rows(train_idx)
         train = train_full.select_models(train_models)
-        probe = train_full.select_models([plan.held_out])
+        probe = train_full.select_models([plan.held_out]) if plan.held_out else None
         pool = tuple(plan.k5)
         tau = float(np.percentile(train_full.select_models(pool).cost.max(axis=1), 95))
         for kset in ksets:
@@ -195,8 +258,9 @@ def build_settings(
                 models: tuple[str, ...] = tuple(plan.k2)
             elif kset == "K5":
                 models = tuple(plan.k5)
-            elif kset == "swap":
-                models = tuple(plan.held_out if m == plan.swap_out else m for m in plan.k5)
+            elif kset == "swap" and plan.held_out is not None:
+                new = plan.held_out
+                models = tuple(new if m == plan.swap_out else m for m in plan.k5)
             else:
                 raise ConfigError(f"unknown candidate set {kset!r}; use K2, K5 or swap.")
             test = matrix.rows(test_idx).select_models(models)

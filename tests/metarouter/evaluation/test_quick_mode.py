@@ -45,4 +45,7 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
         assert (out / png).stat().st_size > 10_000
     text = report.read_text()
     assert "## Target check (N = 6)" in text and "llmrouter/ID/K5" in text
+    assert "## Where MetaRouter wins and where it loses" in text
+    assert (tmp_path / "results" / "fronts.png").is_file()  # figures travel with the report
+    assert "](results/fronts.png)" in text
     assert (out / "routers" / "llmrouter-ID" / "model.safetensors").is_file()
