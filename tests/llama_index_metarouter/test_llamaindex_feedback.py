@@ -91,9 +91,7 @@ async def test_arecord_preference_stores_and_updates_the_preference(
     assert router.preference("someone-else").n_comparisons == 0
 
 
-def test_preference_defaults_to_the_scope_then_the_instance_user(
-    make_router, recorded_candidates
-):
+def test_preference_defaults_to_the_scope_then_the_instance_user(make_router, recorded_candidates):
     router = make_router(recorded_candidates(), user_id="erin")
     router.record_preference(
         Response(STRONG, 0.01, "a"), Response(CHEAP, 0.001, "b"), query="Explain recursion."
