@@ -284,6 +284,157 @@ def evaluate(
     console.print(f"evaluation finished in {results['seconds'] / 60:.1f} min; report {md}")
 
 
+# -- the preference store ---------------------------------------------------------------------
+store_app = typer.Typer(
+    help="The preference store: row counts, export or delete a user's data, fine-tune a router "
+    "on the recorded feedback (docs/store.md).",
+    no_args_is_help=True,
+)
+app.add_typer(store_app, name="store")
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="SQLite file or database URL (postgresql+psycopg://user@host/db). Default: "
+        "$METAROUTER_STORE, then ~/.local/share/metarouter/preferences.db.",
+    ),
+]
+
+
+def _store_location(target: str | None) -> str:
+    """``target`` or the default store; a SQLite file that does not exist is an error."""
+    from metarouter.errors import ConfigError
+    from metarouter.service import default_store_path
+
+    location = target or str(default_store_path())
+    if "://" not in location and not Path(location).expanduser().is_file():
+        raise ConfigError(
+            f"no preference store at {location}. Fix: pass --store with the SQLite file or the "
+            "database URL your application uses (or set METAROUTER_STORE)."
+        )
+    return location
+
+
+@store_app.command("stats")
+def store_stats(store: StoreOption = None) -> None:
+    """Print the backend, schema version and row counts."""
+    from metarouter.store import SQLStore
+
+    with SQLStore(_store_location(store)) as opened:
+        stats = opened.stats()
+    grid = Table(title=f"preference store {stats.pop('url')}", title_justify="left")
+    grid.add_column("")
+    grid.add_column("value", justify="right")
+    for key, value in stats.items():
+        grid.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(grid)
+
+
+@store_app.command("export")
+def store_export(
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write (replaced atomically).")],
+    store: StoreOption = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Export everything about this user (a data-access request)."),
+    ] = None,
+    include_metadata: Annotated[
+        bool,
+        typer.Option(help="Dataset export: also write decisions' run ids and free-form metadata."),
+    ] = False,
+) -> None:
+    """Export the feedback dataset (all decisions and comparisons), or one user's data."""
+    from metarouter.store import SQLStore
+
+    with SQLStore(_store_location(store)) as opened:
+        if user is not None:
+            rows = opened.export_user_jsonl(user, out)
+            console.print(f"wrote {rows:,} rows about user {user!r} to {out}")
+            return
+        counts = opened.export_comparisons(out, include_metadata=include_metadata)
+    console.print(
+        f"wrote {counts['decisions']:,} decisions and {counts['comparisons']:,} comparisons to "
+        f"{out}; fine-tune on it with `metarouter store finetune --feedback {out} --out DIR`"
+    )
+
+
+@store_app.command("delete")
+def store_delete(
+    user: Annotated[str, typer.Option("--user", help="The user whose data to delete.")],
+    store: StoreOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete everything stored about one user (right to be forgotten), in one transaction."""
+    from metarouter.store import SQLStore, validate_user_id
+
+    validate_user_id(user)
+    opened = SQLStore(_store_location(store))
+    with opened:
+        if not yes:
+            typer.confirm(f"delete every row about user {user!r} from {opened.url}?", abort=True)
+        deleted = opened.delete_user(user)
+    console.print(f"deleted {deleted:,} rows about user {user!r}")
+
+
+@store_app.command("finetune")
+def store_finetune(
+    feedback: Annotated[
+        Path, typer.Option("--feedback", help="A dataset written by `metarouter store export`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the fine-tuned router to.")],
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Router folder to start from (default: the bundled router)."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Maximum optimisation steps.")] = 300,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Fine-tune a router on the users' recorded comparisons and save it (closing the loop)."""
+    import json
+    import shlex
+    import sys
+
+    from metarouter.router import MetaRouter
+    from metarouter.store import load_feedback
+    from metarouter.training import finetune_on_comparisons
+
+    by_user = load_feedback(feedback)
+    router = MetaRouter.default() if init is None else MetaRouter.from_pretrained(init)
+    n = sum(len(v) for v in by_user.values())
+    console.print(f"fine-tuning on {n:,} comparisons of {len(by_user):,} users from {feedback}")
+    command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = finetune_on_comparisons(
+        router,
+        by_user,
+        steps=steps,
+        learning_rate=learning_rate,
+        seed=seed,
+        progress=True,
+        description=f"{feedback.name}; {command}",
+    )
+    result.router.save_pretrained(out)
+    losses = result.history["val_loss"]
+    report = {
+        "command": command,
+        "feedback": str(feedback),
+        "init": str(init) if init is not None else "bundled default",
+        "users": len(by_user),
+        "comparisons": n,
+        "steps": steps,
+        "seed": seed,
+        "best_step": result.best_step,
+        "seconds": round(result.seconds, 1),
+        "history": result.history,
+    }
+    (out / "finetuning.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    console.print(
+        f"saved to {out} in {result.seconds:.0f}s; held-out users' comparison loss "
+        f"{losses[0]:.4f} -> {min(losses):.4f} (kept step {result.best_step})"
+    )
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into clean exits."""
     try:

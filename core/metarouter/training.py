@@ -19,7 +19,8 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,9 @@ from metarouter.pricing import Price, estimate_tokens
 
 if TYPE_CHECKING:
     from metarouter.router import MetaRouter
+    from metarouter.types import Comparison
 
-__all__ = ["TrainingResult", "cost_scale", "train_router"]
+__all__ = ["TrainingResult", "cost_scale", "finetune_on_comparisons", "train_router"]
 
 logger = logging.getLogger(__name__)
 
@@ -345,3 +347,243 @@ def train_router(
         "trained in %.1fs; best validation regret %.4f at step %d", seconds, best[0], best[1]
     )
     return TrainingResult(router, history, best[1], seconds)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (0: unchanged), then restore the setting."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _feedback_episode(
+    router: MetaRouter,
+    model: MetaRouterModel,
+    comparisons: Sequence[Comparison],
+    known: Mapping[str, ArmDescriptor],
+    rng: np.random.Generator,
+    max_support: int,
+    max_targets: int,
+) -> tuple[torch.Tensor, float]:
+    """Bradley-Terry loss of a user's held-out comparisons given the rest as support.
+
+    Returns:
+        The mean loss over the targets and the share of them the router ranks right.
+    """
+    from metarouter.model import CandidateBatch
+
+    order = rng.permutation(len(comparisons))
+    n_support = int(rng.integers(0, min(len(comparisons) - 1, max_support) + 1))
+    support_set = [comparisons[i] for i in order[:n_support]]
+    targets = [comparisons[i] for i in order[n_support:][:max_targets]]
+    names = sorted({c.winner for c in comparisons} | {c.loser for c in comparisons})
+    ids = {name: i for i, name in enumerate(names)}
+    support = router._support(support_set, known, ids)
+    tgt = router._support(targets, known, ids)
+    z = model.encode(support)
+    ev = model.evidence(support, torch.arange(len(names)).unsqueeze(0), z)[0]
+    n = len(targets)
+    win_ids, lose_ids = tgt["win_id"][0, :n], tgt["lose_id"][0, :n]
+    arms = CandidateBatch(
+        cap=torch.stack([tgt["win_cap"][0, :n], tgt["lose_cap"][0, :n]], 1),
+        cost=torch.zeros(n, 2, 2, dtype=torch.float64),
+        ids=torch.stack([win_ids, lose_ids], 1),
+        mask=torch.ones(n, 2, dtype=torch.bool),
+    )
+    # the costs the user saw enter as the per-call term of a zero-slope cost model
+    arms["cost"][:, 0, 0] = tgt["win_cost"][0, :n].double()
+    arms["cost"][:, 1, 0] = tgt["lose_cost"][0, :n].double()
+    evidence = torch.stack([ev[win_ids], ev[lose_ids]], 1)
+    q = tgt["q"][0, :n].unsqueeze(1)
+    scores, _ = model.score(q, torch.zeros(n, 1), arms, z.expand(n, -1), evidence)
+    margin = scores[:, 0, 0] - scores[:, 0, 1]
+    return torch.nn.functional.softplus(-margin).mean(), float((margin > 0).float().mean())
+
+
+def finetune_on_comparisons(
+    router: MetaRouter,
+    comparisons: Mapping[str, Sequence[Comparison]],
+    *,
+    arms: Sequence[ArmDescriptor] = (),
+    steps: int = 300,
+    learning_rate: float = 1e-3,
+    anchor_weight: float = 1.0,
+    episodes_per_step: int = 16,
+    max_support: int = 12,
+    max_targets: int = 8,
+    validation_share: float = 0.2,
+    eval_every: int = 20,
+    patience: int = 5,
+    seed: int = 0,
+    threads: int = 1,
+    progress: bool = False,
+    description: str = "",
+) -> TrainingResult:
+    """Fine-tune a trained router on real users' comparisons (live feedback -> better router).
+
+    Each episode is one user: their comparisons are shuffled and split into a support set (what
+    the router adapts on, as in :meth:`MetaRouter.adapt`) and targets (the user's other
+    judgements). The loss is the Bradley-Terry negative log-likelihood of the targets under the
+    policy's scores given the support, ``softplus(score(loser) - score(winner))`` with the
+    costs the user saw, plus ``anchor_weight`` times the squared distance to the starting
+    weights. Users are split into training and validation users; the weights with the lowest
+    validation loss are kept, the starting weights included, so the result never predicts the
+    validation users' choices worse than the router it started from. The input router is not
+    changed.
+
+    Args:
+        router: The router to start from (e.g. :meth:`MetaRouter.default`).
+        comparisons: Comparisons per user, each with its query embedding (as exported by the
+            preference store: :func:`metarouter.store.load_feedback`).
+        arms: Descriptors of compared models outside the router's catalog.
+        steps: Maximum optimisation steps.
+        learning_rate: Adam learning rate.
+        anchor_weight: Weight of the pull towards the starting weights.
+        episodes_per_step: Users sampled per step.
+        max_support: Largest support set.
+        max_targets: Most held-out comparisons scored per episode.
+        validation_share: Share of users held out for early stopping (none with one user).
+        eval_every: Steps between validation runs.
+        patience: Validation runs without improvement before stopping.
+        seed: Seed of every random draw.
+        threads: torch intra-op threads while fine-tuning (restored afterwards; 0 = leave
+            torch's setting).
+        progress: Show a progress bar.
+        description: Provenance appended to the router config's ``training_data``.
+
+    Returns:
+        The fine-tuned router and its history: ``step``, ``loss``, and per validation run
+        ``val_step``, ``val_loss`` and ``val_accuracy`` (share of held-out comparisons ranked
+        right); index 0 is the starting router.
+
+    Raises:
+        ConfigError: No comparisons, or invalid settings.
+    """
+    from tqdm.auto import tqdm
+
+    from metarouter.router import MetaRouter
+
+    users = sorted(u for u, cs in comparisons.items() if len(cs) > 0)
+    if not users:
+        raise ConfigError(
+            "no comparisons to fine-tune on. Fix: export a store with recorded feedback "
+            "(`metarouter store export --out feedback.jsonl`)."
+        )
+    if steps < 1 or episodes_per_step < 1 or eval_every < 1 or patience < 1:
+        raise ConfigError("steps, episodes_per_step, eval_every and patience must be >= 1.")
+    if not 0 <= validation_share < 1 or learning_rate <= 0 or anchor_weight < 0:
+        raise ConfigError(
+            "need 0 <= validation_share < 1, learning_rate > 0 and anchor_weight >= 0."
+        )
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    known = {a.name: a for a in router.resolve(arms)} if arms else {}
+    data: dict[str, list[Comparison]] = {}
+    for user in users:  # embed text-only comparisons once, not once per episode
+        cs = list(comparisons[user])
+        todo = [i for i, c in enumerate(cs) if c.embedding is None]
+        if todo:
+            emb = router.embedder.encode([cs[i].query or "" for i in todo])
+            for row, i in enumerate(todo):
+                cs[i] = dataclasses.replace(cs[i], embedding=emb[row])
+        data[user] = cs
+    order = [users[i] for i in rng.permutation(len(users))]
+    n_val = round(validation_share * len(users))
+    n_val = min(max(n_val, 1 if validation_share > 0 else 0), len(users) - 1)
+    val_users, train_users = order[:n_val], order[n_val:]
+    if not val_users:
+        logger.warning("one user (or validation_share=0): validating on the training users")
+        val_users = train_users
+    val_rng = np.random.default_rng(seed + 1)
+    val_plan = [(u, int(val_rng.integers(2**31))) for u in val_users for _ in range(4)]
+
+    model = copy.deepcopy(router.model)
+    anchor = [p.detach().clone() for p in model.parameters()]
+
+    def validate() -> tuple[float, float]:
+        model.eval()
+        with torch.no_grad():
+            runs = [
+                _feedback_episode(
+                    router,
+                    model,
+                    data[u],
+                    known,
+                    np.random.default_rng(s),
+                    max_support,
+                    max_targets,
+                )
+                for u, s in val_plan
+            ]
+        model.train()
+        return float(np.mean([r[0].item() for r in runs])), float(np.mean([r[1] for r in runs]))
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    history: dict[str, list[float]] = {k: [] for k in ("step", "loss", "val_step", "val_loss")}
+    history["val_accuracy"] = []
+
+    def log_validation(step: int) -> float:
+        val, accuracy = validate()
+        history["val_step"].append(step)
+        history["val_loss"].append(val)
+        history["val_accuracy"].append(accuracy)
+        return val
+
+    with _torch_threads(threads):  # tiny tensors: one thread is the fastest
+        best = (log_validation(0), 0, copy.deepcopy(model.state_dict()))
+        stale = 0
+        model.train()
+        bar = tqdm(range(1, steps + 1), desc="fine-tuning", disable=not progress, leave=False)
+        for step in bar:
+            picked = rng.choice(len(train_users), episodes_per_step)
+            fit = torch.stack(
+                [
+                    _feedback_episode(
+                        router, model, data[train_users[i]], known, rng, max_support, max_targets
+                    )[0]
+                    for i in picked
+                ]
+            ).mean()
+            pull = sum(
+                ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+            )
+            loss = fit + anchor_weight * pull
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            history["step"].append(step)
+            history["loss"].append(float(fit.item()))
+            if step % eval_every == 0 or step == steps:
+                val = log_validation(step)
+                bar.set_postfix(val_loss=f"{val:.4f}")
+                if val < best[0] - 1e-6:
+                    best, stale = (val, step, copy.deepcopy(model.state_dict())), 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        logger.info("fine-tuning: early stop at step %d (best %d)", step, best[1])
+                        break
+    note = f"fine-tuned on {sum(len(v) for v in data.values())} comparisons of {len(users)} users"
+    if description:
+        note = f"{note} ({description})"
+    base = router.config.training_data
+    config = dataclasses.replace(router.config, training_data=f"{base}; {note}" if base else note)
+    tuned = MetaRouterModel(config)
+    tuned.load_state_dict(best[2])
+    result = MetaRouter(tuned.eval(), list(router.catalog.values()), embedder=router._embedder)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "fine-tuned in %.1fs; validation loss %.4f -> %.4f (step %d)",
+        seconds,
+        history["val_loss"][0],
+        best[0],
+        best[1],
+    )
+    return TrainingResult(result, history, best[1], seconds)

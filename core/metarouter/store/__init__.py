@@ -4,7 +4,12 @@
 """
 
 from metarouter.store.base import PreferenceStore
-from metarouter.store.export import load_comparison_export, load_decision_export
+from metarouter.store.export import (
+    comparisons_by_user,
+    load_comparison_export,
+    load_decision_export,
+    load_feedback,
+)
 from metarouter.store.records import (
     ComparisonRecord,
     DecisionRecord,
@@ -23,8 +28,10 @@ __all__ = [
     "FeedbackEvent",
     "PreferenceStore",
     "SQLStore",
+    "comparisons_by_user",
     "load_comparison_export",
     "load_decision_export",
+    "load_feedback",
     "new_id",
     "query_hash",
     "validate_user_id",

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,14 +46,19 @@ from metarouter.store.records import (
     validate_decision,
 )
 
+if TYPE_CHECKING:
+    from metarouter.types import Comparison
+
 __all__ = [
     "DATASET_FORMAT",
     "DATASET_FORMAT_VERSION",
     "USER_EXPORT_FORMAT",
     "comparison_to_json",
+    "comparisons_by_user",
     "decision_to_json",
     "load_comparison_export",
     "load_decision_export",
+    "load_feedback",
     "write_dataset",
     "write_user_export",
 ]
@@ -341,3 +346,28 @@ def load_decision_export(path: str | os.PathLike[str]) -> list[DecisionRecord]:
         DataError: As :func:`load_comparison_export`.
     """
     return _read_dataset(path)[0]
+
+
+def comparisons_by_user(records: Iterable[ComparisonRecord]) -> dict[str, list[Comparison]]:
+    """Group comparison records by user, as :class:`~metarouter.types.Comparison` objects.
+
+    The result is what :func:`metarouter.training.finetune_on_comparisons` takes.
+    """
+    grouped: dict[str, list[Comparison]] = {}
+    for rec in records:
+        grouped.setdefault(rec.user_id, []).append(rec.to_comparison())
+    return grouped
+
+
+def load_feedback(path: str | os.PathLike[str]) -> dict[str, list[Comparison]]:
+    """The comparisons of a ``metarouter-feedback`` export, per user, ready for fine-tuning.
+
+    Example:
+        >>> from metarouter import MetaRouter  # doctest: +SKIP
+        >>> from metarouter.training import finetune_on_comparisons  # doctest: +SKIP
+        >>> result = finetune_on_comparisons(MetaRouter.default(), load_feedback("fb.jsonl"))
+
+    Raises:
+        DataError: As :func:`load_comparison_export`.
+    """
+    return comparisons_by_user(load_comparison_export(path))
