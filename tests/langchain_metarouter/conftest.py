@@ -1,7 +1,8 @@
 """Fixtures for the LangChain adapter tests: one router per session, a fresh store per test.
 
 Every test in this folder runs with the network blocked (pytest-recording's ``block_network``
-mark; loopback recording is the only exception, see test_openai_vcr.py).
+mark). The only exception is recording new cassettes for test_openai_vcr.py
+(``--record-mode=once`` or ``rewrite``), which talks to a server on loopback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
@@ -29,6 +31,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.block_network)
+
+
+def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
+    """Let cassettes use the serializer that keeps RouterBench text out of them."""
+    from routerbench_cassettes import SERIALIZER, RouterBenchYAMLSerializer
+
+    vcr.register_serializer(SERIALIZER, RouterBenchYAMLSerializer())
 
 
 @cache
