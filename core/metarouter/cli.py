@@ -317,12 +317,20 @@ def _store_location(target: str | None) -> str:
 
 
 @store_app.command("stats")
-def store_stats(store: StoreOption = None) -> None:
+def store_stats(
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
     """Print the backend, schema version and row counts."""
+    import json
+
     from metarouter.store import SQLStore
 
     with SQLStore(_store_location(store)) as opened:
         stats = opened.stats()
+    if as_json:
+        typer.echo(json.dumps(stats))
+        return
     grid = Table(title=f"preference store {stats.pop('url')}", title_justify="left")
     grid.add_column("")
     grid.add_column("value", justify="right")

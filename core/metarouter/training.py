@@ -417,6 +417,7 @@ def finetune_on_comparisons(
     max_support: int = 12,
     max_targets: int = 8,
     validation_share: float = 0.2,
+    validation_users: Sequence[str] | None = None,
     eval_every: int = 20,
     patience: int = 5,
     seed: int = 0,
@@ -448,6 +449,7 @@ def finetune_on_comparisons(
         max_support: Largest support set.
         max_targets: Most held-out comparisons scored per episode.
         validation_share: Share of users held out for early stopping (none with one user).
+        validation_users: Hold out exactly these users instead (e.g. one tenant).
         eval_every: Steps between validation runs.
         patience: Validation runs without improvement before stopping.
         seed: Seed of every random draw.
@@ -494,9 +496,19 @@ def finetune_on_comparisons(
                 cs[i] = dataclasses.replace(cs[i], embedding=emb[row])
         data[user] = cs
     order = [users[i] for i in rng.permutation(len(users))]
-    n_val = round(validation_share * len(users))
-    n_val = min(max(n_val, 1 if validation_share > 0 else 0), len(users) - 1)
-    val_users, train_users = order[:n_val], order[n_val:]
+    if validation_users is not None:
+        held = set(validation_users)
+        if not held <= set(users) or held == set(users):
+            raise ConfigError(
+                f"validation_users must be some, not all, of the users with comparisons; "
+                f"unknown: {sorted(held - set(users))}."
+            )
+        val_users = [u for u in order if u in held]
+        train_users = [u for u in order if u not in held]
+    else:
+        n_val = round(validation_share * len(users))
+        n_val = min(max(n_val, 1 if validation_share > 0 else 0), len(users) - 1)
+        val_users, train_users = order[:n_val], order[n_val:]
     if not val_users:
         logger.warning("one user (or validation_share=0): validating on the training users")
         val_users = train_users

@@ -22,7 +22,7 @@ Adding a migration step (a schema change):
    old one and rename (its documented 12-step procedure). Never edit an existing step: stores in
    the field were built by it.
 3. Append ``Migration(N, "what and why", _to_vN)`` to :data:`MIGRATIONS`.
-4. Extend ``tests/metarouter/store/test_migrations.py``: a store built at ``N-1`` with rows in
+4. Extend ``tests/metarouter/store/test_store_migrations.py``: a store built at ``N-1`` with rows in
    it opens at ``N`` with the rows intact, and the migrated schema equals the declared tables.
 """
 
