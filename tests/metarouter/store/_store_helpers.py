@@ -19,6 +19,24 @@ COST = {"gemma-2-9b-it": 0.0001, "qwen2.5-7b-instruct": 0.0002}
 COST["llama-3.1-nemotron-51b-instruct"] = 0.0009
 
 
+QUERIES = [
+    "Prove that there are infinitely many prime numbers.",
+    "Translate 'good morning, how are you?' into French.",
+    "Write a Python function that merges two sorted lists.",
+    "What is the capital of Australia?",
+    "Summarise the causes of the French Revolution in three sentences.",
+    "Solve for x: 3x + 7 = 22.",
+    "Explain the difference between TCP and UDP.",
+    "Write a haiku about autumn rain.",
+    "What does the mitochondria do in a cell?",
+    "Give me a SQL query that counts orders per customer.",
+    "Is 221 a prime number? Explain.",
+    "Suggest three names for a coffee shop.",
+]
+#: A population's taste: qwen first whatever it costs, then the cheap gemma, then nemotron.
+QWEN_FIRST = {MODELS[1]: 0, MODELS[0]: 1, MODELS[2]: 2}
+
+
 def _seed(text: str) -> int:
     return int(query_hash(text)[:8], 16)
 
@@ -186,3 +204,32 @@ def open_and_write(url: str, worker: int, out: str, start: Any) -> None:
     store.record_decision(rec)
     store.close()
     Path(out).write_text(json.dumps({"decision": rec.decision_id, "seconds": time.time() - t0}))
+
+
+def judgements(n: int, seed: int, rank: dict[str, int]) -> list[tuple[int, str, str]]:
+    """``n`` (query index, winner, loser) judgements of a user who ranks models by ``rank``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a, b = (MODELS[k] for k in rng.choice(len(MODELS), 2, replace=False))
+        winner, loser = (a, b) if rank[a] < rank[b] else (b, a)
+        out.append((int(rng.integers(len(QUERIES))), winner, loser))
+    return out
+
+
+def record_population(store, embeddings, users, per_user=6):
+    """Decisions and comparisons (every other one external) of users who put qwen first."""
+    for u, user in enumerate(users):
+        for j, (q, winner, loser) in enumerate(judgements(per_user, u, QWEN_FIRST)):
+            if j % 2:
+                store.record_comparison(
+                    make_comparison(user, winner, loser, query=QUERIES[q], embedding=embeddings[q])
+                )
+                continue
+            pair = [
+                make_decision(user, query=QUERIES[q], chosen=m, embedding=embeddings[q])
+                for m in (winner, loser)
+            ]
+            for rec in pair:
+                store.record_decision(rec)
+            store.record_comparison(make_comparison(user, *pair))

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _store_helpers import COST, MODELS, make_comparison, make_decision
+from _store_helpers import COST, MODELS, QUERIES, QWEN_FIRST, judgements, record_population
 from metarouter.cli import app
 from metarouter.errors import ConfigError
 from metarouter.router import MetaRouter
@@ -21,61 +21,16 @@ from metarouter.training import finetune_on_comparisons
 from metarouter.types import Comparison
 from typer.testing import CliRunner
 
-QUERIES = [
-    "Prove that there are infinitely many prime numbers.",
-    "Translate 'good morning, how are you?' into French.",
-    "Write a Python function that merges two sorted lists.",
-    "What is the capital of Australia?",
-    "Summarise the causes of the French Revolution in three sentences.",
-    "Solve for x: 3x + 7 = 22.",
-    "Explain the difference between TCP and UDP.",
-    "Write a haiku about autumn rain.",
-    "What does the mitochondria do in a cell?",
-    "Give me a SQL query that counts orders per customer.",
-    "Is 221 a prime number? Explain.",
-    "Suggest three names for a coffee shop.",
-]
-QWEN_FIRST = {MODELS[1]: 0, MODELS[0]: 1, MODELS[2]: 2}
-
 
 @pytest.fixture(scope="module")
 def query_embeddings(embedder) -> np.ndarray:
     return embedder.encode(QUERIES)
 
 
-def _judgements(n: int, seed: int, rank: dict[str, int]) -> list[tuple[int, str, str]]:
-    """``n`` (query index, winner, loser) judgements of a user who ranks models by ``rank``."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        a, b = (MODELS[k] for k in rng.choice(len(MODELS), 2, replace=False))
-        winner, loser = (a, b) if rank[a] < rank[b] else (b, a)
-        out.append((int(rng.integers(len(QUERIES))), winner, loser))
-    return out
-
-
-def _record_population(store, embeddings, users, per_user=6):
-    """Decisions and comparisons (every other one external) of users who put qwen first."""
-    for u, user in enumerate(users):
-        for j, (q, winner, loser) in enumerate(_judgements(per_user, u, QWEN_FIRST)):
-            if j % 2:
-                store.record_comparison(
-                    make_comparison(user, winner, loser, query=QUERIES[q], embedding=embeddings[q])
-                )
-                continue
-            pair = [
-                make_decision(user, query=QUERIES[q], chosen=m, embedding=embeddings[q])
-                for m in (winner, loser)
-            ]
-            for rec in pair:
-                store.record_decision(rec)
-            store.record_comparison(make_comparison(user, *pair))
-
-
 def _comparisons(embeddings, seed, rank, n=6):
     return [
         Comparison(w, lo, COST[w], COST[lo], embedding=embeddings[q], tokens=12)
-        for q, w, lo in _judgements(n, seed, rank)
+        for q, w, lo in judgements(n, seed, rank)
     ]
 
 
@@ -91,7 +46,7 @@ def test_feedback_exported_from_the_store_fine_tunes_a_router_that_loads_and_rou
 
     users = [f"user-{k}" for k in range(12)]
     store = SQLStore(store_url)
-    _record_population(store, query_embeddings, users)
+    record_population(store, query_embeddings, users)
     feedback, out = tmp_path / "feedback.jsonl", tmp_path / "tuned"
     runner = CliRunner()
 
