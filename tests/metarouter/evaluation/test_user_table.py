@@ -67,13 +67,14 @@ def test_evaluation_runs_on_a_users_outcome_file_with_an_ood_split(tmp_path):
         n_values=(0, 6),
         train_steps=40,
         train_variant=False,
+        ksets=("K2",),  # K5 and swap run the same code paths (see test_quick_mode)
         ood_tasks=("gsm8k",),
     )
     results = run_evaluation(cfg, tmp_path / "out", progress=False)
 
-    names = set(results["settings"])
-    assert {"my_log/ID/K2", "my_log/ID/K5", "my_log/OOD/K2", "my_log/OOD/K5"} <= names
-    assert "my_log/ID/swap" in names  # nine models: one is held out of training
+    assert set(results["settings"]) == {"my_log/ID/K2", "my_log/OOD/K2"}
+    ood = results["settings"]["my_log/OOD/K2"]
+    assert ood["n_test_queries"] > 0 and ood["n_train_queries"] < 300  # gsm8k left out
     for entry in results["settings"].values():
         met = entry["metrics"]
         oracle = met["oracle"]["6"]["hv"]["mean"]
