@@ -678,7 +678,9 @@ class MetaRouterChat(BaseChatModel):
         )
 
     def _dispatch_error(self, call: _Call, *, partial: str | None = None) -> DispatchError:
-        tried = "; ".join(f"{n!r} raised {type(e).__name__}: {e}" for n, e in call.failures)
+        tried = "; ".join(
+            f"{n!r} raised {type(e).__name__}: {str(e).rstrip('.')}" for n, e in call.failures
+        )
         if partial is not None:
             return DispatchError(
                 f"candidate {partial!r} failed mid-stream after sending part of its answer "

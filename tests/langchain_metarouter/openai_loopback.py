@@ -5,8 +5,10 @@ answers, so that ``langchain_openai.ChatOpenAI(base_url=server.base_url, ...)`` 
 calls that vcrpy can record:
 
 * ``answers[(model, prompt)]`` is the answer text (the tests fill it with real RouterBench
-  responses); the prompt is the text of the last user message. An unknown model is a 404, an
-  unknown prompt a 400, a missing ``Authorization: Bearer`` header a 401 (OpenAI error bodies).
+  responses); the prompt is the text of the last user message. Other prompts get
+  ``default(model, prompt)`` when a ``default`` is given (then any model is served). Otherwise
+  an unknown model is a 404 and an unknown prompt a 400; a missing ``Authorization: Bearer``
+  header is a 401 (OpenAI error bodies).
 * Tools: when ``tools`` are given, the last message is the user's and the prompt names a tool
   (or ``tool_choice`` forces one), the answer is an assistant message with ``tool_calls``; the
   arguments come from the tool's JSON schema and the prompt (quoted text for strings, numbers
@@ -33,7 +35,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -81,10 +83,16 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> tup
     return status, {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+Answers = Mapping[tuple[str, str], str]
+Default = Callable[[str, str], str]
+
+
 class _Completion:
     """One completion computed from a request: text or tool calls, usage, ids."""
 
-    def __init__(self, request: Mapping[str, Any], answers: Mapping[tuple[str, str], str]):
+    def __init__(
+        self, request: Mapping[str, Any], answers: Answers, default: Default | None = None
+    ) -> None:
         self.model = str(request["model"])
         messages: list[Mapping[str, Any]] = list(request.get("messages") or [])
         digest = hashlib.sha256(dumps(request).encode()).hexdigest()
@@ -105,7 +113,10 @@ class _Completion:
             if call is not None:
                 self.tool_calls = [call]
             else:
-                self.text = answers[(self.model, prompt)]  # KeyError -> 400 in the handler
+                known = answers.get((self.model, prompt))
+                if known is None and default is None:
+                    raise KeyError((self.model, prompt))  # -> 400 in the handler
+                self.text = known if known is not None else default(self.model, prompt)
         prompt_tokens = sum(_tokens(_content_text(m.get("content"))) + 4 for m in messages)
         if request.get("tools"):
             prompt_tokens += _tokens(dumps(request["tools"]))
@@ -220,19 +231,24 @@ class _Completion:
             yield last
 
 
-def complete(request: Mapping[str, Any], answers: Mapping[tuple[str, str], str]) -> dict[str, Any]:
+def complete(
+    request: Mapping[str, Any], answers: Answers, default: Default | None = None
+) -> dict[str, Any]:
     """The ``chat.completion`` body the server returns for a (non-streaming) request.
 
     Raises:
-        KeyError: The prompt has no answer for this model.
+        KeyError: The prompt has no answer for this model (and there is no ``default``).
     """
-    return _Completion(request, answers).message()
+    return _Completion(request, answers, default).message()
 
 
-def event_stream(request: Mapping[str, Any], answers: Mapping[tuple[str, str], str]) -> str:
+def event_stream(
+    request: Mapping[str, Any], answers: Answers, default: Default | None = None
+) -> str:
     """The server-sent events body the server returns for a ``stream: true`` request."""
     include = bool((request.get("stream_options") or {}).get("include_usage"))
-    events = [f"data: {dumps(e)}\n\n" for e in _Completion(request, answers).chunks(include)]
+    completion = _Completion(request, answers, default)
+    events = [f"data: {dumps(e)}\n\n" for e in completion.chunks(include)]
     return "".join([*events, "data: [DONE]\n\n"])
 
 
@@ -306,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             request = json.loads(raw)
             self.server.requests.append(request)
             if request.get("stream"):
-                self._send_events(event_stream(request, self.server.answers))
+                self._send_events(event_stream(request, self.server.answers, self.server.default))
             else:
                 self._send_json(200, body)
             return
@@ -322,7 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return _error(400, "the body is not JSON", "invalid_request_error")
         models = {model for model, _ in self.server.answers}
-        if request.get("model") not in models:
+        if self.server.default is None and request.get("model") not in models:
             return _error(
                 404,
                 f"The model `{request.get('model')}` does not exist",
@@ -330,7 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "model_not_found",
             )
         try:
-            return 200, complete(request, self.server.answers)
+            return 200, complete(request, self.server.answers, self.server.default)
         except KeyError:
             return _error(400, "unknown prompt for this model", "invalid_request_error")
 
@@ -338,9 +354,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, answers: Mapping[tuple[str, str], str]) -> None:
+    def __init__(self, answers: Answers, default: Default | None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answers = dict(answers)
+        self.default = default
         self.requests: list[dict[str, Any]] = []
 
 
@@ -349,13 +366,11 @@ class OpenAILoopback:
 
     Args:
         answers: ``(model, prompt) -> answer text``; the models listed are the ones served.
-
-    Attributes:
-        requests: The JSON bodies of the completions served, oldest first.
+        default: ``(model, prompt) -> answer text`` for every other prompt (any model).
     """
 
-    def __init__(self, answers: Mapping[tuple[str, str], str]) -> None:
-        self._server = _Server(answers)
+    def __init__(self, answers: Answers, *, default: Default | None = None) -> None:
+        self._server = _Server(answers, default)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="openai-loopback", daemon=True
         )

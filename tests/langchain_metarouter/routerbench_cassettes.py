@@ -83,7 +83,7 @@ class RouterBenchTexts:
 
 
 def shared_data_dir() -> Path | None:
-    """``$METAROUTER_DATA``, else ``../shared/data`` beside the repository (as tests/conftest.py)."""
+    """``$METAROUTER_DATA``, else ``../shared/data`` beside the repository."""
     env = os.environ.get("METAROUTER_DATA")
     if env:
         return Path(env)
