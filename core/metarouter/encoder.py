@@ -188,13 +188,16 @@ class ContextEncoder(nn.Module):
         fl = self.features(s["w"], s["lose_cap"], s["lose_cost"])
         return qx, fw, fl
 
-    def forward(self, s: SupportBatch, item_quality: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, s: SupportBatch, item_quality: torch.Tensor, posterior: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Latent preference z, shape (B, latent_dim).
 
         Args:
             s: The support sets.
             item_quality: (B, N, 2) the quality head's probability that the preferred and the
                 other answer were good (unobserved qualities, for the Bradley-Terry posterior).
+            posterior: :meth:`posterior` of the same inputs, when the caller has it already.
         """
         qx, fw, fl = self._item_features(s)
         diffs = torch.stack([fw[..., 0] - fl[..., 0], fw[..., 2] - fl[..., 2]], dim=-1)
@@ -202,7 +205,7 @@ class ContextEncoder(nn.Module):
         mask = s["mask"].unsqueeze(-1).to(h.dtype)
         n = mask.sum(1)
         pooled = (h * mask).sum(1) / n.clamp(min=1.0)
-        post = self.posterior(s, item_quality)
+        post = self.posterior(s, item_quality) if posterior is None else posterior
         grid = _ALPHA_GRID.to(post.dtype)
         mean = (post * grid).sum(-1, keepdim=True)
         std = ((post * (grid - mean) ** 2).sum(-1, keepdim=True)).clamp(min=0).sqrt()

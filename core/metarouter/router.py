@@ -10,6 +10,12 @@ Typical use::
 
 Candidates are model names from the router's catalog, or :class:`~metarouter.arms.ArmDescriptor`
 objects for models it has never seen (see :meth:`MetaRouter.describe`).
+
+Importing this module does not import torch: the network's modules load with the first
+router (so ``import langchain_metarouter`` stays cheap). Per call, routing reuses the
+candidates' tensors and the user's preference tensors (small LRUs keyed by the identity of the
+descriptors and of the :class:`~metarouter.types.Preference`; both are frozen, treat their
+arrays as read-only) and runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -17,22 +23,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from metarouter._version import __version__
 from metarouter.arms import ArmDescriptor, CostModel
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
 from metarouter.embeddings import Embedder
-from metarouter.encoder import SupportBatch, cost_log_factors
 from metarouter.errors import ConfigError, ModelLoadError, UnknownArmError
-from metarouter.model import CandidateBatch, MetaRouterModel
 from metarouter.pricing import Price, estimate_tokens
 from metarouter.types import Comparison, Preference, RoutingDecision
+
+if TYPE_CHECKING:
+    import torch
+
+    from metarouter.encoder import SupportBatch
+    from metarouter.model import MetaRouterModel
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Candidate", "MetaRouter", "default_router_dir"]
 
@@ -43,6 +56,33 @@ WEIGHTS_FILE = "model.safetensors"
 _FORMAT_NAME = "metarouter-router"
 
 Candidate = str | ArmDescriptor
+
+#: Candidate sets and (preference, candidate set) pairs whose tensors are kept per router.
+_TENSOR_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class _ArmTensors:
+    """Tensors of one candidate set, built once (the descriptors are kept alive with them)."""
+
+    arms: tuple[ArmDescriptor, ...]
+    cap: torch.Tensor  # (1, K, P)
+    cost: torch.Tensor  # (1, K, 2) float64
+    ids: torch.Tensor  # (1, K)
+    mask: torch.Tensor  # (1, K) bool
+    cost_terms: np.ndarray  # (K, 2)
+
+
+@dataclass(frozen=True)
+class _PreferenceTensors:
+    """A preference's tensors for one candidate set."""
+
+    preference: Preference
+    arms: tuple[ArmDescriptor, ...]
+    z: torch.Tensor  # (1, L)
+    evidence: torch.Tensor  # (1, K, E)
+    cost_factor: torch.Tensor  # (1, K)
+    factor: np.ndarray  # (K,)
 
 
 def default_router_dir() -> Path:
@@ -74,6 +114,9 @@ class MetaRouter:
         self.catalog: dict[str, ArmDescriptor] = {a.name: a for a in catalog}
         self._embedder = embedder
         self._prior: Preference | None = None
+        self._cache_lock = threading.Lock()
+        self._arm_tensors: OrderedDict[tuple[int, ...], _ArmTensors] = OrderedDict()
+        self._pref_tensors: OrderedDict[tuple[int, ...], _PreferenceTensors] = OrderedDict()
         self._neutral_profile = (
             np.mean([a.capability for a in catalog], axis=0).astype(np.float32)
             if catalog
@@ -99,6 +142,7 @@ class MetaRouter:
         Files are written to temporary names and renamed, so a crash never leaves a
         half-written router behind.
         """
+        import torch
         from safetensors.torch import save_file
 
         path = Path(directory)
@@ -146,6 +190,8 @@ class MetaRouter:
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
+        from metarouter.model import MetaRouterModel
 
         path = Path(directory)
         cfg_path, w_path = path / CONFIG_FILE, path / WEIGHTS_FILE
@@ -304,19 +350,30 @@ class MetaRouter:
             refine_steps: Optional gradient steps on z alone that raise the Bradley-Terry
                 likelihood of the comparisons under the policy's scores (0 = pure forward).
         """
+        import torch
+
+        from metarouter.encoder import cost_log_factors
+
         known = {a.name: a for a in self.resolve(arms)} if arms else {}
         names = sorted({c.winner for c in comparisons} | {c.loser for c in comparisons})
         ids = {n: i for i, n in enumerate(names)}
-        support = self._support(comparisons, known, ids)
-        arm_ids = torch.arange(len(names) + 1).unsqueeze(0)  # last id: never compared
-        with torch.no_grad():
-            z = self.model.encode(support)
+        refine = refine_steps > 0 and bool(comparisons)
+        # inference_mode is faster than no_grad, but its tensors cannot enter the autograd
+        # graph that the refinement steps build
+        no_grad = torch.no_grad if refine else torch.inference_mode
+        with no_grad():
+            support = self._support(comparisons, known, ids)
+            arm_ids = torch.arange(len(names) + 1).unsqueeze(0)  # last id: never compared
+            # the quality head's beliefs and the posterior are computed once, not per read-out
+            item_quality = self.model.item_quality(support)
+            posterior_b = self.model.encoder.posterior(support, item_quality)
+            z = self.model.encoder(support, item_quality, posterior=posterior_b)
             ev = self.model.evidence(support, arm_ids, z)[0]
             factors = torch.exp(cost_log_factors(support, arm_ids))[0]
-            posterior = self.model.alpha_posterior(support)[0]
-        if refine_steps > 0 and comparisons:
+            posterior = posterior_b[0]
+        if refine:
             z = self._refine(z, ev, support, refine_steps)
-        with torch.no_grad():
+        with no_grad():
             alpha = float(self.model.policy.alpha(z)[0])
         return Preference(
             z=z[0].detach().numpy().astype(np.float32),
@@ -356,6 +413,10 @@ class MetaRouter:
         known: Mapping[str, ArmDescriptor],
         ids: Mapping[str, int],
     ) -> SupportBatch:
+        import torch
+
+        from metarouter.encoder import SupportBatch
+
         n, d, p = len(comparisons), self.config.embedding_dim, self.config.n_prototypes
         emb = np.zeros((max(n, 1), d), np.float32)
         todo = [i for i, c in enumerate(comparisons) if c.embedding is None]
@@ -387,8 +448,7 @@ class MetaRouter:
             out[0, :n] = torch.as_tensor(values, dtype=torch.long)
             return out
 
-        with torch.no_grad():
-            w = self.model.region_weights(q)
+        w = self.model.region_weights(q)  # the caller holds no_grad or inference_mode
         return SupportBatch(
             q=q,
             w=w,
@@ -411,6 +471,10 @@ class MetaRouter:
         self, z0: torch.Tensor, ev: torch.Tensor, support: SupportBatch, steps: int
     ) -> torch.Tensor:
         """Gradient steps on z only: maximise the BT likelihood of the comparisons."""
+        import torch
+
+        from metarouter.model import CandidateBatch
+
         n = int(support["mask"].sum())
         win_ids, lose_ids = support["win_id"][0, :n], support["lose_id"][0, :n]
         arms = CandidateBatch(
@@ -454,30 +518,81 @@ class MetaRouter:
         Returns:
             ``(probabilities (n, K), predicted quality (n, K), expected cost USD (n, K))``.
         """
+        import torch
+
+        from metarouter.model import CandidateBatch
+
         arms = self.resolve(candidates)
         pref = preference or self.prior()
-        emb = torch.tensor(np.asarray(embeddings, np.float32)).unsqueeze(0)
-        tok = torch.tensor(np.asarray(tokens, np.float32)).unsqueeze(0)
+        at = self._candidate_tensors(arms)
+        pt = self._preference_tensors(pref, at)
+        with torch.inference_mode():
+            emb = torch.tensor(np.asarray(embeddings, np.float32)).unsqueeze(0)
+            tok = torch.tensor(np.asarray(tokens, np.float32)).unsqueeze(0)
+            batch = CandidateBatch(
+                cap=at.cap, cost=at.cost, ids=at.ids, mask=at.mask, cost_factor=pt.cost_factor
+            )
+            scores, q_logit = self.model.score(emb, tok, batch, pt.z, pt.evidence)
+            probs = torch.softmax(scores[0], -1).numpy()
+            quality = torch.sigmoid(q_logit[0]).numpy()
+        cost_terms = at.cost_terms
+        costs = (
+            cost_terms[:, 0][None, :]
+            + cost_terms[:, 1][None, :] * np.asarray(tokens, float)[:, None]
+        ) * pt.factor[None, :]
+        return probs, quality, costs
+
+    def _candidate_tensors(self, arms: Sequence[ArmDescriptor]) -> _ArmTensors:
+        """The candidate set's tensors, built on first use and kept (LRU)."""
+        import torch
+
+        key = tuple(id(a) for a in arms)  # the entry keeps the arms alive: ids stay unique
+        with self._cache_lock:
+            hit = self._arm_tensors.get(key)
+            if hit is not None:
+                self._arm_tensors.move_to_end(key)
+                return hit
         cost_terms = np.asarray([[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in arms])
-        batch = CandidateBatch(
+        entry = _ArmTensors(
+            arms=tuple(arms),
             cap=torch.as_tensor(np.stack([a.capability for a in arms])).unsqueeze(0),
             cost=torch.as_tensor(cost_terms, dtype=torch.float64).unsqueeze(0),
             ids=torch.arange(len(arms)).unsqueeze(0),
             mask=torch.ones(1, len(arms), dtype=torch.bool),
-            cost_factor=torch.as_tensor([[pref.cost_factor_for(a.name) for a in arms]]),
+            cost_terms=cost_terms,
         )
-        z = torch.as_tensor(pref.z).unsqueeze(0)
-        ev = torch.as_tensor(np.stack([pref.evidence_for(a.name) for a in arms])).unsqueeze(0)
-        with torch.no_grad():
-            scores, q_logit = self.model.score(emb, tok, batch, z, ev)
-            probs = torch.softmax(scores[0], -1).numpy()
-            quality = torch.sigmoid(q_logit[0]).numpy()
-        factor = np.asarray([pref.cost_factor_for(a.name) for a in arms])
-        costs = (
-            cost_terms[:, 0][None, :]
-            + cost_terms[:, 1][None, :] * np.asarray(tokens, float)[:, None]
-        ) * factor[None, :]
-        return probs, quality, costs
+        with self._cache_lock:
+            self._arm_tensors[key] = entry
+            while len(self._arm_tensors) > _TENSOR_CACHE_SIZE:
+                self._arm_tensors.popitem(last=False)
+        return entry
+
+    def _preference_tensors(self, pref: Preference, at: _ArmTensors) -> _PreferenceTensors:
+        """The preference's tensors for a candidate set, built on first use and kept (LRU)."""
+        import torch
+
+        key = (id(pref), *(id(a) for a in at.arms))  # the entry keeps pref and arms alive
+        with self._cache_lock:
+            hit = self._pref_tensors.get(key)
+            if hit is not None:
+                self._pref_tensors.move_to_end(key)
+                return hit
+        arms = at.arms
+        entry = _PreferenceTensors(
+            preference=pref,
+            arms=arms,
+            z=torch.as_tensor(pref.z).unsqueeze(0),
+            evidence=torch.as_tensor(np.stack([pref.evidence_for(a.name) for a in arms])).unsqueeze(
+                0
+            ),
+            cost_factor=torch.as_tensor([[pref.cost_factor_for(a.name) for a in arms]]),
+            factor=np.asarray([pref.cost_factor_for(a.name) for a in arms]),
+        )
+        with self._cache_lock:
+            self._pref_tensors[key] = entry
+            while len(self._pref_tensors) > _TENSOR_CACHE_SIZE:
+                self._pref_tensors.popitem(last=False)
+        return entry
 
     def route_embeddings(
         self,

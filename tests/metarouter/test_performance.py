@@ -1,0 +1,222 @@
+"""Hot-path optimisations: they save work without changing a single number.
+
+The embedding LRU and the single-text fast path, the router's cached tensors, the fused
+adaptation pass, the thread setting and the lazy torch import (benchmarks/, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from metarouter.embeddings import THREADS_ENV, Embedder, _apply_thread_setting, embedding_text
+from metarouter.errors import ConfigError
+from metarouter.router import _TENSOR_CACHE_SIZE, MetaRouter
+from metarouter.types import Comparison
+
+CANDS = ["gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"]
+TEXTS = [
+    "What is 12 * 13?",
+    "Write a haiku about the sea.",
+    "Explain the difference between TCP and UDP in two sentences.",
+    "Translate 'good morning' into French.",
+    "List three prime numbers above 100.",
+]
+
+
+@pytest.fixture(scope="module")
+def fresh_embedder():
+    """An embedder that loaded its own model (so the fast-path check ran)."""
+    emb = Embedder(memory_cache_size=3)
+    emb.encode(["warm up"])
+    return emb
+
+
+def test_single_text_fast_path_is_active_and_bit_identical_to_sentence_transformers(
+    fresh_embedder,
+):
+    assert fresh_embedder._fast_one
+    model = fresh_embedder.model
+    for text in TEXTS:
+        prepared = embedding_text(text)
+        reference = model.encode([prepared], convert_to_numpy=True, normalize_embeddings=True)
+        np.testing.assert_array_equal(fresh_embedder._forward([prepared]), reference)
+
+
+def test_fast_path_matches_the_batched_encode_used_for_datasets(fresh_embedder):
+    batched = fresh_embedder.encode(TEXTS)
+    one_by_one = np.stack([fresh_embedder._forward([embedding_text(t)])[0] for t in TEXTS])
+    np.testing.assert_allclose(one_by_one, batched, atol=1e-6)
+
+
+def test_fast_path_puts_a_model_switched_to_training_back_into_eval(fresh_embedder):
+    model = fresh_embedder.model
+    before = fresh_embedder._forward(["dropout must stay off"])
+    model.train()
+    try:
+        after = fresh_embedder._forward(["dropout must stay off"])
+    finally:
+        model.eval()
+    np.testing.assert_array_equal(before, after)
+    assert not model.training
+
+
+def test_repeated_prompts_are_served_from_the_memory_lru_with_identical_vectors(
+    fresh_embedder, monkeypatch
+):
+    fresh_embedder._lru.clear()
+    calls = []
+    original = fresh_embedder._forward
+    monkeypatch.setattr(
+        fresh_embedder, "_forward", lambda t, p=False: calls.append(list(t)) or original(t, p)
+    )
+    first = fresh_embedder.encode_one(TEXTS[0])
+    again = fresh_embedder.encode_one(TEXTS[0])
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, fresh_embedder.encode([TEXTS[0]])[0])
+    with pytest.raises(ValueError):  # cached vectors are shared, so they are read-only
+        again[0] = 1.0
+
+
+def test_memory_lru_is_bounded_and_evicts_the_least_recently_used(fresh_embedder):
+    fresh_embedder._lru.clear()
+    for text in TEXTS[:3]:
+        fresh_embedder.encode_one(text)
+    fresh_embedder.encode_one(TEXTS[0])  # refresh: TEXTS[1] is now the oldest
+    fresh_embedder.encode_one(TEXTS[3])
+    fresh_embedder.encode_one(TEXTS[4])
+    assert len(fresh_embedder._lru) == fresh_embedder.memory_cache_size == 3
+    kept = set(fresh_embedder._lru)
+    assert kept == {embedding_text(t) for t in (TEXTS[0], TEXTS[3], TEXTS[4])}
+
+
+def test_memory_lru_of_size_zero_stores_nothing(embedder):
+    plain = Embedder(memory_cache_size=0)
+    plain._model = embedder.model
+    plain.encode_one("no caching here")
+    assert len(plain._lru) == 0
+
+
+def test_thread_setting_applies_the_environment_variable_only_when_set(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        _apply_thread_setting()
+        assert torch.get_num_threads() == before
+        monkeypatch.setenv(THREADS_ENV, "1")
+        _apply_thread_setting()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_thread_setting_rejects_a_bad_value_with_a_fix(monkeypatch, value):
+    monkeypatch.setenv(THREADS_ENV, value)
+    with pytest.raises(ConfigError, match=THREADS_ENV):
+        _apply_thread_setting()
+
+
+def _comparisons(held, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    m = held.matrix.select_models(CANDS)
+    out = []
+    for r in rng.choice(len(m.quality), n, replace=False):
+        a, b = rng.choice(len(CANDS), 2, replace=False)
+        out.append(
+            Comparison(
+                CANDS[a],
+                CANDS[b],
+                m.cost[r, a],
+                m.cost[r, b],
+                embedding=held.embeddings[r],
+                tokens=int(held.tokens[r]),
+            )
+        )
+    return out
+
+
+def test_fused_adaptation_equals_the_separate_encoder_passes(default_router, llmrouter_heldout):
+    from metarouter.encoder import cost_log_factors
+
+    comps = _comparisons(llmrouter_heldout, 8)
+    pref = default_router.adapt(comps)
+    names = sorted({c.winner for c in comps} | {c.loser for c in comps})
+    ids = {n: i for i, n in enumerate(names)}
+    model = default_router.model
+    with torch.no_grad():
+        support = default_router._support(comps, {}, ids)
+        arm_ids = torch.arange(len(names) + 1).unsqueeze(0)
+        z = model.encode(support)
+        ev = model.evidence(support, arm_ids, z)[0]
+        factors = torch.exp(cost_log_factors(support, arm_ids))[0]
+        posterior = model.alpha_posterior(support)[0]
+        alpha = float(model.policy.alpha(z)[0])
+    np.testing.assert_array_equal(pref.z, z[0].numpy())
+    for name, i in ids.items():
+        np.testing.assert_array_equal(pref.evidence[name], ev[i].numpy())
+        assert pref.cost_factors[name] == float(factors[i])
+    assert pref.alpha_posterior == tuple(float(v) for v in posterior)
+    assert pref.quality_weight == alpha
+
+
+def test_refined_adaptation_still_takes_gradient_steps(default_router, llmrouter_heldout):
+    comps = _comparisons(llmrouter_heldout, 6, seed=3)
+    plain = default_router.adapt(comps)
+    refined = default_router.adapt(comps, refine_steps=5)
+    assert not np.array_equal(plain.z, refined.z)
+    assert np.isfinite(refined.z).all()
+
+
+def test_cached_candidate_and_preference_tensors_give_the_same_scores_as_a_fresh_router(
+    default_router, llmrouter_heldout, embedder
+):
+    pref = default_router.adapt(_comparisons(llmrouter_heldout, 6))
+    arms = default_router.resolve(CANDS)
+    emb, tok = llmrouter_heldout.embeddings[:4], llmrouter_heldout.tokens[:4]
+    first = default_router.score_embeddings(emb, tok, arms, pref)
+    cached_arms = default_router._candidate_tensors(arms)
+    second = default_router.score_embeddings(emb, tok, arms, pref)
+    assert default_router._candidate_tensors(arms) is cached_arms
+    fresh = MetaRouter.default(embedder=embedder).score_embeddings(emb, tok, CANDS, pref)
+    for a, b, c in zip(first, second, fresh, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_tensor_caches_are_bounded(default_router):
+    prior = default_router.prior()
+    base = default_router.resolve(CANDS)
+    for i in range(_TENSOR_CACHE_SIZE + 10):
+        arms = [*base[:2], default_router.describe(f"new-{i}", _price(), quality=0.5)]
+        default_router.score_embeddings(np.zeros((1, 384), np.float32), np.ones(1), arms, prior)
+    assert len(default_router._arm_tensors) == _TENSOR_CACHE_SIZE
+    assert len(default_router._pref_tensors) == _TENSOR_CACHE_SIZE
+
+
+def _price():
+    from metarouter.pricing import Price
+
+    return Price(0.1, 0.2)
+
+
+def test_importing_the_router_and_the_langchain_adapter_does_not_import_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        import metarouter.router, metarouter.service
+        try:
+            import langchain_metarouter
+        except ImportError:
+            pass
+        assert "torch" not in sys.modules, "torch imported"
+        assert "sentence_transformers" not in sys.modules, "sentence_transformers imported"
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
