@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import BIG, CHEAP, MID
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs
+from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
 from pydantic import BaseModel, Field
 
 from langchain_metarouter import MetaRouterChat
@@ -66,6 +68,24 @@ def test_structured_output_chain_passes_through_the_chosen_candidate(candidates,
     out = chain.invoke({"topic": "cats"})
     assert isinstance(out["parsed"], Joke) and out["parsing_error"] is None
     assert out["raw"].response_metadata["model_name"] in candidates
+
+
+def test_structured_output_leaves_out_candidates_that_cannot_force_a_tool_call(service):
+    text_only = TextOnlyChatModel(model_name="no-tools")
+    no_forcing = ScriptedChatModel(model_name="no-forcing", profile={"tool_choice": False})
+    able = ScriptedChatModel(model_name="able")
+    router = MetaRouterChat(
+        candidates={CHEAP: text_only, MID: no_forcing, BIG: able}, service=service
+    )
+    assert router.profile["tool_calling"] is False and router.profile["tool_choice"] is False
+
+    out = (PROMPT | router.with_structured_output(Joke, include_raw=True)).invoke({"topic": "cats"})
+
+    assert isinstance(out["parsed"], Joke)
+    data = out["raw"].response_metadata["metarouter"]
+    assert data["model"] == BIG
+    assert list(service.store.get_decision(data["decision_id"]).candidates) == [BIG]
+    assert text_only.calls == [] and no_forcing.calls == []
 
 
 def test_create_agent_with_the_router_as_its_model(candidates, service):
