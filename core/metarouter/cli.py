@@ -111,12 +111,37 @@ def train(
     models: Annotated[
         list[str] | None, typer.Option("--model", help="Arms to train on (default: all).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Maximum optimisation steps.")] = 1500,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Maximum optimisation steps (default 1500; 300 for fine-tuning)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     feedback: Annotated[str, typer.Option(help="bandit (default) or full (ablation).")] = "bandit",
     skip_nan_quality: Annotated[bool, typer.Option(help="Drop NaN-quality rows.")] = False,
+    from_feedback: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-feedback",
+            help="Fine-tune on live feedback instead: a file from `metarouter store export`.",
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init", help="With --from-feedback: router to start from (default: bundled)."
+        ),
+    ] = None,
 ) -> None:
-    """Meta-train a router on an outcome log and write it with a training report."""
+    """Meta-train a router on an outcome log and write it with a training report.
+
+    With --from-feedback FILE (written by `metarouter store export`), fine-tune an existing
+    router (--init, default the bundled one) on the users' recorded comparisons instead
+    (--steps default 300 then).
+    """
+    if from_feedback is not None:
+        _finetune(from_feedback, out, init, steps=steps or 300, learning_rate=3e-4, seed=seed)
+        return
+    steps = steps or 1500
     import shlex
     import sys
 
@@ -399,7 +424,23 @@ def store_finetune(
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Fine-tune a router on the users' recorded comparisons and save it (closing the loop)."""
+    """Fine-tune a router on the users' recorded comparisons and save it (closing the loop).
+
+    The same as ``metarouter train --from-feedback FILE``.
+    """
+    _finetune(feedback, out, init, steps=steps, learning_rate=learning_rate, seed=seed)
+
+
+def _finetune(
+    feedback: Path,
+    out: Path,
+    init: Path | None,
+    *,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+) -> None:
+    """Fine-tune ``init`` (default: the bundled router) on exported feedback; save to ``out``."""
     import json
     import shlex
     import sys

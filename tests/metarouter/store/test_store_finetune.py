@@ -57,8 +57,9 @@ def test_feedback_exported_from_the_store_fine_tunes_a_router_that_loads_and_rou
     assert sorted(by_user) == sorted(users) and {len(v) for v in by_user.values()} == {6}
 
     tuned_run = runner.invoke(
-        app, ["store", "finetune", "--feedback", str(feedback), "--out", str(out), "--steps", "10"]
-    )
+        app,
+        ["train", "--from-feedback", str(feedback), "--out", str(out), "--steps", "10"],
+    )  # `metarouter store finetune --feedback` is the same code under the store commands
     assert tuned_run.exit_code == 0, tuned_run.output
     report = json.loads((out / "finetuning.json").read_text(encoding="utf-8"))
     assert (report["users"], report["comparisons"]) == (12, 72)
