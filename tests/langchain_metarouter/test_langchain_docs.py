@@ -49,7 +49,8 @@ def test_the_page_has_a_runnable_block_per_feature_and_only_marked_ones_are_skip
         assert feature in code, feature
 
 
-@pytest.mark.block_network(allowed_hosts=["127.0.0.1"])
+@pytest.mark.enable_socket  # even under --disable-socket: the stand-in server is on loopback
+@pytest.mark.block_network(allowed_hosts=["127.0.0.1"])  # ... and only loopback is reachable
 def test_the_examples_run_and_do_what_the_page_says(lc_router, tmp_path, monkeypatch, capsys):
     from metarouter.router import MetaRouter
 
