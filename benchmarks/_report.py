@@ -1,0 +1,526 @@
+"""Targets, the Markdown report, the plot and the raw JSON of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "overhead": "Total routing overhead, short query, p50 <= 1.3x the bare embedding call",
+    "adapt6": "Adaptation from 6 comparisons: p50 < 5 ms",
+    "throughput": "Batched throughput >= 400 routed queries/s",
+    "rss": "Peak RSS of the one-call process < 700 MB",
+    "baselines": "MetaRouter's per-call overhead <= 1.5x the fastest learned baseline's",
+}
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _qps(results: dict[str, Any], kind: str) -> float | None:
+    p50 = _get(results, "throughput", kind, "p50_ms")
+    size = _get(results, "throughput", "batch_size")
+    return size / (p50 / 1e3) if p50 and size else None
+
+
+def _fastest_baseline(results: dict[str, Any]) -> tuple[str, float] | None:
+    rows = [
+        (name, entry["total"]["p50_ms"])
+        for name, entry in (results.get("baselines") or {}).items()
+        if not name.startswith("MetaRouter")
+    ]
+    return min(rows, key=lambda r: r[1]) if rows else None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 8 with its measured value and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def add(key: str, value: str, met: bool | None, note: str = "") -> None:
+        out.append(
+            {"key": key, "target": TARGETS[key], "measured": value, "met": met, "note": note}
+        )
+
+    total = _get(results, "per_call", "short", "routing_total", "p50_ms")
+    floor = _get(results, "per_call", "short", "floor", "p50_ms")
+    if total and floor:
+        decide = _get(results, "per_call", "short", "decide", "p50_ms")
+        note = (
+            f"`RoutingService.decide` end to end, which also writes the decision durably to "
+            f"SQLite: {decide:.2f} ms = {decide / floor:.2f}x"
+            if decide
+            else ""
+        )
+        add(
+            "overhead",
+            f"{total:.2f} ms vs floor {floor:.2f} ms = {total / floor:.2f}x",
+            total / floor <= 1.3,
+            note,
+        )
+    adapt = _get(results, "adaptation", "n6", "p50_ms")
+    if adapt is not None:
+        add(
+            "adapt6",
+            f"{adapt:.2f} ms (p95 {_get(results, 'adaptation', 'n6', 'p95_ms'):.2f})",
+            adapt < 5,
+        )
+    mixed, short = _qps(results, "mixed"), _qps(results, "short")
+    if mixed is not None:
+        add(
+            "throughput",
+            f"{mixed:.0f} q/s on mixed-length prompts"
+            + (f"; {short:.0f} q/s on short prompts" if short else ""),
+            mixed >= 400,
+            "mixed = the bundled LLMRouter prompts as they come (median 108 characters, up to "
+            "the model's 256 word pieces); the embedding model is most of the time",
+        )
+    rss = _get(results, "process", "peak_rss_mb_max")
+    if rss is not None:
+        add(
+            "rss",
+            f"{rss:.0f} MB (max of {len(results['process']['one_call'])} processes)",
+            rss < 700,
+        )
+    fastest = _fastest_baseline(results)
+    meta = _get(results, "baselines", "MetaRouter (K5)", "total", "p50_ms")
+    if fastest and meta:
+        name, value = fastest
+        add(
+            "baselines",
+            f"MetaRouter (K5) {meta:.2f} ms vs {name} {value:.2f} ms = {meta / value:.2f}x",
+            meta / value <= 1.5,
+            "per call = embedding + decision, short prompts; decision-only ratios are in the "
+            "baselines table",
+        )
+    return out
+
+
+def _ms(entry: dict[str, Any] | None, key: str = "p50_ms") -> str:
+    return f"{entry[key]:.2f}" if entry else "n/a"
+
+
+def _per_call_table(results: dict[str, Any]) -> list[str]:
+    rows = [
+        ("floor", "Bare embedding call (floor): tokenize + forward + normalise"),
+        ("st_encode", "`SentenceTransformer.encode([text])` (for reference)"),
+        ("lookup", "Adaptation lookup: `RoutingService.preference(user)` (cached)"),
+        ("embedding", "Embedding: `Embedder.encode_one` (new prompt)"),
+        ("policy", "Policy: `MetaRouter.route_embeddings` (5 candidates)"),
+        ("routing_total", "**Total routing overhead** (lookup + embedding + policy)"),
+        ("decide", "`RoutingService.decide` end to end (+ decision written to SQLite)"),
+    ]
+    pc = results["per_call"]
+    out = [
+        "| Step | short p50 | short p95 | short CPU p50 | long p50 | long p95 | long CPU p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in rows:
+        s, lg = pc["short"].get(key), pc["long"].get(key)
+        out.append(
+            f"| {label} | {_ms(s)} | {_ms(s, 'p95_ms')} | {_ms(s, 'cpu_p50_ms')} | {_ms(lg)} | "
+            f"{_ms(lg, 'p95_ms')} | {_ms(lg, 'cpu_p50_ms')} |"
+        )
+    fs, fl = pc["short"]["floor"]["p50_ms"], pc["long"]["floor"]["p50_ms"]
+    ts, tl = pc["short"]["routing_total"]["p50_ms"], pc["long"]["routing_total"]["p50_ms"]
+    ds, dl = pc["short"]["decide"]["p50_ms"], pc["long"]["decide"]["p50_ms"]
+    out.append(f"| Total / floor | {ts / fs:.2f}x | | | {tl / fl:.2f}x | | |")
+    out.append(f"| `decide` / floor | {ds / fs:.2f}x | | | {dl / fl:.2f}x | | |")
+    rep = pc.get("repeated")
+    if rep:
+        out += [
+            "",
+            "Repeated prompt (the embedder's in-memory LRU serves the vector):",
+            "",
+            "| Step | p50 | p95 |",
+            "|---|---:|---:|",
+        ]
+        for key, label in rows:
+            if key in rep:
+                label = label.replace("(new prompt)", "(LRU hit)")
+                out.append(f"| {label} | {_ms(rep[key])} | {_ms(rep[key], 'p95_ms')} |")
+    return out
+
+
+def _thread_table(results: dict[str, Any]) -> list[str]:
+    th = _get(results, "per_call", "threads")
+    if not th or len(th["short"]) < 2:
+        return []
+    default = th["default_threads"]
+    out = [
+        f"Torch threads: the same steps with 1 intra-op thread and with the default {default} "
+        "(interleaved, new prompts):",
+        "",
+        "| | threads | short p50 | short p95 | long p50 | long p95 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (("floor", "bare embedding (floor)"), ("routing_total", "routing total")):
+        for t in sorted(th["short"], key=int):
+            s, lg = th["short"][t][key], th["long"][t][key]
+            out.append(
+                f"| {label} | {t} | {_ms(s)} | {_ms(s, 'p95_ms')} | {_ms(lg)} | "
+                f"{_ms(lg, 'p95_ms')} |"
+            )
+    return [*out, ""]
+
+
+def _baseline_table(results: dict[str, Any]) -> list[str]:
+    bl = results["baselines"]
+    fastest = _fastest_baseline(results)
+    out = [
+        "| Router (candidates) | embedding p50 | decision p50 | decision p95 | total p50 | "
+        "total p95 | total / fastest baseline | agrees with harness |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, e in bl.items():
+        ratio = f"{e['total']['p50_ms'] / fastest[1]:.2f}x" if fastest else "n/a"
+        agree = e.get("agreement_with_harness")
+        out.append(
+            f"| {name} | {_ms(e['embedding'])} | {e['decision']['p50_ms']:.3f} | "
+            f"{e['decision']['p95_ms']:.3f} | {_ms(e['total'])} | {_ms(e['total'], 'p95_ms')} | "
+            f"{ratio} | {agree:.0%} |"
+        )
+    return out
+
+
+def _compare_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    rows = [
+        ("Bare embedding (floor), short", ("per_call", "short", "floor", "p50_ms"), "ms"),
+        ("Embedding step, short", ("per_call", "short", "embedding", "p50_ms"), "ms"),
+        ("Embedding step, long", ("per_call", "long", "embedding", "p50_ms"), "ms"),
+        ("Policy, short", ("per_call", "short", "policy", "p50_ms"), "ms"),
+        ("Adaptation lookup, short", ("per_call", "short", "lookup", "p50_ms"), "ms"),
+        ("Total routing overhead, short", ("per_call", "short", "routing_total", "p50_ms"), "ms"),
+        ("Total routing overhead, long", ("per_call", "long", "routing_total", "p50_ms"), "ms"),
+        ("`decide`, short", ("per_call", "short", "decide", "p50_ms"), "ms"),
+        ("Adaptation, 6 comparisons", ("adaptation", "n6", "p50_ms"), "ms"),
+        ("Adaptation, 50 comparisons", ("adaptation", "n50", "p50_ms"), "ms"),
+        ("Batched routing, mixed (batch time)", ("throughput", "mixed", "p50_ms"), "ms"),
+        ("Policy only, batch of 256", ("throughput", "policy_only", "p50_ms"), "ms"),
+        ("Import of `langchain_metarouter`", ("process", "import_median_s"), "s"),
+        ("Peak RSS, one-call process", ("process", "peak_rss_mb_max"), "MB"),
+        ("First routed call, fresh process", ("process", "first_call_median_s"), "s"),
+    ]
+    out = ["| Figure (p50) | before | after | after / before |", "|---|---:|---:|---:|"]
+    for label, path, unit in rows:
+        b, a = _get(before, *path), _get(after, *path)
+        if b is None or a is None:
+            continue
+        out.append(f"| {label} | {b:.2f} {unit} | {a:.2f} {unit} | {a / b:.2f} |")
+    return out
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("per_call", "baselines") if p in results]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    ax_iter = iter(axes[0])
+    if "per_call" in results:
+        ax = next(ax_iter)
+        keys = [
+            ("floor", "bare embedding (floor)"),
+            ("routing_total", "routing total"),
+            ("decide", "decide() incl. store write"),
+        ]
+        for offset, (kind, color) in enumerate((("short", "#4C72B0"), ("long", "#DD8452"))):
+            entries = [results["per_call"][kind][k] for k, _ in keys]
+            ys = [i * 3 + offset for i in range(len(keys))]
+            p50 = [e["p50_ms"] for e in entries]
+            err = [[0] * len(entries), [e["p95_ms"] - e["p50_ms"] for e in entries]]
+            ax.barh(ys, p50, xerr=err, color=color, label=f"{kind} prompt", capsize=3)
+        ax.set_yticks([i * 3 + 0.5 for i in range(len(keys))], [label for _, label in keys])
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per call (bar: p50, whisker: p95)")
+        ax.set_title("MetaRouter per-call overhead")
+        ax.legend(loc="lower right")
+    if "baselines" in results:
+        ax = next(ax_iter)
+        names = list(results["baselines"])
+        emb = [results["baselines"][n]["embedding"]["p50_ms"] for n in names]
+        dec = [results["baselines"][n]["decision"]["p50_ms"] for n in names]
+        ax.barh(names, emb, color="#8C8C8C", label="embedding")
+        ax.barh(names, dec, left=emb, color="#C44E52", label="decision")
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per call, short prompt (p50)")
+        ax.set_title("Per-call overhead: MetaRouter and baselines")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _status(met: bool | None) -> str:
+    return "MET" if met else ("NOT MET" if met is not None else "n/a")
+
+
+def write_report(
+    results: dict[str, Any], out: Path, before: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write ``out`` (Markdown), ``<out dir>/benchmarks/results.json`` and ``overhead.png``."""
+    folder = out.parent / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, plot_path = folder / "results.json", folder / "overhead.png"
+    results["targets"] = targets(results)
+    if before is not None:
+        results["before"] = {
+            k: before.get(k)
+            for k in ("machine", "per_call", "adaptation", "throughput", "process", "started")
+        }
+        for section in ("per_call", "adaptation", "throughput"):  # raw samples: summaries only
+            results["before"][section] = _strip_raw(results["before"][section])
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    _plot(results, plot_path)
+
+    m = results["machine"]
+    rel_plot = plot_path.relative_to(out.parent).as_posix()
+    lines = [
+        "# Benchmarks",
+        "",
+        "How much a routed call costs on top of the model call, measured by "
+        "[`benchmarks/bench_routing.py`](../benchmarks/bench_routing.py) (issue 8). "
+        "All figures below come from **one run** of that script; per-call figures are medians "
+        "(p50) and 95th percentiles over many calls, each call on a prompt not seen before "
+        "(unless said otherwise), warm-up calls excluded. Wall-clock milliseconds unless "
+        "marked CPU (process CPU time, all threads).",
+        "",
+        "> The machine is **shared**: other work may have run beside the benchmark (load "
+        f"average {results['load_average_start']} at the start, {results['load_average_end']} "
+        "at the end). Treat single figures as indicative; ratios measured in the same run "
+        "(interleaved calls) are more robust than absolute times.",
+        "",
+        "## Targets",
+        "",
+        "| Target | Measured | Status |",
+        "|---|---|---|",
+    ]
+    for t in results["targets"]:
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(f"| {t['target']} | {t['measured']}{note} | **{_status(t['met'])}** |")
+    lines += [
+        "",
+        "## Machine and command",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {m['cpu']} |",
+        f"| Cores | {m['logical_cpus']} logical ({m['affinity_cpus']} usable) |",
+        f"| RAM | {m['ram_gib']} GiB |",
+        f"| OS | {m['os']} |",
+        f"| Python | {m['python']} |",
+        f"| torch | {m['torch']} ({m['torch_threads']} intra-op threads, "
+        f"{m['torch_interop_threads']} inter-op; OMP_NUM_THREADS="
+        f"{m['omp_num_threads_env'] or 'unset'}, METAROUTER_NUM_THREADS="
+        f"{m['metarouter_num_threads_env'] or 'unset'}) |",
+        "| Packages | " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + " |",
+        f"| Commit | {m['git_commit'] or 'n/a'} |",
+        f"| Run | {results['started']}, {results['seconds']:.0f} s in all |",
+        "",
+        "Reproduce (from the repository root, with the `dev` extra installed):",
+        "",
+        "```bash",
+        results["command"],
+        "```",
+        "",
+        "`--quick` makes few calls and trains for 50 steps only (a smoke test, not figures to "
+        "quote). `--sections` runs a subset; `--compare-to results.json` adds a before/after "
+        "table.",
+        "",
+    ]
+    if "per_call" in results:
+        lines += [
+            "## Routing overhead per call",
+            "",
+            "One user with 6 stored comparisons; their preference is cached by the "
+            "`RoutingService`, as in a running app. Five candidates (the LLMRouter K5 set). "
+            "Short prompts: 20-100 characters as embedded; long: 800-1,500 characters (at the "
+            "embedding model's 256-word-piece limit). Each iteration runs the floor, "
+            "`SentenceTransformer.encode`, the routing steps and `decide()` on the same new "
+            "prompt, in random order. The floor is the embedding model alone on the already "
+            "prepared text: what any embedding-based router must pay.",
+            "",
+            *_per_call_table(results),
+            "",
+            f"![Per-call overhead]({rel_plot})",
+            "",
+            *_thread_table(results),
+        ]
+    if "adaptation" in results:
+        a = results["adaptation"]
+        lines += [
+            "## Adaptation",
+            "",
+            "`MetaRouter.adapt(comparisons, arms=...)`: one encoder forward pass, from stored "
+            "comparisons that carry their query embeddings (as `RoutingService` re-estimates a "
+            "user after feedback). 20 simulated users per N, cycled.",
+            "",
+            "| | p50 ms | p95 ms | CPU p50 ms | calls |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, label in (
+            ("n6", "6 comparisons"),
+            ("n50", "50 comparisons"),
+            ("lookup_from_store", "user not in memory: preference read from the store's cache"),
+        ):
+            e = a[key]
+            lines.append(
+                f"| {label} | {e['p50_ms']:.2f} | {e['p95_ms']:.2f} | {e['cpu_p50_ms']:.2f} | "
+                f"{e['n']} |"
+            )
+        lines.append("")
+    if "throughput" in results:
+        t = results["throughput"]
+        size = t["batch_size"]
+        lines += [
+            "## Batched throughput",
+            "",
+            f"`MetaRouter.route_batch(prompts, candidates, preference)` on batches of {size} "
+            "new prompts (one embedding batch, one policy pass), five candidates.",
+            "",
+            "| Prompts | batch p50 ms | batch p95 ms | queries/s (p50) | batches |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, label in (
+            ("mixed", "bundled LLMRouter prompts, mixed lengths"),
+            ("short", "short prompts (20-100 characters)"),
+            ("policy_only", "policy only (embeddings given), mixed"),
+        ):
+            e = t[key]
+            lines.append(
+                f"| {label} | {e['p50_ms']:.1f} | {e['p95_ms']:.1f} | "
+                f"{size / (e['p50_ms'] / 1e3):,.0f} | {e['n']} |"
+            )
+        lines.append("")
+    if "process" in results:
+        p = results["process"]
+        lines += [
+            "## LangChain adapter process",
+            "",
+            "Fresh Python processes ([`benchmarks/_one_call.py`](../benchmarks/_one_call.py)): "
+            "`import langchain_metarouter` alone, and a process that imports it, builds a "
+            "`MetaRouterChat` over two scripted `FakeListChatModel` candidates (no network) and "
+            "routes one call. Peak RSS is the process's high-water mark (`VmHWM`).",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| Import time of `langchain_metarouter` (median of {len(p['import_s'])}) | "
+            f"{p['import_median_s']:.2f} s (runs: "
+            + ", ".join(f"{v:.2f}" for v in p["import_s"])
+            + ") |",
+            f"| torch imported by that import | {'yes' if p['torch_after_import'] else 'no'} |",
+            f"| Peak RSS after the import | {p['rss_after_import_mb']:.0f} MB |",
+            "| Building `MetaRouterChat` (loads router + store) | "
+            f"{p['construct_median_s']:.2f} s (peak RSS then "
+            f"{statistics.median(r['rss_after_construct_mb'] for r in p['one_call']):.0f} MB) |",
+            f"| First routed call (loads the embedding model) | {p['first_call_median_s']:.2f} s |",
+            f"| Peak RSS of the one-call process | {p['peak_rss_mb_median']:.0f} MB median, "
+            f"{p['peak_rss_mb_max']:.0f} MB max of {len(p['one_call'])} |",
+            "",
+        ]
+    if "training" in results:
+        tr = results["training"]
+        lines += [
+            "## Meta-training time",
+            "",
+            f"The real CLI, `{tr['command']}`, on the bundled LLMRouter training split "
+            f"({tr['queries']:,} queries); embedding cache: {tr['embedding_cache']} (with a "
+            "cold cache, embedding the queries is part of the wall time). The bundled default "
+            "was trained with "
+            f"`{tr['bundled_command']}` (training loop {tr['bundled_training_loop_s']} s "
+            "on its machine).",
+            "",
+            "| Steps | wall time (whole command) | training loop | best step |",
+            "|---:|---:|---:|---:|",
+            f"| {tr['steps']} | {tr['wall_s']:.0f} s | {tr['training_loop_s']} s | "
+            f"{tr['best_step']} |",
+            "",
+        ]
+        if results.get("quick"):
+            lines += [
+                "(A `--quick` run: a short training run, not the default's 1,500 steps.)",
+                "",
+            ]
+    if "baselines" in results:
+        lines += [
+            "## Against the evaluation harness's baselines",
+            "",
+            "Each method routes a new short prompt for one user whose state is ready (6 "
+            "comparisons, in memory): the same `Embedder.encode_one` call, then its decision. "
+            "Baselines are fitted as `metarouter.evaluation` fits them on the bundled LLMRouter "
+            "ID split (see [`benchmarks/_baselines.py`](../benchmarks/_baselines.py)); "
+            '"agrees with harness" is the share of held-out test queries on which the '
+            "per-query version picks what the harness's `choose` picks. RouteLLM only routes "
+            "two candidates, so it runs on K2 beside MetaRouter on K2. Calls are interleaved "
+            "in random order.",
+            "",
+            *_baseline_table(results),
+            "",
+            "The embedding is almost all of every method's per-call cost. MetaRouter's decision "
+            "(a small network over each candidate) is slower than a table lookup or a linear "
+            "model, but stays far below the embedding.",
+            "",
+        ]
+    if before is not None:
+        lines += [
+            "## Before and after the optimisations",
+            "",
+            f"The same script on the code before the changes listed below (run "
+            f"{before.get('started')}, same machine, shortly before the figures above).",
+            "",
+            *_compare_table(before, results),
+            "",
+        ]
+    lines += [
+        "## What was optimised (issue 8, item 2)",
+        "",
+        "* **Embedding, one text** (`Embedder`): a single prompt skips "
+        "`SentenceTransformer.encode`'s per-call bookkeeping (device resolution over every "
+        "parameter, `eval()`, length sorting) and runs tokenize, forward, normalise under "
+        "`torch.inference_mode`. The vectors are bit-identical; this is checked against "
+        "`encode` when the model loads, and `encode` is used if the check fails (another "
+        "sentence-transformers version).",
+        "* **Repeated prompts**: `Embedder.encode_one` keeps a bounded in-memory LRU "
+        "(`memory_cache_size`, default 4,096 vectors, read-only arrays).",
+        "* **Policy** (`MetaRouter.score_embeddings`): the candidates' tensors and the user's "
+        "preference tensors are built once and kept in small LRUs (64 entries each) instead "
+        "of on every call; inference runs under `torch.inference_mode`.",
+        "* **Adaptation** (`MetaRouter.adapt`): the quality head's beliefs and the "
+        "Bradley-Terry posterior are computed once per call (they were computed twice), under "
+        "`torch.inference_mode` unless refinement steps need gradients. Same numbers.",
+        "* **Preference per user**: `RoutingService` keeps each user's preference in memory "
+        "and re-reads only the user's version number from the store per call (so feedback "
+        "from another process takes effect on the next call); the router and the embedding "
+        "model are loaded once per process.",
+        "* **Lazy imports**: `metarouter.router` no longer imports torch at module import, so "
+        "`import langchain_metarouter` does not load torch; it loads with the first router "
+        "(building `MetaRouterChat`).",
+        "* **Threads**: the library does not change torch's thread settings unless "
+        "`METAROUTER_NUM_THREADS` is set (applied when the embedding model first loads); "
+        "`torch.set_num_threads` or `OMP_NUM_THREADS` work as usual. On a busy machine, "
+        "fewer threads than cores avoid waiting on descheduled worker threads.",
+        "",
+        "The raw figures of this run (every sample) are in "
+        f"[`{json_path.relative_to(out.parent).as_posix()}`]"
+        f"({json_path.relative_to(out.parent).as_posix()}).",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    return json_path, plot_path
+
+
+def _strip_raw(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_raw(v) for k, v in node.items() if k != "raw"}
+    return node
