@@ -496,9 +496,10 @@ def write_report(
         "* **Policy** (`MetaRouter.score_embeddings`): the candidates' tensors and the user's "
         "preference tensors are built once and kept in small LRUs (64 entries each) instead "
         "of on every call; inference runs under `torch.inference_mode`.",
-        "* **Adaptation** (`MetaRouter.adapt`): the quality head's beliefs and the "
-        "Bradley-Terry posterior are computed once per call (they were computed twice), under "
-        "`torch.inference_mode` unless refinement steps need gradients. Same numbers.",
+        "* **Adaptation** (`MetaRouter.adapt`): the per-comparison features (computed three "
+        "times before), the quality head's beliefs and the Bradley-Terry posterior (twice "
+        "before) are computed once per call, under `torch.inference_mode` unless refinement "
+        "steps need gradients. Same numbers, bit for bit.",
         "* **Preference per user**: `RoutingService` keeps each user's preference in memory "
         "and re-reads only the user's version number from the store per call (so feedback "
         "from another process takes effect on the next call); the router and the embedding "

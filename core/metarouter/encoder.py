@@ -182,14 +182,19 @@ class ContextEncoder(nn.Module):
         self.psi = _mlp(config.query_dim + config.latent_dim + 2 * f + 5, h, h)
         self.rho_evidence = _mlp(h + 1, h, config.evidence_dim)
 
-    def _item_features(self, s: SupportBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def item_features(self, s: SupportBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected queries and the winner's and loser's features of every comparison."""
         qx = self.query_proj(s["q"])
         fw = self.features(s["w"], s["win_cap"], s["win_cost"])
         fl = self.features(s["w"], s["lose_cap"], s["lose_cost"])
         return qx, fw, fl
 
     def forward(
-        self, s: SupportBatch, item_quality: torch.Tensor, posterior: torch.Tensor | None = None
+        self,
+        s: SupportBatch,
+        item_quality: torch.Tensor,
+        posterior: torch.Tensor | None = None,
+        items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Latent preference z, shape (B, latent_dim).
 
@@ -198,8 +203,9 @@ class ContextEncoder(nn.Module):
             item_quality: (B, N, 2) the quality head's probability that the preferred and the
                 other answer were good (unobserved qualities, for the Bradley-Terry posterior).
             posterior: :meth:`posterior` of the same inputs, when the caller has it already.
+            items: :meth:`item_features` of ``s``, when the caller has them already.
         """
-        qx, fw, fl = self._item_features(s)
+        qx, fw, fl = self.item_features(s) if items is None else items
         diffs = torch.stack([fw[..., 0] - fl[..., 0], fw[..., 2] - fl[..., 2]], dim=-1)
         h = self.phi(torch.cat([qx, fw, fl, diffs], dim=-1))
         mask = s["mask"].unsqueeze(-1).to(h.dtype)
@@ -227,7 +233,13 @@ class ContextEncoder(nn.Module):
         assert isinstance(first, nn.Linear)
         return self.rho_evidence(torch.zeros(1, first.in_features, device=first.weight.device))[0]
 
-    def evidence(self, s: SupportBatch, arm_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def evidence(
+        self,
+        s: SupportBatch,
+        arm_ids: torch.Tensor,
+        z: torch.Tensor,
+        items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Per-candidate evidence, shape (B, K, evidence_dim), for arms identified by ``arm_ids``.
 
         Each comparison is seen from the candidate's side: did it win or lose, its cost and
@@ -238,8 +250,9 @@ class ContextEncoder(nn.Module):
             s: The support sets.
             arm_ids: (B, K) identities of the candidates (same id space as ``win_id``).
             z: (B, L) the latent preference of each support set.
+            items: :meth:`item_features` of ``s``, when the caller has them already.
         """
-        qx, fw, fl = self._item_features(s)
+        qx, fw, fl = self.item_features(s) if items is None else items
         ids = arm_ids.unsqueeze(-1)  # (B,K,1)
         won = (s["win_id"].unsqueeze(1) == ids) & s["mask"].unsqueeze(1)  # (B,K,N)
         lost = (s["lose_id"].unsqueeze(1) == ids) & s["mask"].unsqueeze(1)

@@ -81,23 +81,35 @@ class MetaRouterModel(nn.Module):
         """The encoder's explicit Bradley-Terry posterior over the alpha grid (B, G)."""
         return self.encoder.posterior(support, self.item_quality(support))
 
-    def item_quality(self, support: SupportBatch) -> torch.Tensor:
-        """The quality head's belief (B, N, 2) that each compared answer was good."""
-        qx = self.query_proj(support["q"])
+    def item_quality(
+        self,
+        support: SupportBatch,
+        items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The quality head's belief (B, N, 2) that each compared answer was good.
+
+        Args:
+            support: The support sets.
+            items: ``encoder.item_features(support)``, when the caller has them already.
+        """
+        qx, fw, fl = self.encoder.item_features(support) if items is None else items
         prior_ev = self.encoder.prior_evidence()
         probs = []
-        for side in ("win", "lose"):
-            feats = self.features(support["w"], support[f"{side}_cap"], support[f"{side}_cost"])
+        for feats in (fw, fl):
             ev = prior_ev.expand(*feats.shape[:-1], prior_ev.shape[-1])
             logit = self.policy.quality_head(torch.cat([qx, ev, feats], dim=-1)).squeeze(-1)
             probs.append(torch.sigmoid(logit))
         return torch.stack(probs, dim=-1)
 
     def evidence(
-        self, support: SupportBatch, arm_ids: torch.Tensor, z: torch.Tensor
+        self,
+        support: SupportBatch,
+        arm_ids: torch.Tensor,
+        z: torch.Tensor,
+        items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Per-arm evidence (B, K, E) given the support sets' latent preferences z (B, L)."""
-        return self.encoder.evidence(support, arm_ids, z)
+        return self.encoder.evidence(support, arm_ids, z, items)
 
     def score(
         self,

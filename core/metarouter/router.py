@@ -364,11 +364,13 @@ class MetaRouter:
         with no_grad():
             support = self._support(comparisons, known, ids)
             arm_ids = torch.arange(len(names) + 1).unsqueeze(0)  # last id: never compared
-            # the quality head's beliefs and the posterior are computed once, not per read-out
-            item_quality = self.model.item_quality(support)
+            # per-comparison features, the quality head's beliefs and the posterior are
+            # computed once, not once per read-out
+            items = self.model.encoder.item_features(support)
+            item_quality = self.model.item_quality(support, items)
             posterior_b = self.model.encoder.posterior(support, item_quality)
-            z = self.model.encoder(support, item_quality, posterior=posterior_b)
-            ev = self.model.evidence(support, arm_ids, z)[0]
+            z = self.model.encoder(support, item_quality, posterior=posterior_b, items=items)
+            ev = self.model.evidence(support, arm_ids, z, items)[0]
             factors = torch.exp(cost_log_factors(support, arm_ids))[0]
             posterior = posterior_b[0]
         if refine:
