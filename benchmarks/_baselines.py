@@ -82,7 +82,7 @@ def barp(ctx: Context, fb: Feedback) -> QueryRouter:
 
     def route(embedding: np.ndarray) -> int:
         with torch.no_grad():
-            x = torch.as_tensor(embedding, dtype=torch.float32)[None, :]
+            x = torch.tensor(embedding, dtype=torch.float32)[None, :]  # a copy: read-only input
             return int(net(torch.cat([x, w], 1)).argmax(1)[0])
 
     return QueryRouter(method.name, method, route)

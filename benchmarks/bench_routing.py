@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _report import write_report  # noqa: E402
+from _report import summary_of, write_report  # noqa: E402
 from _timing import Series, Stopwatch, load_average, machine, timed  # noqa: E402
 
 SECTIONS = ("per_call", "adaptation", "throughput", "process", "training", "baselines")
@@ -578,10 +578,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-to",
         type=Path,
+        nargs="*",
+        default=[],
+        help="results.json of runs of the code before a change: adds a before/after table",
+    )
+    parser.add_argument(
+        "--also-after",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="results.json of further runs of the current code, for the before/after medians",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
         default=None,
-        help="results.json of an earlier run (before an optimisation): adds a before/after table",
+        help="re-write the report from a results.json without measuring anything",
     )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        stored: dict[str, Any] = json.loads(args.render.read_text())
+        stored["command"] = "python benchmarks/bench_routing.py" + (
+            " --quick" if stored.get("quick") else ""
+        )
+        paths = write_report(stored, args.out)
+        print("wrote", args.out, *paths)
+        return 0
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -624,8 +646,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = _jsonable(runners[name](bench))
     results["load_average_end"] = load_average()
     results["seconds"] = round(time.perf_counter() - start, 1)
-    before = json.loads(args.compare_to.read_text()) if args.compare_to else None
-    json_path, plot_path = write_report(results, args.out, before)
+    results["before_runs"] = [summary_of(json.loads(f.read_text())) for f in args.compare_to]
+    results["after_runs"] = [summary_of(json.loads(f.read_text())) for f in args.also_after]
+    json_path, plot_path = write_report(results, args.out)
     print(f"wrote {args.out}, {json_path}, {plot_path}")
     return 0
 
