@@ -608,20 +608,20 @@ class MetaRouter:
         names = [a.name for a in arms]
         probs, quality, costs = self.score_embeddings(embeddings, tokens, arms, preference)
         pref = preference or self.prior()
-        out = []
-        for i in range(len(probs)):
-            order = np.argsort(-probs[i], kind="stable")
-            out.append(
-                RoutingDecision(
-                    model=names[order[0]],
-                    scores={n: float(p) for n, p in zip(names, probs[i], strict=True)},
-                    ranking=tuple(names[j] for j in order),
-                    expected_costs_usd={n: float(c) for n, c in zip(names, costs[i], strict=True)},
-                    predicted_quality={n: float(q) for n, q in zip(names, quality[i], strict=True)},
-                    quality_weight=pref.quality_weight,
-                )
+        # one conversion to Python floats per array (not per element): same values
+        orders = np.argsort(-probs, axis=1, kind="stable").tolist()
+        p_rows, q_rows, c_rows = probs.tolist(), quality.tolist(), costs.tolist()
+        return [
+            RoutingDecision(
+                model=names[order[0]],
+                scores=dict(zip(names, p_row, strict=True)),
+                ranking=tuple(names[j] for j in order),
+                expected_costs_usd=dict(zip(names, c_row, strict=True)),
+                predicted_quality=dict(zip(names, q_row, strict=True)),
+                quality_weight=pref.quality_weight,
             )
-        return out
+            for order, p_row, q_row, c_row in zip(orders, p_rows, q_rows, c_rows, strict=True)
+        ]
 
     def route_batch(
         self,

@@ -220,3 +220,20 @@ def test_importing_the_router_and_the_langchain_adapter_does_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_batched_decisions_carry_the_scored_arrays_as_python_floats(
+    default_router, llmrouter_heldout
+):
+    pref = default_router.adapt(_comparisons(llmrouter_heldout, 6))
+    emb, tok = llmrouter_heldout.embeddings[:32], llmrouter_heldout.tokens[:32]
+    decisions = default_router.route_embeddings(emb, tok, CANDS, pref)
+    probs, quality, costs = default_router.score_embeddings(emb, tok, CANDS, pref)
+    for i, d in enumerate(decisions):
+        order = np.argsort(-probs[i], kind="stable")
+        assert d.ranking == tuple(CANDS[j] for j in order)
+        assert d.model == CANDS[order[0]]
+        for k, name in enumerate(CANDS):
+            assert type(d.scores[name]) is float and d.scores[name] == float(probs[i, k])
+            assert d.predicted_quality[name] == float(quality[i, k])
+            assert d.expected_costs_usd[name] == float(costs[i, k])
