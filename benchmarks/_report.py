@@ -572,6 +572,13 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
             'did not change (long-prompt and batched embedding): the "x floor" columns, '
             "each run against its own floor, are the robust reading of the per-call changes.",
             "",
+            *([f"Before: {results['before_code']}."] if results.get("before_code") else []),
+            *(
+                [f"The other runs of the current code: {results['after_code']}."]
+                if results.get("after_code")
+                else []
+            ),
+            "",
             *_compare_table(before, after),
             "",
         ]

@@ -590,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         help="results.json of further runs of the current code, for the before/after medians",
     )
     parser.add_argument(
+        "--before-code", default="", help="what the --compare-to runs measured (for the report)"
+    )
+    parser.add_argument(
+        "--after-code", default="", help="what the --also-after runs measured (for the report)"
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         default=None,
@@ -648,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["before_runs"] = [summary_of(json.loads(f.read_text())) for f in args.compare_to]
     results["after_runs"] = [summary_of(json.loads(f.read_text())) for f in args.also_after]
+    results["before_code"], results["after_code"] = args.before_code, args.after_code
     json_path, plot_path = write_report(results, args.out)
     print(f"wrote {args.out}, {json_path}, {plot_path}")
     return 0
