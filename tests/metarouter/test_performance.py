@@ -16,7 +16,6 @@ import torch
 from metarouter.embeddings import THREADS_ENV, Embedder, _apply_thread_setting, embedding_text
 from metarouter.errors import ConfigError
 from metarouter.router import _TENSOR_CACHE_SIZE, MetaRouter
-from metarouter.types import Comparison
 
 CANDS = ["gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"]
 TEXTS = [
@@ -122,29 +121,10 @@ def test_thread_setting_rejects_a_bad_value_with_a_fix(monkeypatch, value):
         _apply_thread_setting()
 
 
-def _comparisons(held, n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    m = held.matrix.select_models(CANDS)
-    out = []
-    for r in rng.choice(len(m.quality), n, replace=False):
-        a, b = rng.choice(len(CANDS), 2, replace=False)
-        out.append(
-            Comparison(
-                CANDS[a],
-                CANDS[b],
-                m.cost[r, a],
-                m.cost[r, b],
-                embedding=held.embeddings[r],
-                tokens=int(held.tokens[r]),
-            )
-        )
-    return out
-
-
 def test_fused_adaptation_equals_the_separate_encoder_passes(default_router, llmrouter_heldout):
     from metarouter.encoder import cost_log_factors
 
-    comps = _comparisons(llmrouter_heldout, 8)
+    comps = llmrouter_heldout.comparisons(CANDS, 8)
     pref = default_router.adapt(comps)
     names = sorted({c.winner for c in comps} | {c.loser for c in comps})
     ids = {n: i for i, n in enumerate(names)}
@@ -166,7 +146,7 @@ def test_fused_adaptation_equals_the_separate_encoder_passes(default_router, llm
 
 
 def test_refined_adaptation_still_takes_gradient_steps(default_router, llmrouter_heldout):
-    comps = _comparisons(llmrouter_heldout, 6, seed=3)
+    comps = llmrouter_heldout.comparisons(CANDS, 6, seed=3)
     plain = default_router.adapt(comps)
     refined = default_router.adapt(comps, refine_steps=5)
     assert not np.array_equal(plain.z, refined.z)
@@ -176,7 +156,7 @@ def test_refined_adaptation_still_takes_gradient_steps(default_router, llmrouter
 def test_cached_candidate_and_preference_tensors_give_the_same_scores_as_a_fresh_router(
     default_router, llmrouter_heldout, embedder
 ):
-    pref = default_router.adapt(_comparisons(llmrouter_heldout, 6))
+    pref = default_router.adapt(llmrouter_heldout.comparisons(CANDS, 6))
     arms = default_router.resolve(CANDS)
     emb, tok = llmrouter_heldout.embeddings[:4], llmrouter_heldout.tokens[:4]
     first = default_router.score_embeddings(emb, tok, arms, pref)
@@ -225,7 +205,7 @@ def test_importing_the_router_and_the_langchain_adapter_does_not_import_torch():
 def test_batched_decisions_carry_the_scored_arrays_as_python_floats(
     default_router, llmrouter_heldout
 ):
-    pref = default_router.adapt(_comparisons(llmrouter_heldout, 6))
+    pref = default_router.adapt(llmrouter_heldout.comparisons(CANDS, 6))
     emb, tok = llmrouter_heldout.embeddings[:32], llmrouter_heldout.tokens[:32]
     decisions = default_router.route_embeddings(emb, tok, CANDS, pref)
     probs, quality, costs = default_router.score_embeddings(emb, tok, CANDS, pref)

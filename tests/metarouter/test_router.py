@@ -11,28 +11,9 @@ from metarouter.arms import ArmDescriptor
 from metarouter.errors import ConfigError, ModelLoadError, UnknownArmError
 from metarouter.pricing import Price
 from metarouter.router import CONFIG_FILE, WEIGHTS_FILE, MetaRouter
-from metarouter.types import Comparison, Preference
+from metarouter.types import Preference
 
 CANDS = ["gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"]
-
-
-def _comparisons(held, n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    m = held.matrix.select_models(CANDS)
-    out = []
-    for r in rng.choice(len(m.quality), n, replace=False):
-        a, b = rng.choice(len(CANDS), 2, replace=False)
-        out.append(
-            Comparison(
-                CANDS[a],
-                CANDS[b],
-                m.cost[r, a],
-                m.cost[r, b],
-                embedding=held.embeddings[r],
-                tokens=int(held.tokens[r]),
-            )
-        )
-    return out
 
 
 def test_no_comparisons_gives_the_prior(default_router):
@@ -46,7 +27,7 @@ def test_no_comparisons_gives_the_prior(default_router):
 
 
 def test_encoder_is_permutation_invariant(default_router, llmrouter_heldout):
-    comps = _comparisons(llmrouter_heldout, 8)
+    comps = llmrouter_heldout.comparisons(CANDS, 8)
     a = default_router.adapt(comps)
     b = default_router.adapt(comps[::-1])
     np.testing.assert_allclose(a.z, b.z, atol=1e-5)
@@ -57,7 +38,7 @@ def test_encoder_is_permutation_invariant(default_router, llmrouter_heldout):
 def test_comparisons_change_the_preference_and_it_round_trips_as_json(
     default_router, llmrouter_heldout
 ):
-    pref = default_router.adapt(_comparisons(llmrouter_heldout, 6))
+    pref = default_router.adapt(llmrouter_heldout.comparisons(CANDS, 6))
     assert pref.n_comparisons == 6
     assert not np.allclose(pref.z, default_router.prior().z)
     again = Preference.from_dict(json.loads(json.dumps(pref.to_dict())))
@@ -77,7 +58,7 @@ def test_decision_reports_scores_ranking_and_costs(default_router):
 
 def test_candidate_order_does_not_change_the_choice(default_router, llmrouter_heldout):
     held = llmrouter_heldout
-    pref = default_router.adapt(_comparisons(held, 6, seed=3))
+    pref = default_router.adapt(held.comparisons(CANDS, 6, seed=3))
     p1, _, _ = default_router.score_embeddings(held.embeddings[:50], held.tokens[:50], CANDS, pref)
     p2, _, _ = default_router.score_embeddings(
         held.embeddings[:50], held.tokens[:50], CANDS[::-1], pref
@@ -159,7 +140,7 @@ def test_save_and_load_reproduce_decisions_exactly(
     default_router, llmrouter_heldout, tmp_path, embedder
 ):
     held = llmrouter_heldout
-    comps = _comparisons(held, 6, seed=5)
+    comps = held.comparisons(CANDS, 6, seed=5)
     default_router.save_pretrained(tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=embedder)
@@ -218,7 +199,7 @@ def test_saved_weights_are_safetensors_without_pickle(default_router, tmp_path):
 
 
 def test_refining_z_keeps_a_valid_preference(default_router, llmrouter_heldout):
-    comps = _comparisons(llmrouter_heldout, 6, seed=9)
+    comps = llmrouter_heldout.comparisons(CANDS, 6, seed=9)
     plain = default_router.adapt(comps)
     refined = default_router.adapt(comps, refine_steps=20)
     assert refined.z.shape == plain.z.shape
