@@ -7,24 +7,18 @@ mark). The only exception is recording new cassettes for test_openai_vcr.py
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
-from metarouter.pricing import Price
+from lc_setup import arm_specs, scripted_candidates, shared_router
 from metarouter.router import MetaRouter
-from metarouter.service import ArmSpec, RoutingService
+from metarouter.service import RoutingService
 from metarouter.store.sql import SQLStore
 
 HERE = Path(__file__).parent
-
-#: Catalog models used as candidate names (no descriptor needed), cheap to expensive.
-CHEAP, MID, BIG = "gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"
-PRICES = {CHEAP: Price(0.1, 0.1), MID: Price(0.2, 0.2), BIG: Price(0.9, 0.9)}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,29 +32,6 @@ def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
     from routerbench_cassettes import SERIALIZER, RouterBenchYAMLSerializer
 
     vcr.register_serializer(SERIALIZER, RouterBenchYAMLSerializer())
-
-
-@cache
-def shared_router() -> MetaRouter:
-    """The bundled router, loaded once per process (its embedder too)."""
-    return MetaRouter.default()
-
-
-@cache
-def shared_service() -> RoutingService:
-    """A service over scripted candidates for the standard suites (store in a temp dir)."""
-    folder = Path(tempfile.mkdtemp(prefix="metarouter-lc-"))
-    return RoutingService(arm_specs(), router=shared_router(), store=SQLStore(folder / "s.db"))
-
-
-def arm_specs() -> list[ArmSpec]:
-    return [ArmSpec(name, price=price) for name, price in PRICES.items()]
-
-
-def scripted_candidates(**overrides: ScriptedChatModel) -> dict[str, ScriptedChatModel]:
-    models = {name: ScriptedChatModel(model_name=f"{name}-v1") for name in PRICES}
-    models.update(overrides)
-    return models
 
 
 @pytest.fixture(scope="session")

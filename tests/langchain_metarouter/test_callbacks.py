@@ -6,9 +6,9 @@ import asyncio
 import logging
 
 import pytest
-from conftest import BIG, CHEAP
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.runnables import RunnableLambda
+from lc_setup import BIG, CHEAP
 from metarouter.errors import FeedbackError
 
 from langchain_metarouter import (

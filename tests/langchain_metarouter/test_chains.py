@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import BIG, CHEAP, MID
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -13,6 +12,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs
 from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
+from lc_setup import BIG, CHEAP, MID
 from pydantic import BaseModel, Field
 
 from langchain_metarouter import MetaRouterChat

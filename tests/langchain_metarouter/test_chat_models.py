@@ -8,12 +8,12 @@ import logging
 import uuid
 
 import pytest
-from conftest import BIG, CHEAP, MID, PRICES
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs
 from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
+from lc_setup import BIG, CHEAP, MID, PRICES
 from metarouter.errors import ConfigError, DispatchError, UnknownArmError
 from metarouter.service import ArmSpec
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import MID, scripted_candidates, shared_service
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from lc_setup import MID, scripted_candidates, shared_service
 
 from langchain_metarouter import MetaRouterChat
 

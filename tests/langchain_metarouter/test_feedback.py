@@ -7,8 +7,8 @@ import asyncio
 import uuid
 
 import pytest
-from conftest import BIG, CHEAP, MID
 from langchain_core.messages import AIMessage
+from lc_setup import BIG, CHEAP, MID
 from metarouter.errors import FeedbackError
 
 from langchain_metarouter import MetaRouterChat, Response

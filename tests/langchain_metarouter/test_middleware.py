@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import BIG, CHEAP, MID
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
+from lc_setup import BIG, CHEAP, MID
 from metarouter.errors import DispatchError
 
 from langchain_metarouter import MetaRouterChat, MetaRouterMiddleware
