@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from langchain_core.messages import AIMessage, BaseMessage
 from metarouter.errors import FeedbackError
-from metarouter.service import Decision, Response
+from metarouter.service import Decision, Response, as_answer
 from metarouter.store.records import ComparisonRecord, ComparisonSource
 
 from langchain_metarouter._utils import METADATA_KEY
@@ -30,6 +30,10 @@ FeedbackItem: TypeAlias = BaseMessage | str | uuid.UUID | Decision | Response | 
 def as_feedback_item(item: FeedbackItem) -> str | uuid.UUID | Decision | Response:
     """Normalise one side of a comparison for the routing service.
 
+    A routed ``AIMessage`` becomes its decision id; the plain forms (ids, ``Decision``,
+    ``Response``, mappings) are read by the core's :func:`metarouter.service.as_answer`, as in
+    every adapter.
+
     Raises:
         FeedbackError: The item names no answer (a message the router did not produce, a
             mapping without ``decision_id`` or ``model`` + ``cost_usd``, another type).
@@ -43,24 +47,8 @@ def as_feedback_item(item: FeedbackItem) -> str | uuid.UUID | Decision | Respons
                 "produce, pass Response(model=..., cost_usd=..., text=...) and query=..."
             )
         return str(data["decision_id"])
-    if isinstance(item, Mapping):
-        if "decision_id" in item:
-            return str(item["decision_id"])
-        if "run_id" in item:
-            return str(item["run_id"])
-        try:
-            return Response(
-                model=str(item["model"]),
-                cost_usd=float(item["cost_usd"]),
-                text=item.get("text"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FeedbackError(
-                f"cannot read an answer from {dict(item)!r}: give {{'decision_id': ...}} for a "
-                "routed answer, or {'model': str, 'cost_usd': float, 'text': str} for another one."
-            ) from exc
-    if isinstance(item, (str, uuid.UUID, Decision, Response)):
-        return item
+    if isinstance(item, (str, uuid.UUID, Decision, Response, Mapping)):
+        return as_answer(item)
     raise FeedbackError(
         f"cannot compare a {type(item).__name__}: pass a routed AIMessage, a decision id, a run "
         "id, or Response(model=..., cost_usd=..., text=...)."
