@@ -101,6 +101,26 @@ class _RunInfo:
 
 
 @dataclass
+class _StreamTally:
+    """What one candidate's stream has produced so far (for its final routing chunk)."""
+
+    usage: UsageMetadata | None = None
+    provider: str | None = None
+    sent: int = 0
+    list_content: bool = False
+
+    def take(self, raw: BaseMessage) -> ChatGenerationChunk:
+        """Count a candidate chunk and return it as the router's chunk."""
+        piece, seen = routed_chunk(to_chunk(raw))
+        self.provider = self.provider or seen
+        if piece.usage_metadata:
+            self.usage = add_usage(self.usage, piece.usage_metadata)
+        self.list_content = not isinstance(piece.content, str)
+        self.sent += 1
+        return ChatGenerationChunk(message=piece)
+
+
+@dataclass
 class _PendingStream:
     """Handed from ``stream()``/``astream()`` to ``_stream``/``_astream``.
 
@@ -870,27 +890,19 @@ class MetaRouterChat(BaseChatModel):
         call = self._start(messages, stop, kwargs, run)
         for name in call.order:
             runnable, call_kwargs = self._target(call, name)
-            usage: UsageMetadata | None = None
-            provider: str | None = None
-            sent, list_content = 0, False
+            tally = _StreamTally()
             try:
                 for raw in self._stream_candidate(
                     runnable, messages, self._config_for(call, name), call_kwargs
                 ):
-                    piece, seen = routed_chunk(to_chunk(raw))
-                    provider = provider or seen
-                    if piece.usage_metadata:
-                        usage = add_usage(usage, piece.usage_metadata)
-                    list_content = not isinstance(piece.content, str)
-                    sent += 1
-                    yield ChatGenerationChunk(message=piece)
+                    yield tally.take(raw)
             except self.fallback_on as exc:
                 self._failed(call, name, exc)
-                if sent:
+                if tally.sent:
                     raise self._dispatch_error(call, partial=name) from exc
                 continue
-            data = self._routing_data(call, name, usage, provider)
-            yield self._final_chunk(name, data, list_content)
+            data = self._routing_data(call, name, tally.usage, tally.provider)
+            yield self._final_chunk(name, data, tally.list_content)
             return
         raise self._dispatch_error(call)
 
@@ -904,27 +916,21 @@ class MetaRouterChat(BaseChatModel):
         call = await run_in_executor(None, self._start, messages, stop, kwargs, run)
         for name in call.order:
             runnable, call_kwargs = self._target(call, name)
-            usage: UsageMetadata | None = None
-            provider: str | None = None
-            sent, list_content = 0, False
+            tally = _StreamTally()
             try:
                 async for raw in self._astream_candidate(
                     runnable, messages, self._config_for(call, name), call_kwargs
                 ):
-                    piece, seen = routed_chunk(to_chunk(raw))
-                    provider = provider or seen
-                    if piece.usage_metadata:
-                        usage = add_usage(usage, piece.usage_metadata)
-                    list_content = not isinstance(piece.content, str)
-                    sent += 1
-                    yield ChatGenerationChunk(message=piece)
+                    yield tally.take(raw)
             except self.fallback_on as exc:
                 self._failed(call, name, exc)
-                if sent:
+                if tally.sent:
                     raise self._dispatch_error(call, partial=name) from exc
                 continue
-            data = await run_in_executor(None, self._routing_data, call, name, usage, provider)
-            yield self._final_chunk(name, data, list_content)
+            data = await run_in_executor(
+                None, self._routing_data, call, name, tally.usage, tally.provider
+            )
+            yield self._final_chunk(name, data, tally.list_content)
             return
         raise self._dispatch_error(call)
 
