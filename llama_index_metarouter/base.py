@@ -597,21 +597,20 @@ class MetaRouterLLM(FunctionCallingLLM):
         extra = {**response.additional_kwargs, ROUTING_KEY: info}
         return cast(_R, response.model_copy(update={"additional_kwargs": extra}))
 
-    def _finish(self, route: _Route, response: _R) -> _R:
-        self._record(route, usage_of(response))
-        annotated = self._annotate(response, dict(route.info))
+    def _settle(self, route: _Route, annotated: _R) -> _R:
+        """Keep a finished answer's tool calls for the next turn and announce the call."""
         if isinstance(annotated, ChatResponse):
             self._remember_tool_calls(route, annotated)
         self._announce(route, annotated)
         return annotated
 
+    def _finish(self, route: _Route, response: _R) -> _R:
+        self._record(route, usage_of(response))
+        return self._settle(route, self._annotate(response, dict(route.info)))
+
     async def _afinish(self, route: _Route, response: _R) -> _R:
         await asyncio.to_thread(self._record, route, usage_of(response))
-        annotated = self._annotate(response, dict(route.info))
-        if isinstance(annotated, ChatResponse):
-            self._remember_tool_calls(route, annotated)
-        self._announce(route, annotated)
-        return annotated
+        return self._settle(route, self._annotate(response, dict(route.info)))
 
     def _stream_usage(self, first: Any, last: Any) -> tuple[int, int] | None:
         for chunk in (last, first):
@@ -620,6 +619,20 @@ class MetaRouterLLM(FunctionCallingLLM):
                 if usage is not None:
                     return usage
         return None
+
+    def _closed_early(self, route: _Route, first: _R, last: _R) -> None:
+        """Book a stream the consumer closed before the end (usage as far as it went)."""
+        self._record(route, self._stream_usage(first, last))
+        self._announce(route, self._annotate(last, route.info))
+
+    @staticmethod
+    def _warn_mid_stream(route: _Route) -> None:
+        logger.warning(
+            "candidate %r failed mid-stream for decision %s; chunks already sent cannot be "
+            "retracted, so there is no fallback",
+            route.info["model"],
+            route.decision.decision_id,
+        )
 
     def _relay(
         self, route: _Route, first: _R | None, rest: Iterator[_R]
@@ -641,22 +654,13 @@ class MetaRouterLLM(FunctionCallingLLM):
                 last = chunk
                 yield self._annotate(chunk, info)
         except GeneratorExit:  # the consumer stopped early: book what was produced
-            self._record(route, self._stream_usage(first, last))
-            self._announce(route, self._annotate(last, info))
+            self._closed_early(route, first, last)
             raise
         except Exception:
-            logger.warning(
-                "candidate %r failed mid-stream for decision %s; chunks already sent cannot be "
-                "retracted, so there is no fallback",
-                info["model"],
-                route.decision.decision_id,
-            )
+            self._warn_mid_stream(route)
             raise
         self._record(route, self._stream_usage(first, last))
-        final = self._annotate(last, info)
-        if isinstance(final, ChatResponse):
-            self._remember_tool_calls(route, final)
-        self._announce(route, final)
+        self._settle(route, self._annotate(last, info))
 
     async def _arelay(
         self, route: _Route, first: _R | None, rest: AsyncIterator[_R]
@@ -674,22 +678,13 @@ class MetaRouterLLM(FunctionCallingLLM):
                 last = chunk
                 yield self._annotate(chunk, info)
         except GeneratorExit:  # closed early: book synchronously (no awaiting while closing)
-            self._record(route, self._stream_usage(first, last))
-            self._announce(route, self._annotate(last, info))
+            self._closed_early(route, first, last)
             raise
         except Exception:
-            logger.warning(
-                "candidate %r failed mid-stream for decision %s; chunks already sent cannot be "
-                "retracted, so there is no fallback",
-                info["model"],
-                route.decision.decision_id,
-            )
+            self._warn_mid_stream(route)
             raise
         await asyncio.to_thread(self._record, route, self._stream_usage(first, last))
-        final = self._annotate(last, info)
-        if isinstance(final, ChatResponse):
-            self._remember_tool_calls(route, final)
-        self._announce(route, final)
+        self._settle(route, self._annotate(last, info))
 
     # -- LlamaIndex LLM interface ---------------------------------------------------------------
     @llm_chat_callback()
