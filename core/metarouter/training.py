@@ -39,7 +39,13 @@ if TYPE_CHECKING:
     from metarouter.router import MetaRouter
     from metarouter.types import Comparison
 
-__all__ = ["TrainingResult", "cost_scale", "finetune_on_comparisons", "train_router"]
+__all__ = [
+    "TrainingResult",
+    "cost_scale",
+    "finetune_on_comparisons",
+    "torch_threads",
+    "train_router",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -350,8 +356,12 @@ def train_router(
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (0: unchanged), then restore the setting."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (0: unchanged), then restore the setting.
+
+    Work on many tiny tensors (fine-tuning on a user's comparisons, the evaluation's per-user
+    routing) runs fastest on one thread: more threads only add synchronisation.
+    """
     previous = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -547,7 +557,7 @@ def finetune_on_comparisons(
         history["val_accuracy"].append(accuracy)
         return val
 
-    with _torch_threads(threads):  # tiny tensors: one thread is the fastest
+    with torch_threads(threads):  # tiny tensors: one thread is the fastest
         best = (log_validation(0), 0, copy.deepcopy(model.state_dict()))
         stale = 0
         model.train()

@@ -500,41 +500,59 @@ class FromScratch(Method):
 
 
 class MetaRouterMethod(Method):
-    """The meta-trained router: encoder forward pass on the comparisons, then the policy."""
+    """The meta-trained router: encoder forward pass on the comparisons, then the policy.
 
-    name = "MetaRouter"
+    With ``true_alpha=True`` it is an upper reference that isolates preference inference: the
+    router's own quality and cost estimates (prior preference, no comparisons) with the user's
+    true alpha plugged into the linear utility, instead of what the encoder infers.
+    """
 
-    def __init__(self, routers: dict[str, Any]) -> None:
+    def __init__(self, routers: dict[str, Any], true_alpha: bool = False) -> None:
         self.routers = routers  # train_key -> MetaRouter
+        self.true_alpha = true_alpha
+        self.uses_true_preference = true_alpha
+        self.name = "MetaRouter (true alpha)" if true_alpha else "MetaRouter"
 
     def prepare(self, ctx: Context) -> None:
         """Candidate descriptors (the held-out model from its outcomes on training queries)."""
         s = ctx.setting
         router = self.routers[s.train_key]
-        arms = []
-        for m in s.models:
-            if m in router.catalog:
-                arms.append(router.catalog[m])
-            else:
-                q, c = s.train_outcomes(m)
-                arms.append(
-                    ArmDescriptor.from_outcomes(
-                        m,
-                        router.model.get_prototypes(),
-                        s.train_emb,
-                        q,
-                        tokens=s.train_tok,
-                        cost_usd=c,
+        if "meta_arms" not in ctx.data:
+            arms = []
+            for m in s.models:
+                if m in router.catalog:
+                    arms.append(router.catalog[m])
+                else:
+                    q, c = s.train_outcomes(m)
+                    arms.append(
+                        ArmDescriptor.from_outcomes(
+                            m,
+                            router.model.get_prototypes(),
+                            s.train_emb,
+                            q,
+                            tokens=s.train_tok,
+                            cost_usd=c,
+                        )
                     )
-                )
-        ctx.data["meta_arms"] = arms
+            ctx.data["meta_arms"] = arms
+        if self.true_alpha and "meta_prior_estimates" not in ctx.data:
+            _, quality, cost = router.score_embeddings(
+                s.test_emb, s.test_tok, ctx.data["meta_arms"]
+            )
+            ctx.data["meta_prior_estimates"] = (quality, normalised_cost(cost, s.tau))
 
     def choose(
         self, ctx: Context, fb: Feedback, scored: np.ndarray, profile: Profile
-    ) -> np.ndarray:
-        """Adapt on the comparisons, route greedily."""
+    ) -> np.ndarray | None:
+        """Adapt on the comparisons, route greedily (or plug in the true alpha)."""
         from metarouter.types import Comparison
 
+        if self.true_alpha:
+            alpha = _true_alpha(profile)
+            if alpha is None:
+                return None
+            quality, cost = ctx.data["meta_prior_estimates"]
+            return (alpha * quality[scored] - (1 - alpha) * cost[scored]).argmax(axis=1)
         s = ctx.setting
         router = self.routers[s.train_key]
         arms = ctx.data["meta_arms"]

@@ -26,6 +26,9 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
             if hv:
                 assert hv["mean"] <= oracle_hv + 1e-9, (name, method)
         assert met["MetaRouter"]["6"]["hv"]["n"] == 2  # two seeds
+        # the inference-free reference: told the true alpha, so linear users only
+        reference = met["MetaRouter (true alpha)"]["6"]
+        assert reference["hv"]["n"] == 2 and reference["regret_nonlinear"] is None
         for method in (
             "kNN (fitted alpha)",
             "Avengers-Pro (fitted alpha)",
@@ -46,6 +49,10 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
     text = report.read_text()
     assert "## Target check (N = 6)" in text and "llmrouter/ID/K5" in text
     assert "## Where MetaRouter wins and where it loses" in text
+    assert "## What limits MetaRouter (N = 6)" in text
+    assert "| MetaRouter (true alpha) † |" in text
     assert (tmp_path / "results" / "fronts.png").is_file()  # figures travel with the report
     assert "](results/fronts.png)" in text
     assert (out / "routers" / "llmrouter-ID" / "model.safetensors").is_file()
+    assert results["config"]["scoring_threads"] == 1
+    assert 0 < results["config"]["scoring_seconds"] < results["seconds"]

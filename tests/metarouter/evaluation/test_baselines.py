@@ -1,0 +1,69 @@
+"""Evaluation methods: the MetaRouter reference that is told the true alpha."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from metarouter.data import load_dataset
+from metarouter.evaluation.baselines import Context, MetaRouterMethod
+from metarouter.evaluation.feedback import draw_feedback
+from metarouter.evaluation.settings import build_settings, default_plans
+from metarouter.profiles import LinearProfile, QualityFloorProfile, normalised_cost
+from metarouter.router import MetaRouter
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """A small LLMRouter K = 5 setting (random unit embeddings: the decision rule is tested)."""
+    matrix = load_dataset("llmrouter").to_matrix()
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(matrix), 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    plan = default_plans()["llmrouter"]
+    (s,) = build_settings(
+        matrix, emb, plan, splits=("ID",), ksets=("K5",), max_train=200, max_test=60
+    )
+    return s
+
+
+@pytest.fixture(scope="module")
+def router():
+    return MetaRouter.default()
+
+
+def test_true_alpha_reference_plugs_the_alpha_into_the_routers_own_estimates(setting, router):
+    method = MetaRouterMethod({setting.train_key: router}, true_alpha=True)
+    assert method.uses_true_preference and method.name == "MetaRouter (true alpha)"
+    ctx = Context(setting)
+    method.prepare(ctx)
+    arms = ctx.data["meta_arms"]
+    _, quality, cost = router.score_embeddings(setting.test_emb, setting.test_tok, arms)
+    cost = normalised_cost(cost, setting.tau)
+    scored = np.arange(10, 60)
+    fb = draw_feedback(setting, LinearProfile(0.5), 6, np.arange(10), rng=np.random.default_rng(0))
+    # quality only: the best predicted quality; cost only: the cheapest expected cost
+    quality_first = method.choose(ctx, fb, scored, LinearProfile(1.0))
+    np.testing.assert_array_equal(quality_first, quality[scored].argmax(axis=1))
+    cost_first = method.choose(ctx, fb, scored, LinearProfile(0.0))
+    np.testing.assert_array_equal(cost_first, cost[scored].argmin(axis=1))
+    assert not np.array_equal(quality_first, cost_first)
+    # not told a non-linear user's preference: not applicable, not guessed
+    assert method.choose(ctx, fb, scored, QualityFloorProfile(0.5)) is None
+
+
+def test_true_alpha_reference_ignores_the_comparisons(setting, router):
+    method = MetaRouterMethod({setting.train_key: router}, true_alpha=True)
+    ctx = Context(setting)
+    method.prepare(ctx)
+    scored = np.arange(10, 60)
+    pool = np.arange(10)
+    choices = [
+        method.choose(
+            ctx,
+            draw_feedback(setting, LinearProfile(a), n, pool, rng=np.random.default_rng(n)),
+            scored,
+            LinearProfile(0.7),
+        )
+        for a, n in ((0.0, 6), (1.0, 12))
+    ]
+    np.testing.assert_array_equal(*choices)
