@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from metarouter.arms import ArmDescriptor
+from metarouter.errors import ConfigError
 from metarouter.evaluation.feedback import Feedback, outcomes
 from metarouter.evaluation.settings import Setting
 from metarouter.profiles import LinearProfile, Profile, normalised_cost
@@ -502,16 +503,29 @@ class FromScratch(Method):
 class MetaRouterMethod(Method):
     """The meta-trained router: encoder forward pass on the comparisons, then the policy.
 
-    With ``true_alpha=True`` it is an upper reference that isolates preference inference: the
-    router's own quality and cost estimates (prior preference, no comparisons) with the user's
-    true alpha plugged into the linear utility, instead of what the encoder infers.
+    ``readout`` selects how a decision is made:
+
+    * ``"policy"``: the trained policy's greedy choice (the method as shipped);
+    * ``"plug-in"``: an ablation that skips the policy's learned residual: the alpha head's
+      read-out of the inferred preference plugged into the linear utility over the router's
+      quality and (user-calibrated) cost estimates;
+    * ``"true alpha"``: an upper reference that isolates preference inference: the router's
+      estimates with no comparisons and the user's true alpha plugged in.
     """
 
-    def __init__(self, routers: dict[str, Any], true_alpha: bool = False) -> None:
+    READOUTS: ClassVar[dict[str, str]] = {
+        "policy": "MetaRouter",
+        "plug-in": "MetaRouter (plug-in read-out)",
+        "true alpha": "MetaRouter (true alpha)",
+    }
+
+    def __init__(self, routers: dict[str, Any], readout: str = "policy") -> None:
+        if readout not in self.READOUTS:
+            raise ConfigError(f"unknown read-out {readout!r}; use one of {sorted(self.READOUTS)}.")
         self.routers = routers  # train_key -> MetaRouter
-        self.true_alpha = true_alpha
-        self.uses_true_preference = true_alpha
-        self.name = "MetaRouter (true alpha)" if true_alpha else "MetaRouter"
+        self.readout = readout
+        self.uses_true_preference = readout == "true alpha"
+        self.name = self.READOUTS[readout]
 
     def prepare(self, ctx: Context) -> None:
         """Candidate descriptors (the held-out model from its outcomes on training queries)."""
@@ -535,7 +549,7 @@ class MetaRouterMethod(Method):
                         )
                     )
             ctx.data["meta_arms"] = arms
-        if self.true_alpha and "meta_prior_estimates" not in ctx.data:
+        if self.uses_true_preference and "meta_prior_estimates" not in ctx.data:
             _, quality, cost = router.score_embeddings(
                 s.test_emb, s.test_tok, ctx.data["meta_arms"]
             )
@@ -544,10 +558,10 @@ class MetaRouterMethod(Method):
     def choose(
         self, ctx: Context, fb: Feedback, scored: np.ndarray, profile: Profile
     ) -> np.ndarray | None:
-        """Adapt on the comparisons, route greedily (or plug in the true alpha)."""
+        """Adapt on the comparisons, then route by the chosen read-out."""
         from metarouter.types import Comparison
 
-        if self.true_alpha:
+        if self.uses_true_preference:
             alpha = _true_alpha(profile)
             if alpha is None:
                 return None
@@ -572,5 +586,10 @@ class MetaRouterMethod(Method):
             )
         ]
         pref = router.adapt(comps, arms=arms)
-        probs, _, _ = router.score_embeddings(s.test_emb[scored], s.test_tok[scored], arms, pref)
-        return probs.argmax(axis=1)
+        probs, quality, cost = router.score_embeddings(
+            s.test_emb[scored], s.test_tok[scored], arms, pref
+        )
+        if self.readout == "policy":
+            return probs.argmax(axis=1)
+        w = pref.quality_weight
+        return (w * quality - (1 - w) * normalised_cost(cost, s.tau)).argmax(axis=1)

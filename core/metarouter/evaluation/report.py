@@ -13,6 +13,7 @@ __all__ = ["write_markdown", "write_plots"]
 
 _KEY_METHODS = (
     "MetaRouter",
+    "MetaRouter (plug-in read-out)",
     "kNN (fitted alpha)",
     "Avengers-Pro (fitted alpha)",
     "BaRP (fitted alpha)",
@@ -26,6 +27,7 @@ _KEY_METHODS = (
 )
 _STYLE: dict[str, dict[str, Any]] = {
     "MetaRouter": dict(color="C3", lw=2.2),
+    "MetaRouter (plug-in read-out)": dict(color="C3", ls="--", lw=1.2),
     "MetaRouter (true alpha)": dict(color="C3", ls=":"),
     "oracle": dict(color="k", ls="--"),
     "BaRP (true alpha)": dict(color="C2", ls=":"),
@@ -228,12 +230,14 @@ def write_markdown(
 
 
 _TRUE = ("oracle", "BaRP (true alpha)", "kNN (true alpha)", "MetaRouter (true alpha)")
+#: MetaRouter and its ablations: not counted as competitors of MetaRouter.
+_SELF = ("MetaRouter", "MetaRouter (plug-in read-out)")
 
 
 def _best_baseline(metrics: dict[str, Any], key: str = "hv", n: str = "6") -> tuple[str, float]:
     best = ("n/a", float("-inf") if key == "hv" else float("inf"))
     for m, v in metrics.items():
-        if m in (*_TRUE, "MetaRouter", "single-model front") or m.startswith("single:"):
+        if m in (*_TRUE, *_SELF, "single-model front") or m.startswith("single:"):
             continue
         cell = v.get(n, {}).get(key)
         if not cell:
@@ -282,7 +286,7 @@ def _others(metrics: dict[str, Any], key: str, n: str = "6") -> list[tuple[str, 
     """Methods without the true preference (single models excluded), best first."""
     out = []
     for m, v in metrics.items():
-        if m in (*_TRUE, "MetaRouter", "single-model front") or m.startswith("single:"):
+        if m in (*_TRUE, *_SELF, "single-model front") or m.startswith("single:"):
             continue
         cell = v.get(n, {}).get(key)
         if cell:
@@ -372,12 +376,14 @@ def _limits_section(results: dict[str, Any]) -> list[str]:
         met = entry["metrics"]
         meta = met.get("MetaRouter", {}).get("6", {})
         ref = met.get("MetaRouter (true alpha)", {}).get("6", {})
-        if not (meta.get("hv") and ref.get("hv")):
+        plug = met.get("MetaRouter (plug-in read-out)", {}).get("6", {})
+        if not (meta.get("hv") and ref.get("hv") and plug.get("hv")):
             continue
         best = _best_baseline(met, "hv")
         rows.append(
-            f"| {name} | {meta['hv']['mean']:.3f} | {ref['hv']['mean']:.3f} | "
-            f"{best[1]:.3f} ({best[0]}) | {meta['regret']['mean']:.4f} | "
+            f"| {name} | {meta['hv']['mean']:.3f} | {plug['hv']['mean']:.3f} | "
+            f"{ref['hv']['mean']:.3f} | {best[1]:.3f} ({best[0]}) | "
+            f"{meta['regret']['mean']:.4f} | {plug['regret']['mean']:.4f} | "
             f"{ref['regret']['mean']:.4f} |"
         )
     if not rows:
@@ -392,11 +398,14 @@ def _limits_section(results: dict[str, Any]) -> list[str]:
         "MetaRouter (true alpha) and the oracle is what the quality estimates lose. The reference "
         "sees no comparisons, so it also lacks the per-user cost calibration MetaRouter learns "
         "from them: where the training cost model is far off on the test traffic, its regret "
-        "can be higher than MetaRouter's.",
+        "can be higher than MetaRouter's. MetaRouter (plug-in read-out) is an ablation of the "
+        "same trained router: the inferred preference's quality weight plugged into the same "
+        "estimates, without the policy's learned residual. It is not counted as a competitor.",
         "",
-        "| setting | MetaRouter HV | MetaRouter (true alpha) HV | best other HV (method) | "
-        "MetaRouter regret | MetaRouter (true alpha) regret |",
-        "|---|---|---|---|---|---|",
+        "| setting | MetaRouter HV | plug-in read-out HV | true alpha † HV | "
+        "best other HV (method) | MetaRouter regret | plug-in read-out regret | "
+        "true alpha † regret |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

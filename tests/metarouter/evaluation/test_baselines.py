@@ -1,15 +1,17 @@
-"""Evaluation methods: the MetaRouter reference that is told the true alpha."""
+"""Evaluation methods: MetaRouter's read-outs (policy, plug-in ablation, true-alpha reference)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from metarouter.data import load_dataset
+from metarouter.errors import ConfigError
 from metarouter.evaluation.baselines import Context, MetaRouterMethod
 from metarouter.evaluation.feedback import draw_feedback
 from metarouter.evaluation.settings import build_settings, default_plans
 from metarouter.profiles import LinearProfile, QualityFloorProfile, normalised_cost
 from metarouter.router import MetaRouter
+from metarouter.types import Comparison
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def router():
 
 
 def test_true_alpha_reference_plugs_the_alpha_into_the_routers_own_estimates(setting, router):
-    method = MetaRouterMethod({setting.train_key: router}, true_alpha=True)
+    method = MetaRouterMethod({setting.train_key: router}, readout="true alpha")
     assert method.uses_true_preference and method.name == "MetaRouter (true alpha)"
     ctx = Context(setting)
     method.prepare(ctx)
@@ -52,7 +54,7 @@ def test_true_alpha_reference_plugs_the_alpha_into_the_routers_own_estimates(set
 
 
 def test_true_alpha_reference_ignores_the_comparisons(setting, router):
-    method = MetaRouterMethod({setting.train_key: router}, true_alpha=True)
+    method = MetaRouterMethod({setting.train_key: router}, readout="true alpha")
     ctx = Context(setting)
     method.prepare(ctx)
     scored = np.arange(10, 60)
@@ -67,3 +69,43 @@ def test_true_alpha_reference_ignores_the_comparisons(setting, router):
         for a, n in ((0.0, 6), (1.0, 12))
     ]
     np.testing.assert_array_equal(*choices)
+
+
+def test_plug_in_read_out_uses_the_inferred_quality_weight_and_calibrated_costs(setting, router):
+    method = MetaRouterMethod({setting.train_key: router}, readout="plug-in")
+    assert not method.uses_true_preference and method.name == "MetaRouter (plug-in read-out)"
+    ctx = Context(setting)
+    method.prepare(ctx)
+    arms = ctx.data["meta_arms"]
+    scored = np.arange(10, 60)
+    for alpha in (0.05, 0.95):
+        fb = draw_feedback(
+            setting, LinearProfile(alpha), 8, np.arange(10), rng=np.random.default_rng(1)
+        )
+        comps = [
+            Comparison(
+                arms[w].name,
+                arms[lo].name,
+                float(cw),
+                float(cl),
+                embedding=setting.test_emb[r],
+                tokens=int(setting.test_tok[r]),
+            )
+            for r, w, lo, cw, cl in zip(
+                fb.rows, fb.win, fb.lose, fb.win_cost, fb.lose_cost, strict=True
+            )
+        ]
+        pref = router.adapt(comps, arms=arms)
+        _, quality, cost = router.score_embeddings(
+            setting.test_emb[scored], setting.test_tok[scored], arms, pref
+        )
+        w = pref.quality_weight
+        expected = (w * quality - (1 - w) * normalised_cost(cost, setting.tau)).argmax(axis=1)
+        np.testing.assert_array_equal(
+            method.choose(ctx, fb, scored, LinearProfile(alpha)), expected
+        )
+
+
+def test_unknown_read_out_is_refused_with_the_choices(router):
+    with pytest.raises(ConfigError, match="plug-in"):
+        MetaRouterMethod({}, readout="greedy")

@@ -29,6 +29,8 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
         # the inference-free reference: told the true alpha, so linear users only
         reference = met["MetaRouter (true alpha)"]["6"]
         assert reference["hv"]["n"] == 2 and reference["regret_nonlinear"] is None
+        ablation = met["MetaRouter (plug-in read-out)"]["6"]
+        assert ablation["hv"]["n"] == 2 and ablation["regret_nonlinear"] is not None
         for method in (
             "kNN (fitted alpha)",
             "Avengers-Pro (fitted alpha)",
