@@ -195,7 +195,7 @@ def train(
     best = min(result.history["val_regret"])
     console.print(
         f"saved to {out} in {result.seconds:.0f}s; best validation regret {best:.4f} "
-        f"at step {result.best_step}; report {paths['plot']}"
+        f"at step {result.best_step}; read-out: {result.readout}; report {paths['plot']}"
     )
 
 

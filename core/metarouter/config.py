@@ -41,7 +41,10 @@ class MetaRouterConfig:
         dropout: Dropout on the projected query features (training only).
         policy: ``structured`` (expected utility under the inferred alpha + residual) or
             ``mlp`` (residual only; an ablation).
-        residual_scale: Bound on the structured policy's learned residual, in utility units.
+        residual_scale: Bound on the structured policy's learned residual, in utility units
+            (0: the plug-in read-out, expected utility under the inferred alpha alone; training
+            sets it to 0 when that routes better on the validation users, see
+            ``TrainingConfig.select_readout``).
         cost_scale_usd: tau, the pool's cost scale in USD: normalised cost is min(cost/tau, 1).
         catalog: Names of the arms known at training time (their descriptors are saved too).
         training_data: Free-text provenance (dataset, splits, seed, command).
@@ -140,6 +143,9 @@ class TrainingConfig:
         patience: Validation runs without improvement before stopping.
         seed: Seed for every random draw.
         threads: torch intra-op threads (0 = leave torch's default).
+        select_readout: After training (structured policy only), route the validation users
+            with and without the policy's learned residual and keep the one with the lower
+            utility regret (without it: ``residual_scale`` 0 in the saved config).
     """
 
     steps: int = 3000
@@ -167,6 +173,7 @@ class TrainingConfig:
     patience: int = 8
     seed: int = 0
     threads: int = 0
+    select_readout: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,8 @@ def write_training_report(
         "best_step": result.best_step,
         "seconds": round(result.seconds, 1),
         "best_validation_regret": min(h["val_regret"]) if h.get("val_regret") else None,
+        "readout": result.readout,
+        "readout_validation_regret": result.readout_regret,
         "history": h,
         **(extra or {}),
     }

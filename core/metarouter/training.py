@@ -67,12 +67,17 @@ class TrainingResult:
         history: Per logged step: loss, mean reward, entropy; per validation: regret.
         best_step: Step of the kept weights.
         seconds: Wall-clock training time.
+        readout: ``policy`` (the trained policy) or ``plug-in`` (its learned residual switched
+            off), whichever had the lower validation regret (``TrainingConfig.select_readout``).
+        readout_regret: Validation utility regret of each read-out that was compared.
     """
 
     router: MetaRouter
     history: dict[str, list[float]] = field(default_factory=dict)
     best_step: int = 0
     seconds: float = 0.0
+    readout: str = "policy"
+    readout_regret: dict[str, float] = field(default_factory=dict)
 
 
 def _groupings(matrix: OutcomeMatrix, embeddings: np.ndarray, seed: int) -> np.ndarray:
@@ -342,6 +347,7 @@ def train_router(
                     logger.info("early stop at step %d (best %d)", step, best[1])
                     break
     model.load_state_dict(best[2])
+    readout, readout_regret = _select_readout(model, val_episodes, cfg)
     model.eval()
     descriptors = [
         ArmDescriptor(name, cost_models[k], full_profiles[k], "outcomes")
@@ -352,7 +358,34 @@ def train_router(
     logger.info(
         "trained in %.1fs; best validation regret %.4f at step %d", seconds, best[0], best[1]
     )
-    return TrainingResult(router, history, best[1], seconds)
+    return TrainingResult(router, history, best[1], seconds, readout, readout_regret)
+
+
+def _select_readout(
+    model: MetaRouterModel, episodes: Sequence[Episode], cfg: TrainingConfig
+) -> tuple[str, dict[str, float]]:
+    """Keep or switch off the policy's learned residual, by validation regret (model selection).
+
+    The structured policy scores ``beta * (a(z) q - (1 - a(z)) c + residual)``. Without the
+    residual it is the plug-in expected utility under the inferred alpha; on held-out users that
+    read-out is sometimes the better router (docs/evaluation.md). Ties keep the trained policy.
+    """
+    regret = {"policy": _regret(model, episodes)}
+    if not cfg.select_readout or model.config.policy != "structured":
+        return "policy", regret
+    kept = model.policy.residual_scale
+    model.policy.residual_scale = 0.0
+    regret["plug-in"] = _regret(model, episodes)
+    if regret["plug-in"] < regret["policy"]:
+        model.config = dataclasses.replace(model.config, residual_scale=0.0)
+        logger.info(
+            "plug-in read-out kept (validation regret %.4f vs %.4f with the residual)",
+            regret["plug-in"],
+            regret["policy"],
+        )
+        return "plug-in", regret
+    model.policy.residual_scale = kept
+    return "policy", regret
 
 
 @contextmanager

@@ -80,3 +80,44 @@ def test_train_command_writes_router_and_report(small_train, tmp_path):
     report = json.loads((out / "training.json").read_text())
     assert report["dataset"] == "my_logs" and report["queries"] == 150 and report["seed"] == 1
     assert (out / "training_curve.png").stat().st_size > 10_000
+    assert report["readout"] in ("policy", "plug-in")
+    assert set(report["readout_validation_regret"]) == {"policy", "plug-in"}
+    assert f"read-out: {report['readout']}" in result.output
+
+
+@pytest.mark.parametrize("plug_in_better", [True, False])
+def test_read_out_selection_keeps_the_lower_validation_regret(
+    small_train, tmp_path, monkeypatch, plug_in_better
+):
+    """The residual is switched off (and saved so) only when that routes validation users better."""
+    import metarouter.training as training
+
+    def fake_regret(model, episodes):
+        with_residual = model.policy.residual_scale > 0
+        return 0.2 if with_residual == plug_in_better else 0.1
+
+    monkeypatch.setattr(training, "_regret", fake_regret)
+    matrix, emb = small_train
+    cfg = TrainingConfig(steps=10, eval_every=10, episodes_per_step=8, seed=0)
+    result = train_router(matrix, emb, training=cfg, progress=False)
+    expected = "plug-in" if plug_in_better else "policy"
+    assert result.readout == expected
+    assert result.readout_regret == (
+        {"policy": 0.2, "plug-in": 0.1} if plug_in_better else {"policy": 0.1, "plug-in": 0.2}
+    )
+    scale = 0.0 if plug_in_better else 0.1
+    assert result.router.config.residual_scale == scale
+    assert result.router.model.policy.residual_scale == scale
+    assert not result.router.model.training  # left in eval mode after the comparison
+    result.router.save_pretrained(tmp_path / "r")
+    loaded = MetaRouter.from_pretrained(tmp_path / "r")
+    assert loaded.config.residual_scale == scale
+    assert loaded.model.policy.residual_scale == scale
+
+
+def test_read_out_selection_can_be_switched_off(small_train):
+    matrix, emb = small_train
+    cfg = TrainingConfig(steps=10, eval_every=10, episodes_per_step=8, select_readout=False)
+    result = train_router(matrix, emb, training=cfg, progress=False)
+    assert result.readout == "policy" and set(result.readout_regret) == {"policy"}
+    assert result.router.config.residual_scale == 0.1

@@ -133,6 +133,7 @@ def _train_routers(
             "models": list(s.train.models),
             "tau": s.tau,
             "steps": cfg.train_steps,
+            "readout_selection": True,  # routers saved before read-out selection are retrained
         }
         stamp_file = folder / "eval_stamp.json"
         if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
