@@ -26,7 +26,7 @@ from metarouter.evaluation.baselines import (
     fit_alpha,
 )
 from metarouter.evaluation.feedback import Feedback
-from metarouter.profiles import Profile, normalised_cost
+from metarouter.profiles import Profile
 
 
 @dataclass
@@ -96,19 +96,12 @@ def routellm(ctx: Context, fb: Feedback) -> QueryRouter:
     method.prepare(ctx)
     t = ctx.data["routellm"]
     s = ctx.setting
-    q_tr, c_tr = ctx.train_outcomes()
+    q_tr, _ = ctx.train_outcomes()
     y = (q_tr[:, t["strong"]] > q_tr[:, t["weak"]]).astype(int)
     clf = LogisticRegression(C=1.0, max_iter=2000).fit(s.train_emb, y)
     if not np.allclose(clf.predict_proba(s.train_emb)[:, 1], t["p_train"]):
         raise RuntimeError("win-rate classifier refit differs from the harness's fit")
-    alpha = _plugin_alpha(*ctx.feedback_arrays(fb, ctx.knn()))
-    u = alpha * q_tr - (1 - alpha) * normalised_cost(c_tr, s.tau)
-    best_t, best_u = np.inf, -np.inf
-    for th in (*t["thresholds"], np.inf):
-        pick = np.where(t["p_train"] > th, t["strong"], t["weak"])
-        val = u[np.arange(len(u)), pick].mean()
-        if val > best_u:
-            best_t, best_u = th, val
+    best_t = method.threshold(ctx, fb)
     strong, weak = int(t["strong"]), int(t["weak"])
 
     def route(embedding: np.ndarray) -> int:

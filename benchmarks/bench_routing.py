@@ -284,7 +284,6 @@ def adaptation(b: Bench) -> dict[str, Any]:
     """``MetaRouter.adapt`` from N stored comparisons (with embeddings), as the service does."""
     from metarouter.evaluation.feedback import draw_feedback
     from metarouter.profiles import LinearProfile
-    from metarouter.types import Comparison
 
     s = b.settings["K5"]
     arms = [b.router.catalog[m] for m in s.models]
@@ -295,21 +294,7 @@ def adaptation(b: Bench) -> dict[str, Any]:
             fb = draw_feedback(
                 s, LinearProfile(u / 19), n, np.arange(len(s.test)), rng=b.rng, source="test"
             )
-            users.append(
-                [
-                    Comparison(
-                        s.models[w],
-                        s.models[lo],
-                        float(cw),
-                        float(cl),
-                        embedding=s.test_emb[r],
-                        tokens=int(s.test_tok[r]),
-                    )
-                    for r, w, lo, cw, cl in zip(
-                        fb.rows, fb.win, fb.lose, fb.win_cost, fb.lose_cost, strict=True
-                    )
-                ]
-            )
+            users.append(fb.comparisons(s))
         series = Series()
         task = b.progress.add_task(f"adaptation from {n} comparisons", total=b.plan.calls_adapt)
         for i in range(b.plan.warmup + b.plan.calls_adapt):
@@ -464,7 +449,6 @@ def baselines(b: Bench) -> dict[str, Any]:
     from metarouter.evaluation.feedback import draw_feedback
     from metarouter.pricing import estimate_tokens
     from metarouter.profiles import LinearProfile
-    from metarouter.types import Comparison
 
     task = b.progress.add_task("baselines: fitting as the harness does", total=None)
     profile = LinearProfile(0.5)
@@ -480,20 +464,7 @@ def baselines(b: Bench) -> dict[str, Any]:
         fb = draw_feedback(s, profile, 6, pool, rng=np.random.default_rng(1))
         rows = np.arange(len(s.test) // 4, len(s.test))[: b.plan.agreement_rows]
         arms = [b.router.catalog[m] for m in s.models]
-        comps = [
-            Comparison(
-                s.models[w],
-                s.models[lo],
-                float(cw),
-                float(cl),
-                embedding=s.test_emb[r],
-                tokens=int(s.test_tok[r]),
-            )
-            for r, w, lo, cw, cl in zip(
-                fb.rows, fb.win, fb.lose, fb.win_cost, fb.lose_cost, strict=True
-            )
-        ]
-        pref = b.router.adapt(comps, arms=arms)
+        pref = b.router.adapt(fb.comparisons(s), arms=arms)
         meta = MetaRouterMethod({s.train_key: b.router})
         meta.prepare(ctx)
 

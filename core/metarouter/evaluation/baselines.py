@@ -392,17 +392,21 @@ class RouteLLM(Method):
     ) -> np.ndarray:
         """Strong where the predicted win rate exceeds the fitted threshold."""
         t = ctx.data["routellm"]
-        s = ctx.setting
+        return np.where(t["p_test"][scored] > self.threshold(ctx, fb), t["strong"], t["weak"])
+
+    def threshold(self, ctx: Context, fb: Feedback) -> float:
+        """The win-rate threshold with the best training utility under the fitted alpha."""
+        t = ctx.data["routellm"]
         alpha = _plugin_alpha(*ctx.feedback_arrays(fb, ctx.knn()))
         q_tr, c_tr = ctx.train_outcomes()
-        u = alpha * q_tr - (1 - alpha) * normalised_cost(c_tr, s.tau)
+        u = alpha * q_tr - (1 - alpha) * normalised_cost(c_tr, ctx.setting.tau)
         best_t, best_u = np.inf, -np.inf
         for th in (*t["thresholds"], np.inf):
             pick = np.where(t["p_train"] > th, t["strong"], t["weak"])
             val = u[np.arange(len(u)), pick].mean()
             if val > best_u:
                 best_t, best_u = th, val
-        return np.where(t["p_test"][scored] > best_t, t["strong"], t["weak"])
+        return float(best_t)
 
 
 class LinUCB(Method):
@@ -559,8 +563,6 @@ class MetaRouterMethod(Method):
         self, ctx: Context, fb: Feedback, scored: np.ndarray, profile: Profile
     ) -> np.ndarray | None:
         """Adapt on the comparisons, then route by the chosen read-out."""
-        from metarouter.types import Comparison
-
         if self.uses_true_preference:
             alpha = _true_alpha(profile)
             if alpha is None:
@@ -570,22 +572,7 @@ class MetaRouterMethod(Method):
         s = ctx.setting
         router = self.routers[s.train_key]
         arms = ctx.data["meta_arms"]
-        emb = s.test_emb if fb.source == "test" else s.train_emb
-        tok = s.test_tok if fb.source == "test" else s.train_tok
-        comps = [
-            Comparison(
-                arms[w].name,
-                arms[lo].name,
-                float(cw),
-                float(cl),
-                embedding=emb[r],
-                tokens=int(tok[r]),
-            )
-            for r, w, lo, cw, cl in zip(
-                fb.rows, fb.win, fb.lose, fb.win_cost, fb.lose_cost, strict=True
-            )
-        ]
-        pref = router.adapt(comps, arms=arms)
+        pref = router.adapt(fb.comparisons(s), arms=arms)
         probs, quality, cost = router.score_embeddings(
             s.test_emb[scored], s.test_tok[scored], arms, pref
         )

@@ -8,6 +8,7 @@ import numpy as np
 
 from metarouter.evaluation.settings import Setting
 from metarouter.profiles import Profile, simulate_preferences
+from metarouter.types import Comparison
 
 __all__ = ["Feedback", "draw_feedback"]
 
@@ -34,6 +35,21 @@ class Feedback:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def comparisons(self, setting: Setting) -> list[Comparison]:
+        """The comparisons as a router takes them: model names, costs, query embedding, tokens."""
+        test = self.source == "test"
+        emb = setting.test_emb if test else setting.train_emb
+        tok = setting.test_tok if test else setting.train_tok
+        names = setting.models
+        return [
+            Comparison(
+                names[w], names[lo], float(cw), float(cl), embedding=emb[r], tokens=int(tok[r])
+            )
+            for r, w, lo, cw, cl in zip(
+                self.rows, self.win, self.lose, self.win_cost, self.lose_cost, strict=True
+            )
+        ]
 
 
 def outcomes(setting: Setting, source: str) -> tuple[np.ndarray, np.ndarray]:

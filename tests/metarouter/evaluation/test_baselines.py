@@ -11,7 +11,6 @@ from metarouter.evaluation.feedback import draw_feedback
 from metarouter.evaluation.settings import build_settings, default_plans
 from metarouter.profiles import LinearProfile, QualityFloorProfile, normalised_cost
 from metarouter.router import MetaRouter
-from metarouter.types import Comparison
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +81,7 @@ def test_plug_in_read_out_uses_the_inferred_quality_weight_and_calibrated_costs(
         fb = draw_feedback(
             setting, LinearProfile(alpha), 8, np.arange(10), rng=np.random.default_rng(1)
         )
-        comps = [
-            Comparison(
-                arms[w].name,
-                arms[lo].name,
-                float(cw),
-                float(cl),
-                embedding=setting.test_emb[r],
-                tokens=int(setting.test_tok[r]),
-            )
-            for r, w, lo, cw, cl in zip(
-                fb.rows, fb.win, fb.lose, fb.win_cost, fb.lose_cost, strict=True
-            )
-        ]
-        pref = router.adapt(comps, arms=arms)
+        pref = router.adapt(fb.comparisons(setting), arms=arms)
         _, quality, cost = router.score_embeddings(
             setting.test_emb[scored], setting.test_tok[scored], arms, pref
         )
