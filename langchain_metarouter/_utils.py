@@ -1,15 +1,21 @@
 """Conversions between LangChain objects and the routing core (no routing logic here).
 
-* :func:`query_text`: the text the router embeds for a call (the documented rule).
+* Messages in: :func:`to_turns` for the core's routing-text rule (:func:`query_text`), tool-call
+  ids of a tool loop, and :func:`call_request`, a call as the core's
+  :class:`~metarouter.dispatch.CallRequest`.
 * Capabilities: what a call needs (tools, images, ...) and which candidates have it.
-* Callbacks: the child callback manager that nests a candidate's run under the router's run.
-* Messages: the router's answer is the candidate's answer plus routing metadata.
+* Callbacks: the child callback manager that nests a candidate's run under the router's run,
+  and the context the candidate runs in.
+* Messages out: the router's answer is the candidate's answer plus routing metadata.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import Context
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManager
@@ -18,25 +24,33 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    HumanMessage,
     ToolMessage,
 )
 from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import set_config_context
 from langchain_core.tracers.base import AsyncBaseTracer, BaseTracer
 from langchain_core.utils.utils import LC_ID_PREFIX
+from metarouter.dispatch import Call, CallFlow, CallRequest
+from metarouter.text import Role, Turn, routing_text
 
 __all__ = [
     "METADATA_KEY",
     "USER_ID_KEY",
     "CandidateCallbacks",
+    "call_request",
+    "candidate_context",
     "child_callbacks",
+    "finished_message",
     "lacking_capabilities",
     "needed_capabilities",
+    "pending_tool_call_ids",
     "query_text",
     "routed_chunk",
     "routed_message",
     "supports",
     "to_chunk",
+    "to_turns",
     "user_id_from_config",
 ]
 
@@ -54,39 +68,79 @@ CandidateCallbacks = Literal["tracers", "all"]
 
 # -- the routing text ---------------------------------------------------------------------------
 
+_ROLES: dict[str, Role] = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "developer": "system",
+    "tool": "tool",
+    "function": "tool",
+}
 
-def _text_of(message: BaseMessage) -> str:
-    return message.text.strip()
+
+def to_turns(messages: Sequence[BaseMessage]) -> list[Turn]:
+    """The messages as the core's routing-text rule sees them (role and text parts)."""
+    turns = []
+    for message in messages:
+        kind = str(getattr(message, "role", None) or message.type).lower()
+        turns.append(Turn(_ROLES.get(kind, "assistant"), message.text))
+    return turns
 
 
 def query_text(messages: Sequence[BaseMessage]) -> str:
-    """The text the router embeds for a call.
+    """The text the router embeds for a call: :func:`metarouter.text.routing_text`.
 
-    Rule, in order:
-
-    1. the text of the **last human message** (text parts only; images and files are ignored);
-    2. if it has no text (an image-only turn), the text of all human messages, oldest first;
-    3. if there is no human text at all, the text of every message, oldest first.
-
-    System prompts, earlier turns and tool results do not enter the routing text: routing
-    follows what the user asks *now*, and every step of a tool-calling loop (whose last human
-    message stays the same) is routed on the same question, hence to the same model.
-
-    Args:
-        messages: The call's messages, as the chat model receives them.
-
-    Returns:
-        The routing text (may be empty when the conversation has no text).
+    The last human message (text parts only); system prompts, earlier turns, answers and tool
+    results do not enter it. See :mod:`metarouter.text` for the full rule.
     """
-    humans = [m for m in messages if isinstance(m, HumanMessage)]
-    if humans:
-        last = _text_of(humans[-1])
-        if last:
-            return last
-        joined = "\n\n".join(t for t in (_text_of(m) for m in humans) if t)
-        if joined:
-            return joined
-    return "\n\n".join(t for t in (_text_of(m) for m in messages) if t)
+    return routing_text(to_turns(messages))
+
+
+def pending_tool_call_ids(messages: Sequence[BaseMessage]) -> list[str]:
+    """Ids of the tool calls whose results end the conversation, most recent first.
+
+    Empty unless the conversation ends with tool results (the next step of a tool loop).
+    """
+    ids: list[str] = []
+    index = len(messages) - 1
+    while index >= 0 and isinstance(messages[index], ToolMessage):
+        ids.append(cast("ToolMessage", messages[index]).tool_call_id)
+        index -= 1
+    if ids and index >= 0 and isinstance(messages[index], AIMessage):
+        ids.extend(c["id"] for c in cast("AIMessage", messages[index]).tool_calls if c.get("id"))
+    return [i for i in ids if i]
+
+
+def call_request(
+    candidates: Mapping[str, BaseChatModel],
+    messages: Sequence[BaseMessage],
+    *,
+    needed: set[str],
+    user_id: str | None,
+    forced: Any = None,
+    compare: bool = False,
+    run_id: uuid.UUID | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> CallRequest:
+    """A LangChain call as the core's :class:`~metarouter.dispatch.CallRequest`."""
+    lacking = {
+        name: missing
+        for name, model in candidates.items()
+        if (missing := lacking_capabilities(model, needed))
+    }
+    return CallRequest(
+        text=query_text(messages),
+        user_id=user_id,
+        model=forced,
+        lacking=lacking,
+        needs=sorted(needed),
+        pending_tool_calls=pending_tool_call_ids(messages),
+        compare=compare,
+        run_id=run_id,
+        metadata=dict(metadata or {}),
+    )
 
 
 # -- capabilities -------------------------------------------------------------------------------
@@ -204,6 +258,38 @@ def child_callbacks(
     return manager
 
 
+def _without_hook_handlers(context: Context) -> None:
+    """Unset, in ``context``, the handlers that context managers registered (not tracers).
+
+    ``get_usage_metadata_callback()``, ``get_openai_callback()`` and the like register their
+    handler through a configure hook, so every run configured in their block reports to it,
+    the candidate's nested run included. The router's run already reports the candidate's
+    tokens and usage: without this, they are counted twice.
+    """
+    from langchain_core.tracers import context as tracing  # the hook registry lives here
+
+    for var, _inheritable, _cls, _env in getattr(tracing, "_configure_hooks", ()):
+        handler = context.run(var.get)
+        if handler is not None and not isinstance(handler, (BaseTracer, AsyncBaseTracer)):
+            context.run(var.set, None)
+
+
+@contextmanager
+def candidate_context(config: RunnableConfig, policy: CandidateCallbacks) -> Iterator[Context]:
+    """The context a candidate runs in: its own config as the ambient one.
+
+    LangChain merges a runnable's explicit config with the *ambient* one (the parent chain's,
+    from a context variable) when a binding is invoked; the candidate therefore runs in a
+    context whose ambient config is its own, so its run nests under the router's run and
+    nowhere else. With ``policy="tracers"``, handlers registered by context managers
+    (``get_usage_metadata_callback()``, ...) do not see the candidate's run either.
+    """
+    with set_config_context(config) as context:
+        if policy == "tracers":
+            _without_hook_handlers(context)
+        yield context
+
+
 def user_id_from_config(config: Mapping[str, Any] | None) -> str | None:
     """The per-call user id: ``configurable["user_id"]``, else ``metadata["user_id"]``."""
     if not config:
@@ -283,3 +369,22 @@ def routed_chunk(chunk: BaseMessage) -> tuple[AIMessageChunk, str | None]:
     if piece.chunk_position == "last":
         update["chunk_position"] = None
     return piece.model_copy(update=update), provider_name
+
+
+def finished_message(flow: CallFlow, call: Call, name: str, message: BaseMessage) -> AIMessage:
+    """Book a candidate's answer with the core and return it as the router's answer.
+
+    The usage and model name the candidate reported go to :meth:`CallFlow.finish`, its tool
+    calls keep the next step of the loop on it, and the routing data is attached.
+    """
+    usage = message.usage_metadata if isinstance(message, AIMessage) else None
+    data = flow.finish(
+        call,
+        name,
+        input_tokens=usage.get("input_tokens") if usage else None,
+        output_tokens=usage.get("output_tokens") if usage else None,
+        provider_model=message.response_metadata.get("model_name"),
+    )
+    if isinstance(message, AIMessage):
+        flow.remember_tool_calls(name, [c["id"] for c in message.tool_calls if c.get("id")])
+    return routed_message(message, name, data)

@@ -1,10 +1,11 @@
 """``MetaRouterChat``: a LangChain chat model that routes each call to one of its candidates.
 
-The adapter is thin: it turns the call's messages into a routing text, asks the core
-:class:`~metarouter.service.RoutingService` for a decision (per user), dispatches the call to the
-chosen candidate chat model (real async, real streaming, tools passed through), falls back to
-the next-best candidate if it raises, and reports what happened in the answer's
-``response_metadata``. Feedback goes back to the same service.
+The adapter is thin: it converts the call (messages, tools, user, run) into the core's
+:class:`~metarouter.dispatch.CallRequest`, lets the core's :class:`~metarouter.dispatch.CallFlow`
+route it, try the candidates in order and book the outcome, and converts back: the chosen
+candidate chat model is called for real (async, streaming, tools passed through) and its answer
+carries the routing data in ``response_metadata["metarouter"]``. Feedback goes back to the same
+:class:`~metarouter.service.RoutingService`.
 """
 
 from __future__ import annotations
@@ -34,29 +35,38 @@ from langchain_core.runnables import (
     RunnableParallel,
     ensure_config,
 )
-from langchain_core.runnables.config import run_in_executor, set_config_context
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import coro_with_context
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
-from metarouter.errors import ConfigError, DispatchError, MetaRouterError
+from metarouter.dispatch import Call, CallFlow, FallbackPolicy, check_user_id
+from metarouter.errors import ConfigError, MetaRouterError
+from metarouter.feedback import Pair, default_feedback_user
 from metarouter.router import MetaRouter
-from metarouter.service import ArmSpec, Decision, FeedbackListener, RoutingService
+from metarouter.service import ArmSpec, FeedbackListener, RoutingService
 from metarouter.store.base import PreferenceStore
-from metarouter.store.records import ComparisonRecord, ComparisonSource, validate_user_id
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from metarouter.store.records import ComparisonRecord, ComparisonSource
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from typing_extensions import Self
 
 from langchain_metarouter._utils import (
     METADATA_KEY,
     USER_ID_KEY,
     CandidateCallbacks,
+    call_request,
+    candidate_context,
     child_callbacks,
-    lacking_capabilities,
+    finished_message,
     needed_capabilities,
     query_text,
     routed_chunk,
-    routed_message,
     supports,
     to_chunk,
     user_id_from_config,
@@ -69,6 +79,8 @@ logger = logging.getLogger(__name__)
 
 #: Sampling parameters copied onto candidates that declare a field of the same name.
 _FORWARDED = ("temperature", "max_tokens")
+#: Keyword marking the two calls of ``compare()`` (popped before the candidate is called).
+_COMPARE_KWARG = "metarouter_compare"
 #: Profile flags reported as True only when every candidate reports True.
 _PROFILE_FLAGS = (
     "text_inputs",
@@ -106,8 +118,8 @@ class _StreamTally:
 
     usage: UsageMetadata | None = None
     provider: str | None = None
-    sent: int = 0
     list_content: bool = False
+    tool_call_ids: list[str] = field(default_factory=list)
 
     def take(self, raw: BaseMessage) -> ChatGenerationChunk:
         """Count a candidate chunk and return it as the router's chunk."""
@@ -116,7 +128,7 @@ class _StreamTally:
         if piece.usage_metadata:
             self.usage = add_usage(self.usage, piece.usage_metadata)
         self.list_content = not isinstance(piece.content, str)
-        self.sent += 1
+        self.tool_call_ids.extend(c["id"] for c in piece.tool_call_chunks if c.get("id"))
         return ChatGenerationChunk(message=piece)
 
 
@@ -135,19 +147,19 @@ class _PendingStream:
 
 
 _PENDING: ContextVar[_PendingStream | None] = ContextVar("metarouter_pending_stream", default=None)
+_END = object()
 
 
 @dataclass
-class _Call:
-    """One routed call: the decision and how to dispatch it."""
+class _Dispatch:
+    """One routed call and how to call a candidate for it."""
 
-    decision: Decision
-    order: list[str]
+    call: Call
+    messages: list[BaseMessage]
     tools: list[dict[str, Any]] | None
     kwargs: dict[str, Any]
     stop: list[str] | None
     run: _RunInfo
-    failures: list[tuple[str, BaseException]] = field(default_factory=list)
 
 
 class MetaRouterChat(BaseChatModel):
@@ -166,7 +178,7 @@ class MetaRouterChat(BaseChatModel):
       the call; one instance serves many users. Default: ``user_id``, else the service's
       default user.
     * ``model="<candidate>"``: force a candidate (exploration, A/B tests); reported with
-      ``forced=True``; no fallback then.
+      ``forced=True``; a forced model never falls back.
     * ``config={"run_id": uuid}``: the decision is stored under this run id, so feedback can
       name the call before it even returns.
 
@@ -220,16 +232,21 @@ class MetaRouterChat(BaseChatModel):
     """The user whose taste routes calls that name none (default: the service's default)."""
 
     fallback: bool = True
-    """Try the next-best candidate when the chosen one raises one of ``fallback_on``."""
+    """Try the next-best candidate when the chosen one raises one of ``fallback_on`` or
+    overruns ``timeout`` (never for a forced model)."""
 
     fallback_on: tuple[type[BaseException], ...] = (Exception,)
     """Exception types that make the router fall back (rate limits, timeouts, provider
     errors are all ``Exception``); anything else propagates at once."""
 
+    max_fallbacks: int | None = None
+    """How many next-best candidates to try after the chosen one fails (None: all)."""
+
     candidate_callbacks: CandidateCallbacks = "tracers"
     """Which of the call's handlers also see the chosen candidate's nested run: ``"tracers"``
-    (LangSmith and other tracers; other handlers see the router's run, which carries the same
-    tokens and usage, so nothing is counted twice) or ``"all"``."""
+    (LangSmith and other tracers; other handlers, including those registered by context
+    managers such as ``get_usage_metadata_callback()``, see the router's run only, which carries
+    the same tokens and usage, so nothing is counted twice) or ``"all"``."""
 
     temperature: float | None = None
     """Sampling temperature set on every candidate that has a ``temperature`` field (a copy is
@@ -242,12 +259,15 @@ class MetaRouterChat(BaseChatModel):
     """Default stop sequences, passed to the candidate on every call that gives none."""
 
     timeout: float | None = None
-    """Accepted for LangChain's standard parameters but not applied: timeouts are HTTP client
-    settings of each candidate (set them there)."""
+    """Seconds one candidate may take to answer (for a stream: to its first chunk), its own
+    retries included, before the router falls back to the next one (None: no limit beyond the
+    candidate's own)."""
 
     max_retries: int | None = None
-    """Accepted for LangChain's standard parameters but not applied: retries are client
-    settings of each candidate; the router itself falls back to the next candidate."""
+    """Accepted for LangChain's standard parameters but not applied: retries are settings of
+    each candidate's client, and they run inside one attempt, before any fallback. With
+    fallback on, give candidates few retries (e.g. ``ChatOpenAI(max_retries=0)``) and a
+    ``timeout`` here."""
 
     streaming: bool = False
     """Stream from the chosen candidate even on ``invoke`` (token callbacks fire)."""
@@ -255,6 +275,7 @@ class MetaRouterChat(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     _configured: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
+    _flow: CallFlow | None = PrivateAttr(default=None)
 
     # -- construction ---------------------------------------------------------------------------
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -321,20 +342,39 @@ class MetaRouterChat(BaseChatModel):
                     "same candidate names."
                 )
         if self.user_id is not None:
-            validate_user_id(self.user_id)
-        if self.timeout is not None or self.max_retries is not None:
-            logger.debug(
-                "MetaRouterChat(timeout=..., max_retries=...) are not applied; set them on "
-                "each candidate."
-            )
+            check_user_id(self.user_id)
+        self._flow = CallFlow(self.service, names, policy=self._policy(), integration="langchain")
         return self
+
+    def _policy(self) -> FallbackPolicy:
+        return FallbackPolicy(
+            enabled=self.fallback,
+            on=self.fallback_on,
+            max_fallbacks=self.max_fallbacks,
+            timeout=self.timeout,
+        )
+
+    @property
+    def flow(self) -> CallFlow:
+        """The core's per-call policy for this router (shared with ``MetaRouterMiddleware``)."""
+        if self._flow is None:  # pragma: no cover - set by the validator
+            raise ConfigError("MetaRouterChat has no routing service.")
+        self._flow.policy = self._policy()  # fields may have been changed since
+        return self._flow
 
     @property
     def _service(self) -> RoutingService:
-        if self.service is None:  # pragma: no cover - set by the validator
-            raise ConfigError("MetaRouterChat has no routing service.")
-        return self.service
+        return self.flow.service
 
+    def warm_up(self, user_id: str | None = None) -> float:
+        """Load the embedding model, the policy and the store now; returns the seconds taken.
+
+        Call it at start-up: otherwise the first routed call of the process pays for it
+        (several seconds on a CPU). Nothing is recorded.
+        """
+        return self.flow.warm_up(user_id if user_id is not None else self.user_id)
+
+    # -- LangChain identity ---------------------------------------------------------------------
     def _resolve_model_profile(self) -> ModelProfile | None:
         """What the router offers: a capability only when every candidate has it."""
         models = list(self.candidates.values())
@@ -378,6 +418,20 @@ class MetaRouterChat(BaseChatModel):
             params["ls_max_tokens"] = self.max_tokens
         return params
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """False: ``dumps(router)`` writes ``not_implemented``, on purpose.
+
+        The router is configuration *plus live state*: a preference store (a database
+        connection, maybe shared with other processes), a loaded router model and a routing
+        service other adapters may share. A LangChain manifest can only rebuild an object from
+        constructor arguments; rebuilding this one from defaults would silently route with
+        another store (other users' preferences) and another model. Build the router in code
+        (or a factory function) instead; its candidates serialise on their own.
+        """
+        return False
+
+    # -- candidates -----------------------------------------------------------------------------
     def candidate(self, name: str) -> BaseChatModel:
         """The candidate chat model ``name`` as dispatched (with ``temperature``/``max_tokens``)."""
         if name not in self.candidates:
@@ -393,9 +447,30 @@ class MetaRouterChat(BaseChatModel):
                 for k in _FORWARDED
                 if getattr(self, k) is not None and k in fields
             }
+            # ask for usage in streams (OpenAI-compatible servers send none unless asked), so
+            # that a streamed call has a real cost; an explicit False is kept
+            if "stream_usage" in fields and getattr(model, "stream_usage", False) is None:
+                update["stream_usage"] = True
             hit = model.model_copy(update=update) if update else model
             self._configured[name] = hit
         return hit
+
+    def _first_candidate(self) -> BaseChatModel:
+        return self.candidate(next(iter(self.candidates)))
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the first candidate's tokenizer (the router has none)."""
+        return self._first_candidate().get_token_ids(text)
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text`` as the first candidate counts them."""
+        return self._first_candidate().get_num_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens in ``messages`` as the first candidate counts them."""
+        return self._first_candidate().get_num_tokens_from_messages(messages, tools=tools)
 
     # -- tools ----------------------------------------------------------------------------------
     def bind_tools(
@@ -562,59 +637,16 @@ class MetaRouterChat(BaseChatModel):
         uid = metadata.get(USER_ID_KEY)
         return str(uid) if uid is not None else self.user_id
 
-    def _plan(
-        self,
-        messages: Sequence[BaseMessage],
-        *,
-        needed: set[str],
-        forced: Any,
-        user_id: str | None,
-        run_id: uuid.UUID | None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> tuple[Decision, list[str]]:
-        """Decide for one call; returns the decision and the candidates to try, in order."""
-        lacking = {
-            name: missing
-            for name, model in self.candidates.items()
-            if (missing := lacking_capabilities(model, needed))
-        }
-        if forced is not None:
-            if not isinstance(forced, str):
-                raise ConfigError(f"model= must be a candidate name, got {type(forced).__name__}.")
-            if forced in lacking:
-                raise ConfigError(
-                    f"model override {forced!r} lacks {lacking[forced]}, which this call needs. "
-                    f"Fix: force one of {[n for n in self.candidates if n not in lacking]}."
-                )
-        if len(lacking) == len(self.candidates):
-            detail = "; ".join(f"{n!r} lacks {m}" for n, m in lacking.items())
-            raise ConfigError(
-                f"no candidate can take this call, which needs {sorted(needed)}: {detail}. Fix: "
-                "add a candidate with these capabilities or drop them from the call."
-            )
-        decision = self._service.decide(
-            query_text(messages),
-            user_id,
-            exclude=list(lacking),
-            forced=forced,
-            run_id=run_id,
-            metadata={"integration": "langchain", **(metadata or {})},
-        )
-        if forced is not None or not self.fallback:
-            order = [decision.model]
-        else:
-            order = [m for m in decision.fallback_order if m not in lacking]
-        return decision, order
-
     def _start(
         self,
-        messages: Sequence[BaseMessage],
+        messages: list[BaseMessage],
         stop: list[str] | None,
         kwargs: Mapping[str, Any],
         run: _RunInfo,
-    ) -> _Call:
+    ) -> _Dispatch:
         kwargs = dict(kwargs)
         forced = kwargs.pop("model", None)
+        compare = bool(kwargs.pop(_COMPARE_KWARG, False))
         for key in ("stream", "ls_structured_output_format", "structured_output_format"):
             kwargs.pop(key, None)
         tools = kwargs.pop("tools", None) or None
@@ -623,154 +655,90 @@ class MetaRouterChat(BaseChatModel):
         needed = needed_capabilities(
             messages, tools=bool(tools), tool_choice=kwargs.get("tool_choice")
         )
-        decision, order = self._plan(
+        request = call_request(
+            self.candidates,
             messages,
             needed=needed,
             forced=forced,
+            compare=compare,
             user_id=self._user_for(run.metadata),
             run_id=run.run_id,
-            metadata={"needs": sorted(needed)} if needed else None,
         )
-        return _Call(decision, order, tools, kwargs, stop if stop is not None else self.stop, run)
+        call = self.flow.start(request)
+        if run.run_id is not None:
+            call.data["run_id"] = str(run.run_id)
+        return _Dispatch(
+            call, messages, tools, kwargs, stop if stop is not None else self.stop, run
+        )
 
-    def _target(self, call: _Call, name: str) -> tuple[Runnable[Any, Any], dict[str, Any]]:
+    def _target(self, dispatch: _Dispatch, name: str) -> tuple[Runnable[Any, Any], dict[str, Any]]:
         """The runnable to call for candidate ``name`` and the call kwargs."""
         model = self.candidate(name)
-        extra: dict[str, Any] = {"stop": call.stop} if call.stop is not None else {}
-        if call.tools:
-            return model.bind_tools(call.tools, **call.kwargs), extra
-        return model, {**call.kwargs, **extra}
+        extra: dict[str, Any] = {"stop": dispatch.stop} if dispatch.stop is not None else {}
+        if dispatch.tools:
+            return model.bind_tools(dispatch.tools, **dispatch.kwargs), extra
+        return model, {**dispatch.kwargs, **extra}
 
-    def _config_for(self, call: _Call, name: str) -> RunnableConfig:
+    def _config_for(self, dispatch: _Dispatch, name: str) -> RunnableConfig:
         manager = child_callbacks(
-            parent_run_id=call.run.run_id,
-            handlers=call.run.handlers,
-            tags=call.run.tags,
-            metadata=call.run.inheritable_metadata,
+            parent_run_id=dispatch.run.run_id,
+            handlers=dispatch.run.handlers,
+            tags=dispatch.run.tags,
+            metadata=dispatch.run.inheritable_metadata,
             policy=self.candidate_callbacks,
             extra_metadata={
-                "metarouter_decision_id": call.decision.decision_id,
+                "metarouter_decision_id": dispatch.call.decision.decision_id,
                 "metarouter_candidate": name,
             },
         )
         return {"callbacks": manager, "tags": [], "metadata": {}, "configurable": {}}
 
-    def _routing_data(
-        self,
-        call: _Call,
-        answered_by: str,
-        usage: UsageMetadata | None,
-        provider_model: str | None,
-    ) -> dict[str, Any]:
-        """Record the outcome with the service; return ``response_metadata["metarouter"]``."""
-        failed = [name for name, _ in call.failures]
-        cost = self._service.complete(
-            call.decision,
-            model=answered_by,
-            input_tokens=usage.get("input_tokens") if usage else None,
-            output_tokens=usage.get("output_tokens") if usage else None,
-            fallbacks=failed,
-        )
-        data = call.decision.metadata()
-        data.update(
-            model=answered_by,
-            cost_usd=cost,
-            predicted_quality=dict(call.decision.routing.predicted_quality),
-            expected_costs_usd=dict(call.decision.routing.expected_costs_usd),
-            fallbacks=[
-                {"model": name, "error": f"{type(exc).__name__}: {exc}"}
-                for name, exc in call.failures
-            ],
-            provider_model_name=provider_model,
-            run_id=str(call.run.run_id) if call.run.run_id is not None else None,
-        )
-        return data
-
-    def _failed(self, call: _Call, name: str, exc: BaseException) -> None:
-        call.failures.append((name, exc))
-        rest = [n for n in call.order if n not in {f for f, _ in call.failures}]
-        logger.warning(
-            "candidate %r failed (%s: %s)%s",
-            name,
-            type(exc).__name__,
-            exc,
-            f"; falling back to {rest[0]!r}" if rest else "",
-        )
-
-    def _dispatch_error(self, call: _Call, *, partial: str | None = None) -> DispatchError:
-        tried = "; ".join(
-            f"{n!r} raised {type(e).__name__}: {str(e).rstrip('.')}" for n, e in call.failures
-        )
-        if partial is not None:
-            return DispatchError(
-                f"candidate {partial!r} failed mid-stream after sending part of its answer "
-                f"(decision {call.decision.decision_id}); not falling back, so as not to mix two "
-                f"answers. {tried}."
+    # -- calling one candidate, in its own context (see candidate_context) ----------------------
+    def _invoke(self, dispatch: _Dispatch, name: str) -> BaseMessage:
+        runnable, kwargs = self._target(dispatch, name)
+        config = self._config_for(dispatch, name)
+        with candidate_context(config, self.candidate_callbacks) as context:
+            return cast(
+                "BaseMessage", context.run(runnable.invoke, dispatch.messages, config, **kwargs)
             )
-        hint = (
-            "the model was forced with model=, so no other candidate was tried"
-            if call.decision.forced
-            else "fallback is off"
-            if not self.fallback
-            else "every eligible candidate was tried"
-        )
-        return DispatchError(
-            f"MetaRouterChat: no candidate answered (decision {call.decision.decision_id}, user "
-            f"{call.decision.user_id!r}; {hint}): {tried}. Fix: check these candidates' "
-            "credentials, endpoints and rate limits; narrow fallback_on to let other errors "
-            "through."
-        )
 
-    # -- calling a candidate in its own config context ------------------------------------------
-    # LangChain merges a runnable's explicit config with the *ambient* one (the parent chain's,
-    # from a context variable) when a binding is invoked; the candidate's calls therefore run
-    # in a context whose ambient config is the candidate's own, so its run nests under the
-    # router's run and nowhere else.
-    @staticmethod
-    def _invoke_candidate(
-        runnable: Runnable[Any, Any],
-        messages: list[BaseMessage],
-        config: RunnableConfig,
-        kwargs: dict[str, Any],
-    ) -> BaseMessage:
-        with set_config_context(config) as context:
-            return cast("BaseMessage", context.run(runnable.invoke, messages, config, **kwargs))
-
-    @staticmethod
-    async def _ainvoke_candidate(
-        runnable: Runnable[Any, Any],
-        messages: list[BaseMessage],
-        config: RunnableConfig,
-        kwargs: dict[str, Any],
-    ) -> BaseMessage:
-        with set_config_context(config) as context:
+    async def _ainvoke(self, dispatch: _Dispatch, name: str) -> BaseMessage:
+        runnable, kwargs = self._target(dispatch, name)
+        config = self._config_for(dispatch, name)
+        with candidate_context(config, self.candidate_callbacks) as context:
             return cast(
                 "BaseMessage",
-                await coro_with_context(runnable.ainvoke(messages, config, **kwargs), context),
+                await coro_with_context(
+                    runnable.ainvoke(dispatch.messages, config, **kwargs), context
+                ),
             )
 
-    @staticmethod
-    def _stream_candidate(
-        runnable: Runnable[Any, Any],
-        messages: list[BaseMessage],
-        config: RunnableConfig,
-        kwargs: dict[str, Any],
-    ) -> Iterator[BaseMessage]:
-        with set_config_context(config) as context:
-            iterator = context.run(runnable.stream, messages, config, **kwargs)
-            done = object()
-            while (item := context.run(next, iterator, done)) is not done:
+    def _open_stream(self, dispatch: _Dispatch, name: str) -> tuple[Any, Iterator[BaseMessage]]:
+        """Open candidate ``name``'s stream and pull its first chunk (inside the attempt)."""
+        stream = self._candidate_stream(dispatch, name)
+        return next(stream, _END), stream
+
+    def _candidate_stream(self, dispatch: _Dispatch, name: str) -> Iterator[BaseMessage]:
+        runnable, kwargs = self._target(dispatch, name)
+        config = self._config_for(dispatch, name)
+        with candidate_context(config, self.candidate_callbacks) as context:
+            iterator = context.run(runnable.stream, dispatch.messages, config, **kwargs)
+            while (item := context.run(next, iterator, _END)) is not _END:
                 yield cast("BaseMessage", item)
 
-    @staticmethod
-    async def _astream_candidate(
-        runnable: Runnable[Any, Any],
-        messages: list[BaseMessage],
-        config: RunnableConfig,
-        kwargs: dict[str, Any],
+    async def _aopen_stream(
+        self, dispatch: _Dispatch, name: str
+    ) -> tuple[Any, AsyncIterator[BaseMessage]]:
+        stream = self._acandidate_stream(dispatch, name)
+        return await anext(stream, _END), stream
+
+    async def _acandidate_stream(
+        self, dispatch: _Dispatch, name: str
     ) -> AsyncIterator[BaseMessage]:
-        with set_config_context(config) as context:
-            iterator = context.run(runnable.astream, messages, config, **kwargs)
+        runnable, kwargs = self._target(dispatch, name)
+        config = self._config_for(dispatch, name)
+        with candidate_context(config, self.candidate_callbacks) as context:
+            iterator = context.run(runnable.astream, dispatch.messages, config, **kwargs)
             while True:
                 try:
                     item = await coro_with_context(anext(iterator), context)
@@ -795,19 +763,10 @@ class MetaRouterChat(BaseChatModel):
                         chunk.message.id = run_id
                     run_manager.on_llm_new_token(cast("str", chunk.message.content), chunk=chunk)
                 chunks.append(chunk)
-            return generate_from_stream(iter(chunks))
-        call = self._start(messages, stop, kwargs, self._run_info(run_manager))
-        for name in call.order:
-            runnable, call_kwargs = self._target(call, name)
-            try:
-                message = self._invoke_candidate(
-                    runnable, messages, self._config_for(call, name), call_kwargs
-                )
-            except self.fallback_on as exc:
-                self._failed(call, name, exc)
-                continue
-            return self._result(call, name, message)
-        raise self._dispatch_error(call)
+            return self._with_llm_output(generate_from_stream(iter(chunks)))
+        dispatch = self._start(messages, stop, kwargs, self._run_info(run_manager))
+        message, name = self.flow.attempt(dispatch.call, lambda n: self._invoke(dispatch, n))
+        return self._result(dispatch, name, message)
 
     async def _agenerate(
         self,
@@ -829,26 +788,53 @@ class MetaRouterChat(BaseChatModel):
                         cast("str", chunk.message.content), chunk=chunk
                     )
                 chunks.append(chunk)
-            return generate_from_stream(iter(chunks))
+            return self._with_llm_output(generate_from_stream(iter(chunks)))
         run = self._run_info(run_manager)
-        call = await run_in_executor(None, self._start, messages, stop, kwargs, run)
-        for name in call.order:
-            runnable, call_kwargs = self._target(call, name)
-            try:
-                message = await self._ainvoke_candidate(
-                    runnable, messages, self._config_for(call, name), call_kwargs
-                )
-            except self.fallback_on as exc:
-                self._failed(call, name, exc)
-                continue
-            return await run_in_executor(None, self._result, call, name, message)
-        raise self._dispatch_error(call)
+        dispatch = await run_in_executor(None, self._start, messages, stop, kwargs, run)
+        message, name = await self.flow.aattempt(
+            dispatch.call, lambda n: self._ainvoke(dispatch, n)
+        )
+        return await run_in_executor(None, self._result, dispatch, name, message)
 
-    def _result(self, call: _Call, name: str, message: BaseMessage) -> ChatResult:
-        provider = message.response_metadata.get("model_name")
+    def _result(self, dispatch: _Dispatch, name: str, message: BaseMessage) -> ChatResult:
+        answer = finished_message(self.flow, dispatch.call, name, message)
+        return self._with_llm_output(ChatResult(generations=[ChatGeneration(message=answer)]))
+
+    @staticmethod
+    def _with_llm_output(result: ChatResult) -> ChatResult:
+        """Fill ``llm_output`` as provider chat models do (token usage, the model that answered).
+
+        Handlers reading ``LLMResult.llm_output`` (cost trackers written for ChatOpenAI) then
+        see the routed call's usage and the candidate's name rather than nothing.
+        """
+        message = result.generations[0].message
         usage = message.usage_metadata if isinstance(message, AIMessage) else None
-        data = self._routing_data(call, name, usage, provider)
-        return ChatResult(generations=[ChatGeneration(message=routed_message(message, name, data))])
+        output: dict[str, Any] = {
+            "model_name": message.response_metadata.get("model_name"),
+            METADATA_KEY: message.response_metadata.get(METADATA_KEY),
+        }
+        if usage:
+            output["token_usage"] = {
+                "prompt_tokens": usage["input_tokens"],
+                "completion_tokens": usage["output_tokens"],
+                "total_tokens": usage["total_tokens"],
+            }
+        result.llm_output = output
+        return result
+
+    def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None]) -> dict[str, Any]:
+        totals: dict[str, int] = {}
+        names = set()
+        for output in llm_outputs:
+            if not output:
+                continue
+            names.add(output.get("model_name"))
+            for key, value in (output.get("token_usage") or {}).items():
+                totals[key] = totals.get(key, 0) + int(value)
+        combined: dict[str, Any] = {"token_usage": totals}
+        if len(names) == 1:
+            combined["model_name"] = names.pop()
+        return combined
 
     # -- dispatch: stream -----------------------------------------------------------------------
     def _stream(
@@ -870,12 +856,22 @@ class MetaRouterChat(BaseChatModel):
         async for chunk in self._astream_call(messages, stop, self._run_info(run_manager), kwargs):
             yield chunk
 
-    @staticmethod
-    def _final_chunk(name: str, data: dict[str, Any], list_content: bool) -> ChatGenerationChunk:
+    def _final_chunk(
+        self, dispatch: _Dispatch, name: str, tally: _StreamTally
+    ) -> ChatGenerationChunk:
+        usage = tally.usage
+        data = self.flow.finish(
+            dispatch.call,
+            name,
+            input_tokens=usage.get("input_tokens") if usage else None,
+            output_tokens=usage.get("output_tokens") if usage else None,
+            provider_model=tally.provider,
+        )
+        self.flow.remember_tool_calls(name, tally.tool_call_ids)
         return ChatGenerationChunk(
             message=AIMessageChunk(
-                content=[] if list_content else "",
-                response_metadata={"model_name": name, METADATA_KEY: data},
+                content=[] if tally.list_content else "",
+                response_metadata={"model_name": name, METADATA_KEY: dict(data)},
                 chunk_position="last",
             )
         )
@@ -887,24 +883,16 @@ class MetaRouterChat(BaseChatModel):
         run: _RunInfo,
         kwargs: Mapping[str, Any],
     ) -> Iterator[ChatGenerationChunk]:
-        call = self._start(messages, stop, kwargs, run)
-        for name in call.order:
-            runnable, call_kwargs = self._target(call, name)
-            tally = _StreamTally()
-            try:
-                for raw in self._stream_candidate(
-                    runnable, messages, self._config_for(call, name), call_kwargs
-                ):
-                    yield tally.take(raw)
-            except self.fallback_on as exc:
-                self._failed(call, name, exc)
-                if tally.sent:
-                    raise self._dispatch_error(call, partial=name) from exc
-                continue
-            data = self._routing_data(call, name, tally.usage, tally.provider)
-            yield self._final_chunk(name, data, tally.list_content)
-            return
-        raise self._dispatch_error(call)
+        dispatch = self._start(messages, stop, kwargs, run)
+        (first, rest), name = self.flow.attempt(
+            dispatch.call, lambda n: self._open_stream(dispatch, n)
+        )
+        tally = _StreamTally()
+        if first is not _END:
+            yield tally.take(first)
+            for raw in self.flow.relay(dispatch.call, rest):
+                yield tally.take(raw)
+        yield self._final_chunk(dispatch, name, tally)
 
     async def _astream_call(
         self,
@@ -913,26 +901,16 @@ class MetaRouterChat(BaseChatModel):
         run: _RunInfo,
         kwargs: Mapping[str, Any],
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call = await run_in_executor(None, self._start, messages, stop, kwargs, run)
-        for name in call.order:
-            runnable, call_kwargs = self._target(call, name)
-            tally = _StreamTally()
-            try:
-                async for raw in self._astream_candidate(
-                    runnable, messages, self._config_for(call, name), call_kwargs
-                ):
-                    yield tally.take(raw)
-            except self.fallback_on as exc:
-                self._failed(call, name, exc)
-                if tally.sent:
-                    raise self._dispatch_error(call, partial=name) from exc
-                continue
-            data = await run_in_executor(
-                None, self._routing_data, call, name, tally.usage, tally.provider
-            )
-            yield self._final_chunk(name, data, tally.list_content)
-            return
-        raise self._dispatch_error(call)
+        dispatch = await run_in_executor(None, self._start, messages, stop, kwargs, run)
+        (first, rest), name = await self.flow.aattempt(
+            dispatch.call, lambda n: self._aopen_stream(dispatch, n)
+        )
+        tally = _StreamTally()
+        if first is not _END:
+            yield tally.take(first)
+            async for raw in self.flow.arelay(dispatch.call, rest):
+                yield tally.take(raw)
+        yield await run_in_executor(None, self._final_chunk, dispatch, name, tally)
 
     # -- feedback -------------------------------------------------------------------------------
     def record_preference(
@@ -965,10 +943,10 @@ class MetaRouterChat(BaseChatModel):
         Raises:
             FeedbackError: Unknown ids, the same model twice, different users or queries.
         """
+        sides = (as_feedback_item(winner), as_feedback_item(loser))
         return self._service.record_preference(
-            as_feedback_item(winner),
-            as_feedback_item(loser),
-            user_id=user_id if user_id is not None else self._feedback_user(winner, loser),
+            *sides,
+            user_id=user_id if user_id is not None else default_feedback_user(sides, self.user_id),
             query=query,
             source=source,
         )
@@ -990,13 +968,18 @@ class MetaRouterChat(BaseChatModel):
             ),
         )
 
-    def _feedback_user(self, *items: FeedbackItem) -> str | None:
-        """The instance's user for external answers only (routed answers name their owner)."""
-        if any(isinstance(i, (BaseMessage, str, uuid.UUID, Decision)) for i in items):
-            return None
-        if any(isinstance(i, Mapping) and "decision_id" in i for i in items):
-            return None
-        return self.user_id
+    def _pair_runnable(
+        self, input: LanguageModelInput, config: RunnableConfig | None, user_id: str | None
+    ) -> tuple[RunnableConfig, list[BaseMessage], str | None]:
+        config = self._with_user(config, user_id)
+        messages = self._convert_input(input).to_messages()
+        return config, messages, self._user_for(config.get("metadata") or {})
+
+    def _pair_calls(self, first: str, second: str) -> Runnable[Any, dict[str, Any]]:
+        return RunnableParallel(
+            first=self.bind(model=first, **{_COMPARE_KWARG: True}),
+            second=self.bind(model=second, **{_COMPARE_KWARG: True}),
+        ).with_config(run_name="MetaRouterChat.compare")
 
     def compare(
         self,
@@ -1007,23 +990,20 @@ class MetaRouterChat(BaseChatModel):
     ) -> ComparePair:
         """Answer ``input`` with two candidates, for the user to say which was worth it.
 
-        The pair is the service's suggestion for this user and query (the routed choice and the
-        candidate whose cost differs most from it), so the user's answer says most about their
-        cost-vs-quality trade-off. Both calls run in parallel, are recorded as forced decisions
-        and carry routing data; pass the pair's choice to :meth:`ComparePair.prefer` (or both
-        answers to :meth:`record_preference`).
+        The pair is the router's suggestion for this user and query
+        (:meth:`~metarouter.dispatch.CallFlow.pair`), chosen so that the user's answer says most
+        about their cost-vs-quality trade-off. Both calls run in parallel, are recorded as
+        forced decisions and carry routing data; pass the pair's choice to
+        :meth:`ComparePair.prefer` (or both answers to :meth:`record_preference`).
 
         Args:
             input: What to answer (any chat model input).
             config: Runnable config (callbacks, tags, ``configurable.user_id``).
             user_id: The user (overrides the config's).
         """
-        config = self._with_user(config, user_id)
-        messages = self._convert_input(input).to_messages()
-        uid = self._user_for(config.get("metadata") or {})
-        first, second = self._service.suggest_pair(query_text(messages), uid)
-        both = RunnableParallel(first=self.bind(model=first), second=self.bind(model=second))
-        out = both.with_config(run_name="MetaRouterChat.compare").invoke(input, config)
+        config, messages, uid = self._pair_runnable(input, config, user_id)
+        first, second = self.flow.pair(query_text(messages), uid)
+        out = self._pair_calls(first, second).invoke(input, config)
         return self._pair(out["first"], out["second"], messages)
 
     async def acompare(
@@ -1034,28 +1014,22 @@ class MetaRouterChat(BaseChatModel):
         user_id: str | None = None,
     ) -> ComparePair:
         """Async :meth:`compare` (both candidates called concurrently)."""
-        config = self._with_user(config, user_id)
-        messages = self._convert_input(input).to_messages()
-        uid = self._user_for(config.get("metadata") or {})
-        first, second = await run_in_executor(
-            None, self._service.suggest_pair, query_text(messages), uid
-        )
-        both = RunnableParallel(first=self.bind(model=first), second=self.bind(model=second))
-        out = await both.with_config(run_name="MetaRouterChat.compare").ainvoke(input, config)
+        config, messages, uid = self._pair_runnable(input, config, user_id)
+        first, second = await run_in_executor(None, self.flow.pair, query_text(messages), uid)
+        out = await self._pair_calls(first, second).ainvoke(input, config)
         return self._pair(out["first"], out["second"], messages)
 
     def _pair(
         self, first: AIMessage, second: AIMessage, messages: list[BaseMessage]
     ) -> ComparePair:
         data = (first.response_metadata[METADATA_KEY], second.response_metadata[METADATA_KEY])
-        return ComparePair(
+        pair = Pair(
             query=query_text(messages),
             user_id=data[0]["user_id"],
-            answers=(first, second),
             models=(data[0]["model"], data[1]["model"]),
             decision_ids=(data[0]["decision_id"], data[1]["decision_id"]),
-            recorder=self.record_preference,
         )
+        return ComparePair(pair=pair, answers=(first, second), recorder=self.record_preference)
 
     def add_feedback_listener(self, listener: FeedbackListener) -> FeedbackListener:
         """Call ``listener(event)`` whenever feedback is recorded or a preference re-estimated.

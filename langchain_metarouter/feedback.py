@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 from langchain_core.messages import AIMessage, BaseMessage
 from metarouter.errors import FeedbackError
+from metarouter.feedback import Pair
 from metarouter.service import Decision, Response, as_answer
 from metarouter.store.records import ComparisonRecord, ComparisonSource
 
@@ -60,41 +61,47 @@ class ComparePair:
     """Two candidates' answers to the same input, for the user to choose between.
 
     Attributes:
-        query: The routing text of the input.
-        user_id: Whose comparison it is.
+        pair: The core's view of the pair (query, user, models, decision ids).
         answers: The two answers (each with ``response_metadata["metarouter"]``).
-        models: The candidates that wrote them.
-        decision_ids: Their decision ids (what :meth:`MetaRouterChat.record_preference` takes).
     """
 
-    query: str
-    user_id: str
+    pair: Pair
     answers: tuple[AIMessage, AIMessage]
-    models: tuple[str, str]
-    decision_ids: tuple[str, str]
     recorder: Callable[..., ComparisonRecord] = field(repr=False, compare=False)
 
-    def prefer(self, winner: int | str) -> ComparisonRecord:
+    @property
+    def query(self) -> str:
+        """The routing text of the input."""
+        return self.pair.query
+
+    @property
+    def user_id(self) -> str:
+        """Whose comparison it is."""
+        return self.pair.user_id
+
+    @property
+    def models(self) -> tuple[str, str]:
+        """The candidates that wrote the two answers."""
+        return self.pair.models
+
+    @property
+    def decision_ids(self) -> tuple[str, str]:
+        """Their decision ids (what :meth:`MetaRouterChat.record_preference` takes)."""
+        return self.pair.decision_ids
+
+    def prefer(self, winner: int | str | AIMessage) -> ComparisonRecord:
         """Record the user's choice.
 
         Args:
-            winner: ``0`` or ``1`` (position in :attr:`answers`), or the winning model's name.
+            winner: ``0`` or ``1`` (position in :attr:`answers`), the winning model's name or
+                decision id, or one of the two answers (the rule of
+                :class:`metarouter.feedback.Pair`: ``True`` and ``1.0`` are refused).
 
         Raises:
             FeedbackError: ``winner`` names neither answer.
         """
-        if isinstance(winner, str):
-            if winner not in self.models:
-                raise FeedbackError(f"{winner!r} is not one of the compared models {self.models}.")
-            index = self.models.index(winner)
-        elif winner in (0, 1):
-            index = int(winner)
-        else:
-            raise FeedbackError(f"winner must be 0, 1 or one of {self.models}, got {winner!r}.")
+        if isinstance(winner, BaseMessage):
+            winner = str(as_feedback_item(winner))
+        win, lose = self.pair.choose(winner)
         source: ComparisonSource = "compare"
-        return self.recorder(
-            self.decision_ids[index],
-            self.decision_ids[1 - index],
-            user_id=self.user_id,
-            source=source,
-        )
+        return self.recorder(win, lose, user_id=self.pair.user_id, source=source)

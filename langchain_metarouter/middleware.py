@@ -21,15 +21,17 @@ from langchain.agents.structured_output import ProviderStrategy, ToolStrategy
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables.config import run_in_executor
 from langgraph.errors import GraphBubbleUp
-from metarouter.errors import ConfigError, DispatchError
+from metarouter.dispatch import Call
+from metarouter.errors import ConfigError
 
 from langchain_metarouter._utils import (
     USER_ID_KEY,
+    call_request,
+    finished_message,
     needed_capabilities,
-    routed_message,
     user_id_from_config,
 )
-from langchain_metarouter.chat_models import MetaRouterChat, _Call, _RunInfo
+from langchain_metarouter.chat_models import MetaRouterChat
 
 __all__ = ["MetaRouterMiddleware"]
 
@@ -86,7 +88,7 @@ class MetaRouterMiddleware(AgentMiddleware):
             )
         self.router = router
 
-    def _start(self, request: ModelRequest[Any]) -> tuple[_Call, ModelRequest[Any]]:
+    def _start(self, request: ModelRequest[Any]) -> tuple[Call, ModelRequest[Any]]:
         settings = dict(request.model_settings)
         forced = settings.pop("model", None)
         needs_tools = bool(request.tools) or isinstance(request.response_format, ToolStrategy)
@@ -97,32 +99,25 @@ class MetaRouterMiddleware(AgentMiddleware):
         )
         if isinstance(request.response_format, ProviderStrategy):
             needed.add("structured_output")
-        user = _context_user(request) or self.router.user_id
-        decision, order = self.router._plan(
-            request.messages,
-            needed=needed,
-            forced=forced,
-            user_id=user,
-            run_id=None,
-            metadata={"via": "agent_middleware"},
+        call = self.router.flow.start(
+            call_request(
+                self.router.candidates,
+                request.messages,
+                needed=needed,
+                forced=forced,
+                user_id=_context_user(request) or self.router.user_id,
+                metadata={"via": "agent_middleware"},
+            )
         )
-        call = _Call(decision, order, None, {}, None, _RunInfo())
         return call, request.override(model_settings=settings) if forced else request
 
-    def _finish(self, call: _Call, name: str, response: ModelResponse[Any]) -> ModelResponse[Any]:
+    def _finish(self, call: Call, name: str, response: ModelResponse[Any]) -> ModelResponse[Any]:
         messages: list[BaseMessage] = list(response.result)
         for i in range(len(messages) - 1, -1, -1):
-            message = messages[i]
-            if isinstance(message, AIMessage):
-                data = self.router._routing_data(
-                    call, name, message.usage_metadata, message.response_metadata.get("model_name")
-                )
-                messages[i] = routed_message(message, name, data)
+            if isinstance(messages[i], AIMessage):
+                messages[i] = finished_message(self.router.flow, call, name, messages[i])
                 break
         return ModelResponse(result=messages, structured_response=response.structured_response)
-
-    def _error(self, call: _Call) -> DispatchError:
-        return self.router._dispatch_error(call)
 
     def wrap_model_call(
         self,
@@ -131,16 +126,12 @@ class MetaRouterMiddleware(AgentMiddleware):
     ) -> ModelResponse[Any]:
         """Route the call, run it on the chosen candidate, fall back on errors."""
         call, request = self._start(request)
-        for name in call.order:
-            try:
-                response = handler(request.override(model=self.router.candidate(name)))
-            except GraphBubbleUp:
-                raise
-            except self.router.fallback_on as exc:
-                self.router._failed(call, name, exc)
-                continue
-            return self._finish(call, name, response)
-        raise self._error(call)
+        response, name = self.router.flow.attempt(
+            call,
+            lambda n: handler(request.override(model=self.router.candidate(n))),
+            passthrough=(GraphBubbleUp,),
+        )
+        return self._finish(call, name, response)
 
     async def awrap_model_call(
         self,
@@ -149,13 +140,9 @@ class MetaRouterMiddleware(AgentMiddleware):
     ) -> ModelResponse[Any]:
         """Async :meth:`wrap_model_call` (routing runs in an executor)."""
         call, request = await run_in_executor(None, self._start, request)
-        for name in call.order:
-            try:
-                response = await handler(request.override(model=self.router.candidate(name)))
-            except GraphBubbleUp:
-                raise
-            except self.router.fallback_on as exc:
-                self.router._failed(call, name, exc)
-                continue
-            return await run_in_executor(None, self._finish, call, name, response)
-        raise self._error(call)
+        response, name = await self.router.flow.aattempt(
+            call,
+            lambda n: handler(request.override(model=self.router.candidate(n))),
+            passthrough=(GraphBubbleUp,),
+        )
+        return await run_in_executor(None, self._finish, call, name, response)

@@ -1,10 +1,10 @@
 """``MetaRouterLLM``: a LlamaIndex LLM that sends each call to the candidate fitting the user.
 
-The adapter is thin: it turns LlamaIndex messages into the text the core routes on, asks
-:class:`metarouter.service.RoutingService` for a decision, dispatches the call to the chosen
-candidate LLM (falling back to the next-best one if it raises), records who answered and what
-it cost, and hands the candidate's response back with the routing data attached. Learning from
-feedback is the core's job.
+The adapter is thin: it converts a LlamaIndex call (messages or prompt, tools, user, forced
+model) into the core's :class:`~metarouter.dispatch.CallRequest`, lets the core's
+:class:`~metarouter.dispatch.CallFlow` route it, try the candidates in order and book the
+outcome, calls the chosen candidate LLM for real, and hands its response back with the routing
+data attached (plus LlamaIndex instrumentation events). Learning from feedback is the core's.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import asyncio
 import functools
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -26,7 +24,8 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -49,17 +48,16 @@ from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from metarouter.errors import (
-    ConfigError,
-    DispatchError,
-    StoreError,
-    UnknownArmError,
-)
-from metarouter.store.records import validate_user_id
+from llama_index.core.prompts import BasePromptTemplate
+from metarouter.dispatch import Call, CallFlow, CallRequest, FallbackPolicy, check_user_id
+from metarouter.errors import ConfigError, UnknownArmError
+from metarouter.feedback import default_feedback_user
+from metarouter.text import Turn, question_from_variables, routing_text
 
 from llama_index_metarouter.candidates import (
     CandidateLike,
     can_call_tools,
+    dispatched_llm,
     merged_metadata,
     resolve_candidates,
 )
@@ -70,11 +68,17 @@ from llama_index_metarouter.events import (
     RoutingFallbackEvent,
 )
 from llama_index_metarouter.feedback import ComparePair, FeedbackItem, RoutedCall, as_feedback_item
-from llama_index_metarouter.scope import RoutingScope, active_scopes, pop_scope, push_scope
+from llama_index_metarouter.scope import (
+    RoutingScope,
+    active_scopes,
+    pop_scope,
+    push_scope,
+    scopes_in_other_threads,
+)
 from llama_index_metarouter.utils import (
     ROUTING_KEY,
-    messages_text,
     pending_tool_call_ids,
+    query_text,
     routing_info,
     tool_calls_from_blocks,
     usage_of,
@@ -83,7 +87,7 @@ from llama_index_metarouter.utils import (
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
     from metarouter.router import MetaRouter
-    from metarouter.service import ArmSpec, Decision, FeedbackListener, RoutingService
+    from metarouter.service import ArmSpec, FeedbackListener, RoutingService
     from metarouter.store.base import PreferenceStore
     from metarouter.store.records import ComparisonRecord, ComparisonSource
     from metarouter.types import Preference
@@ -99,8 +103,9 @@ USER_KWARG = "user_id"
 MODEL_KWARG = "model"
 #: Chat keyword carrying a tool request from ``_prepare_chat_with_tools`` to the dispatch.
 _TOOLS_KWARG = "metarouter_tool_request"
-#: Tool-call ids remembered to keep a tool loop on the model that issued the calls.
-_MAX_TOOL_OWNERS = 10_000
+
+#: The user's question while ``predict()``/``stream()``/... fill a prompt template with it.
+_QUESTION: ContextVar[str | None] = ContextVar("metarouter_question", default=None)
 
 _R = TypeVar("_R", bound=ChatResponse | CompletionResponse)
 _T = TypeVar("_T")
@@ -116,15 +121,24 @@ class _ToolRequest:
     tool_required: bool
     extra: dict[str, Any]
 
+    def arguments(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> Any:
+        """Keyword arguments of a candidate's ``*chat_with_tools`` for this request."""
+        return {
+            "tools": list(self.tools),
+            "chat_history": list(messages),
+            "verbose": self.verbose,
+            "allow_parallel_tool_calls": self.allow_parallel_tool_calls,
+            "tool_required": self.tool_required,
+            **self.extra,
+            **kwargs,
+        }
+
 
 @dataclass(frozen=True)
 class _Plan:
-    """Everything about a call decided before routing (no I/O)."""
+    """A call as the core sees it, plus what the candidate will be called with."""
 
-    user_id: str | None
-    forced: str | None
-    reason: str
-    exclude: tuple[str, ...]
+    request: CallRequest
     tools: _ToolRequest | None
     kwargs: dict[str, Any]
 
@@ -134,11 +148,14 @@ class _Route:
     """A decided call on its way through the candidates."""
 
     plan: _Plan
-    decision: Decision
-    order: tuple[str, ...]
-    info: dict[str, Any]
+    call: Call
     span_id: str | None
     scopes: list[RoutingScope] = field(default_factory=list)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The routing data (one dict, updated in place; streamed chunks share it)."""
+        return self.call.data
 
 
 class MetaRouterLLM(FunctionCallingLLM):
@@ -147,8 +164,8 @@ class MetaRouterLLM(FunctionCallingLLM):
     Every call is routed by the meta-learned router to one of the candidate LLMs, given the
     user's cost-vs-quality preference learned from their pairwise feedback, then dispatched to
     that candidate for real (chat, completion, streaming, async, tools). If the chosen
-    candidate raises, the next-best one is tried. The routing data (decision id, scores, chosen
-    model, user id, cost in USD from the reported token usage) is in the response's
+    candidate raises, the next-best one is tried (never for a forced model). The routing data
+    (decision id, scores, chosen model, user id, cost in USD) is in the response's
     ``additional_kwargs["metarouter"]``, and a :class:`RoutingDecisionEvent` is dispatched to
     LlamaIndex's instrumentation for every decision.
 
@@ -166,8 +183,12 @@ class MetaRouterLLM(FunctionCallingLLM):
             ``$METAROUTER_STORE`` or ``~/.local/share/metarouter/preferences.db``).
         user_id: The user of this instance's calls (per call: ``user_id=`` keyword, or
             :meth:`scope`; default: the service's default user).
+        fallback: Try the next-best candidate when the chosen one fails.
+        fallback_on: Exception types that make the router fall back (default: any).
         max_fallbacks: How many next-best candidates to try after the chosen one fails
             (None: all of them; 0: none).
+        timeout: Seconds one candidate may take (for a stream: to its first chunk), its own
+            retries included, before the router falls back (None: no limit of its own).
         callback_manager: LlamaIndex callback manager.
         **kwargs: Other :class:`~llama_index.core.llms.LLM` fields (e.g. ``system_prompt``).
 
@@ -188,17 +209,31 @@ class MetaRouterLLM(FunctionCallingLLM):
         default=None, description="User of this instance's calls (None: the default user)."
     )
     """User of this instance's calls (None: the service's default user)."""
+    fallback: bool = Field(
+        default=True, description="Try the next-best candidate when the chosen one fails."
+    )
+    """Try the next-best candidate when the chosen one fails (never for a forced model)."""
+    fallback_on: tuple[type[BaseException], ...] = Field(
+        default=(Exception,), description="Exception types that make the router fall back."
+    )
+    """Exception types that make the router fall back; anything else propagates at once."""
     max_fallbacks: int | None = Field(
         default=None,
         ge=0,
         description="Next-best candidates to try after the chosen one fails (None: all).",
     )
     """Next-best candidates to try after the chosen one fails (None: all)."""
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one candidate attempt may take before the router falls back.",
+    )
+    """Seconds one candidate may take (its own retries included) before the router falls
+    back; for a stream, the time to its first chunk (None: no limit of the router's own)."""
 
-    _service: RoutingService = PrivateAttr()
+    _flow: CallFlow = PrivateAttr()
     _llms: dict[str, LLM] = PrivateAttr()
-    _tool_owners: OrderedDict[str, str] = PrivateAttr(default_factory=OrderedDict)
-    _owners_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _dispatched: dict[str, LLM] = PrivateAttr()
 
     def __init__(
         self,
@@ -209,7 +244,10 @@ class MetaRouterLLM(FunctionCallingLLM):
         router: MetaRouter | None = None,
         store: PreferenceStore | str | os.PathLike[str] | None = None,
         user_id: str | None = None,
+        fallback: bool = True,
+        fallback_on: tuple[type[BaseException], ...] = (Exception,),
         max_fallbacks: int | None = None,
+        timeout: float | None = None,
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
@@ -226,12 +264,6 @@ class MetaRouterLLM(FunctionCallingLLM):
                     "as service=; pass plain LLMs and no arms=, or drop service= and let "
                     "MetaRouterLLM build it."
                 )
-            missing = [name for name in llms if name not in service.specs]
-            if missing:
-                raise ConfigError(
-                    f"candidates {missing} are not arms of the given RoutingService (its arms: "
-                    f"{service.arm_names}). Fix: name the candidates after the service's arms."
-                )
         else:
             from metarouter.service import RoutingService  # torch: loaded on first use
 
@@ -241,15 +273,27 @@ class MetaRouterLLM(FunctionCallingLLM):
                 store = SQLStore(store)
             service = RoutingService(specs, router=router, store=store)
         if user_id is not None:
-            validate_user_id(user_id)
+            check_user_id(user_id)
         super().__init__(
             user_id=user_id,
+            fallback=fallback,
+            fallback_on=fallback_on,
             max_fallbacks=max_fallbacks,
+            timeout=timeout,
             callback_manager=callback_manager or CallbackManager([]),
             **kwargs,
         )
-        self._service = service
+        self._flow = CallFlow(service, list(llms), policy=self._policy(), integration="llama_index")
         self._llms = llms
+        self._dispatched = {name: dispatched_llm(llm) for name, llm in llms.items()}
+
+    def _policy(self) -> FallbackPolicy:
+        return FallbackPolicy(
+            enabled=self.fallback,
+            on=self.fallback_on,
+            max_fallbacks=self.max_fallbacks,
+            timeout=self.timeout,
+        )
 
     # -- identity -------------------------------------------------------------------------------
     @classmethod
@@ -260,7 +304,17 @@ class MetaRouterLLM(FunctionCallingLLM):
     @property
     def service(self) -> RoutingService:
         """The routing core (router, preference store, feedback)."""
-        return self._service
+        return self._flow.service
+
+    @property
+    def _service(self) -> RoutingService:
+        return self._flow.service
+
+    @property
+    def flow(self) -> CallFlow:
+        """The core's per-call policy for this router."""
+        self._flow.policy = self._policy()  # fields may have been changed since
+        return self._flow
 
     @property
     def candidates(self) -> Mapping[str, LLM]:
@@ -281,8 +335,16 @@ class MetaRouterLLM(FunctionCallingLLM):
 
         Handy for pipelines: ``index.as_query_engine(llm=router.for_user("alice"))``.
         """
-        validate_user_id(user_id)
+        check_user_id(user_id)
         return self.model_copy(update={"user_id": user_id})
+
+    def warm_up(self, user_id: str | None = None) -> float:
+        """Load the embedding model, the policy and the store now; returns the seconds taken.
+
+        Call it at start-up: otherwise the first routed call of the process pays for it
+        (several seconds on a CPU). Nothing is recorded.
+        """
+        return self.flow.warm_up(user_id if user_id is not None else self.user_id)
 
     @contextmanager
     def scope(
@@ -298,274 +360,246 @@ class MetaRouterLLM(FunctionCallingLLM):
             router.record_preference(scope.last, other_answer)
 
         Scopes follow ``async`` tasks (they live in a context variable) and apply to every
-        router sharing this one's routing service.
+        router sharing this one's routing service. A thread started inside the block does not
+        inherit it: run its work with ``contextvars.copy_context().run`` (see docs).
         """
         if user_id is not None:
-            validate_user_id(user_id)
-        if model is not None:
-            self._check_model(model)
+            check_user_id(user_id)
+        if model is not None and model not in self._llms:
+            raise UnknownArmError(
+                f"model override {model!r} is not a candidate of this router; candidates are "
+                f"{list(self._llms)}."
+            )
         current = RoutingScope(self._service, user_id, model)
         token = push_scope(current)
         try:
             yield current
         finally:
-            pop_scope(token)
+            pop_scope(current, token)
+
+    # -- the user's question in templated calls --------------------------------------------------
+    @contextmanager
+    def _question(
+        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]
+    ) -> Iterator[None]:
+        """Route calls made while filling ``prompt`` on the question it names (if any)."""
+        variables = {**(getattr(prompt, "kwargs", None) or {}), **prompt_args}
+        token = _QUESTION.set(question_from_variables(variables))
+        try:
+            yield
+        finally:
+            _QUESTION.reset(token)
+
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        """LlamaIndex ``predict``, routed on the template's question (``query_str``, ...)."""
+        with self._question(prompt, prompt_args):
+            return super().predict(prompt, **prompt_args)
+
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        """Async :meth:`predict`."""
+        with self._question(prompt, prompt_args):
+            return await super().apredict(prompt, **prompt_args)
+
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
+        """LlamaIndex ``stream``, routed on the template's question (``query_str``, ...)."""
+        with self._question(prompt, prompt_args):
+            return super().stream(prompt, **prompt_args)
+
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
+        """Async :meth:`stream`."""
+        with self._question(prompt, prompt_args):
+            return await super().astream(prompt, **prompt_args)
+
+    def structured_predict(
+        self, output_cls: Any, prompt: Any, *args: Any, **prompt_args: Any
+    ) -> Any:
+        """LlamaIndex ``structured_predict``, routed on the template's question."""
+        with self._question(prompt, prompt_args):
+            return super().structured_predict(output_cls, prompt, *args, **prompt_args)
+
+    async def astructured_predict(
+        self, output_cls: Any, prompt: Any, *args: Any, **prompt_args: Any
+    ) -> Any:
+        """Async :meth:`structured_predict`."""
+        with self._question(prompt, prompt_args):
+            return await super().astructured_predict(output_cls, prompt, *args, **prompt_args)
 
     # -- planning and routing -------------------------------------------------------------------
-    def _check_model(self, model: str) -> None:
-        if model not in self._llms:
-            raise UnknownArmError(
-                f"model override {model!r} is not a candidate of this router; candidates are "
-                f"{list(self._llms)}."
-            )
-
     def _resolve_user(self, user_id: str | None, scopes: Sequence[RoutingScope]) -> str | None:
+        """The call's user: keyword, innermost scope, instance; never a guess.
+
+        Raises:
+            ConfigError: The call names no user while a scope of this router is open in another
+                thread (a worker thread does not inherit the scope).
+        """
         if user_id is not None:
             return user_id
         for current in scopes:
             if current.user_id is not None:
                 return current.user_id
-        return self.user_id
-
-    def _pinned(self, messages: Sequence[ChatMessage] | None) -> str | None:
-        if not messages:
-            return None
-        ids = pending_tool_call_ids(messages)
-        if not ids:
-            return None
-        with self._owners_lock:
-            for tool_id in ids:
-                owner = self._tool_owners.get(tool_id)
-                if owner is not None:
-                    return owner
+        if self.user_id is not None:
+            return self.user_id
+        if not scopes and scopes_in_other_threads(self._service):
+            raise ConfigError(
+                "this call names no user and sees no routing scope, but a scope of this router "
+                "is open in another thread: a thread (e.g. a ThreadPoolExecutor worker) does "
+                "not inherit the scope, and the router will not guess whose call it is. Fix: "
+                "run the work with the caller's context, executor.submit(contextvars."
+                "copy_context().run, fn, ...), or pass user_id=..., or use "
+                "router.for_user(...)."
+            )
         return None
 
     def _plan(
         self,
         kwargs: Mapping[str, Any],
+        text: str,
         messages: Sequence[ChatMessage] | None = None,
         *,
-        reason: str | None = None,
-        forced: str | None = None,
+        compare: str | None = None,
+        user_id: str | None = None,
     ) -> _Plan:
         rest = dict(kwargs)
-        user_id = rest.pop(USER_KWARG, None)
+        given_user = rest.pop(USER_KWARG, None)
         model = rest.pop(MODEL_KWARG, None)
         tools = rest.pop(_TOOLS_KWARG, None)
         scopes = active_scopes(self._service)
-        if forced is not None:
-            model, why = forced, reason or "override"
-        elif model is not None:
-            why = "override"
-        else:
+        if model is None and compare is None:
             model = next((s.model for s in scopes if s.model is not None), None)
-            why = "override"
-            if model is None:
-                model, why = self._pinned(messages), "tool_loop"
-            if model is None:
-                why = "routed"
-        if model is not None:
-            self._check_model(model)
-        exclude: tuple[str, ...] = ()
+        lacking: dict[str, list[str]] = {}
         if tools is not None:
-            exclude = tuple(n for n, llm in self._llms.items() if not can_call_tools(llm))
-            if model in exclude:
-                raise ConfigError(
-                    f"model {model!r} cannot call tools (it is not a function-calling "
-                    "LlamaIndex LLM); force a candidate that can, or call without tools."
-                )
-            if len(exclude) == len(self._llms):
-                raise ConfigError(
-                    f"none of the candidates {list(self._llms)} can call tools (none is a "
-                    "function-calling LlamaIndex LLM). Fix: add a function-calling candidate, "
-                    "or use a ReActAgent, which prompts for tools in text."
-                )
-        return _Plan(
-            user_id=self._resolve_user(user_id, scopes),
-            forced=model,
-            reason=why,
-            exclude=exclude,
-            tools=tools,
-            kwargs=rest,
+            lacking = {
+                n: ["tool_calling"] for n, llm in self._llms.items() if not can_call_tools(llm)
+            }
+        request = CallRequest(
+            text=text,
+            user_id=user_id or self._resolve_user(given_user, scopes),
+            model=compare or model,
+            lacking=lacking,
+            needs=("tool_calling",) if tools is not None else (),
+            pending_tool_calls=pending_tool_call_ids(messages) if messages else (),
+            compare=compare is not None,
         )
+        return _Plan(request, tools, rest)
 
-    def _decide(self, plan: _Plan, query: str) -> Decision:
-        return self._service.decide(
-            query,
-            plan.user_id,
-            exclude=plan.exclude,
-            only=list(self._llms),
-            forced=plan.forced,
-            metadata={"framework": "llama_index", "reason": plan.reason},
-        )
-
-    def _open(self, plan: _Plan, decision: Decision) -> _Route:
-        order = [m for m in decision.fallback_order if m in self._llms and m not in plan.exclude]
-        if plan.reason == "compare":
-            order = order[:1]
-        elif self.max_fallbacks is not None:
-            order = order[: 1 + self.max_fallbacks]
-        info: dict[str, Any] = {
-            **decision.metadata(),
-            "reason": plan.reason,
-            "model": decision.model,
-            "fallbacks": [],
-            "cost_usd": None,
-            "input_tokens": None,
-            "output_tokens": None,
-        }
-        route = _Route(
-            plan,
-            decision,
-            tuple(order),
-            info,
-            active_span_id.get(),
-            active_scopes(self._service),
-        )
+    def _decided(self, plan: _Plan, call: Call) -> _Route:
+        """The route of a decided call; the decision is announced to instrumentation."""
+        decision = call.decision
         dispatcher.event(
             RoutingDecisionEvent(
                 decision_id=decision.decision_id,
                 user_id=decision.user_id,
                 model=decision.model,
-                reason=plan.reason,
+                reason=call.reason,
                 scores=dict(decision.routing.scores),
                 ranking=list(decision.routing.ranking),
                 expected_cost_usd=float(decision.routing.expected_costs_usd[decision.model]),
                 quality_weight=float(decision.routing.quality_weight),
             )
         )
-        return route
+        return _Route(plan, call, active_span_id.get(), active_scopes(self._service))
 
-    def _route(
-        self, query: str, kwargs: Mapping[str, Any], messages: Sequence[ChatMessage] | None = None
-    ) -> _Route:
-        plan = self._plan(kwargs, messages)
-        return self._open(plan, self._decide(plan, query))
+    def _route(self, plan: _Plan) -> _Route:
+        return self._decided(plan, self.flow.start(plan.request))
 
-    async def _aroute(
-        self, query: str, kwargs: Mapping[str, Any], messages: Sequence[ChatMessage] | None = None
-    ) -> _Route:
-        plan = self._plan(kwargs, messages)
-        decision = await asyncio.to_thread(self._decide, plan, query)
-        return self._open(plan, decision)
+    async def _aroute(self, plan: _Plan) -> _Route:
+        return self._decided(plan, await asyncio.to_thread(self.flow.start, plan.request))
+
+    def _chat_plan(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> _Plan:
+        return self._plan(kwargs, query_text(messages, _QUESTION.get()), messages)
+
+    def _completion_plan(self, prompt: str, kwargs: Mapping[str, Any]) -> _Plan:
+        if _TOOLS_KWARG in kwargs:
+            raise ConfigError("tools need a chat call: use chat_with_tools(), not a completion.")
+        return self._plan(kwargs, routing_text([Turn("user", prompt)], _QUESTION.get()))
 
     # -- dispatch -------------------------------------------------------------------------------
-    def _failed(self, route: _Route, index: int, name: str, exc: Exception) -> None:
-        nxt = route.order[index + 1] if index + 1 < len(route.order) else None
-        logger.warning(
-            "candidate %r failed for decision %s (%s: %s); %s",
-            name,
-            route.decision.decision_id,
-            type(exc).__name__,
-            exc,
-            f"falling back to {nxt!r}" if nxt else "no candidate left",
-        )
-        dispatcher.event(
-            RoutingFallbackEvent(
-                decision_id=route.decision.decision_id,
-                failed_model=name,
-                error=f"{type(exc).__name__}: {exc}",
-                next_model=nxt,
-                span_id=route.span_id,
+    def _fallback_hook(self, route: _Route) -> Callable[[str, BaseException, str | None], None]:
+        def announce(name: str, exc: BaseException, nxt: str | None) -> None:
+            dispatcher.event(
+                RoutingFallbackEvent(
+                    decision_id=route.call.decision.decision_id,
+                    failed_model=name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    next_model=nxt,
+                    span_id=route.span_id,
+                )
             )
-        )
 
-    def _succeeded(self, route: _Route, name: str, failed: list[tuple[str, Exception]]) -> None:
-        route.info["model"] = name
-        route.info["fallbacks"] = [n for n, _ in failed]
-
-    def _exhausted(self, route: _Route, failed: list[tuple[str, Exception]]) -> DispatchError:
-        detail = "; ".join(f"{n!r} raised {type(e).__name__}: {e}" for n, e in failed)
-        limit = ""
-        if len(route.order) < len(self._llms) and route.plan.reason != "compare":
-            limit = f" (max_fallbacks={self.max_fallbacks} limited the candidates tried)"
-        return DispatchError(
-            f"every candidate tried for this call failed{limit}, decision "
-            f"{route.decision.decision_id}, user {route.decision.user_id!r}: {detail}. Fix: check "
-            "those providers' credentials, quotas and network (the first error is chained "
-            "below), or force a working candidate with model=..."
-        )
+        return announce
 
     def _dispatch(self, route: _Route, call: Callable[[LLM], _T]) -> tuple[_T, str]:
-        failed: list[tuple[str, Exception]] = []
-        for index, name in enumerate(route.order):
-            try:
-                result = call(self._llms[name])
-            except Exception as exc:
-                failed.append((name, exc))
-                self._failed(route, index, name, exc)
-                continue
-            self._succeeded(route, name, failed)
-            return result, name
-        raise self._exhausted(route, failed) from failed[0][1]
+        return self.flow.attempt(
+            route.call,
+            lambda name: call(self._dispatched[name]),
+            on_failure=self._fallback_hook(route),
+        )
 
     async def _adispatch(
         self, route: _Route, call: Callable[[LLM], Awaitable[_T]]
     ) -> tuple[_T, str]:
-        failed: list[tuple[str, Exception]] = []
-        for index, name in enumerate(route.order):
-            try:
-                result = await call(self._llms[name])
-            except Exception as exc:
-                failed.append((name, exc))
-                self._failed(route, index, name, exc)
-                continue
-            self._succeeded(route, name, failed)
-            return result, name
-        raise self._exhausted(route, failed) from failed[0][1]
-
-    def _chat_kwargs(
-        self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]
-    ) -> dict[str, Any]:
-        request = route.plan.tools
-        if request is None:
-            return {**route.plan.kwargs, "messages": messages}
-        assert isinstance(llm, FunctionCallingLLM)  # others are excluded by _plan
-        prepared = llm._prepare_chat_with_tools_compat(
-            list(request.tools),
-            user_msg=None,
-            chat_history=list(messages),
-            verbose=request.verbose,
-            allow_parallel_tool_calls=request.allow_parallel_tool_calls,
-            tool_required=request.tool_required,
-            **request.extra,
+        return await self.flow.aattempt(
+            route.call,
+            lambda name: call(self._dispatched[name]),
+            on_failure=self._fallback_hook(route),
         )
-        return {**route.plan.kwargs, **prepared}
+
+    # Tool calls go through the candidate's public *chat_with_tools, which prepares the tools in
+    # its provider's format and validates its own answer.
+    @staticmethod
+    def _tools_llm(llm: LLM) -> FunctionCallingLLM:
+        return cast(FunctionCallingLLM, llm)  # candidates that cannot call tools are excluded
+
+    def _chat(self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]) -> ChatResponse:
+        request, kwargs = route.plan.tools, route.plan.kwargs
+        if request is None:
+            return llm.chat(messages, **kwargs)
+        return self._tools_llm(llm).chat_with_tools(**request.arguments(messages, kwargs))
+
+    async def _achat(
+        self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]
+    ) -> ChatResponse:
+        request, kwargs = route.plan.tools, route.plan.kwargs
+        if request is None:
+            return await llm.achat(messages, **kwargs)
+        return await self._tools_llm(llm).achat_with_tools(**request.arguments(messages, kwargs))
+
+    def _stream(self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]) -> ChatResponseGen:
+        request, kwargs = route.plan.tools, route.plan.kwargs
+        if request is None:
+            return llm.stream_chat(messages, **kwargs)
+        return self._tools_llm(llm).stream_chat_with_tools(**request.arguments(messages, kwargs))
+
+    async def _astream(
+        self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]
+    ) -> ChatResponseAsyncGen:
+        request, kwargs = route.plan.tools, route.plan.kwargs
+        if request is None:
+            return await llm.astream_chat(messages, **kwargs)
+        tools_llm = self._tools_llm(llm)
+        return await tools_llm.astream_chat_with_tools(**request.arguments(messages, kwargs))
 
     # -- completion bookkeeping -----------------------------------------------------------------
-    def _record(self, route: _Route, usage: tuple[int, int] | None) -> None:
-        """Store who answered and what it cost (thread-safe; no events)."""
-        model = route.info["model"]
+    def _book(self, route: _Route, usage: tuple[int, int] | None) -> None:
+        """Record who answered and what it cost with the core (thread-safe; no events)."""
         in_tokens, out_tokens = usage if usage is not None else (None, None)
-        try:
-            cost = self._service.complete(
-                route.decision,
-                model=model,
-                input_tokens=in_tokens,
-                output_tokens=out_tokens,
-                fallbacks=route.info["fallbacks"],
-            )
-        except StoreError:
-            logger.warning(
-                "could not store the outcome of decision %s; the answer is returned anyway",
-                route.decision.decision_id,
-                exc_info=True,
-            )
-            cost = self._service.cost_of(model, in_tokens, out_tokens)
-        route.info.update(cost_usd=cost, input_tokens=in_tokens, output_tokens=out_tokens)
+        self.flow.finish(
+            route.call, route.call.model, input_tokens=in_tokens, output_tokens=out_tokens
+        )
 
     def _announce(self, route: _Route, response: ChatResponse | CompletionResponse | None) -> None:
         """Dispatch the completion event and log the call in the active scopes."""
         info = route.info
         dispatcher.event(
             RoutingCompletedEvent(
-                decision_id=route.decision.decision_id,
-                user_id=route.decision.user_id,
+                decision_id=route.call.decision.decision_id,
+                user_id=route.call.decision.user_id,
                 model=info["model"],
-                fallbacks=list(info["fallbacks"]),
+                fallbacks=[f["model"] for f in info["fallbacks"]],
                 input_tokens=info["input_tokens"],
                 output_tokens=info["output_tokens"],
                 cost_usd=info["cost_usd"],
+                cost_is_estimate=info["cost_is_estimate"],
                 span_id=route.span_id,
             )
         )
@@ -578,19 +612,13 @@ class MetaRouterLLM(FunctionCallingLLM):
         """Keep the next turn of a tool loop on the model that issued the tool calls."""
         if route.plan.tools is None:
             return
-        model = route.info["model"]
+        model = route.call.model
         try:
             calls = self._tool_calls(self._llms[model], response, error_on_no_tool_call=False)
         except Exception:  # a candidate that cannot parse its own reply: nothing to pin
             logger.debug("could not read tool calls of %r", model, exc_info=True)
             return
-        with self._owners_lock:
-            for call in calls:
-                if call.tool_id:
-                    self._tool_owners[call.tool_id] = model
-                    self._tool_owners.move_to_end(call.tool_id)
-            while len(self._tool_owners) > _MAX_TOOL_OWNERS:
-                self._tool_owners.popitem(last=False)
+        self.flow.remember_tool_calls(model, [c.tool_id for c in calls if c.tool_id])
 
     @staticmethod
     def _annotate(response: _R, info: dict[str, Any]) -> _R:
@@ -605,14 +633,15 @@ class MetaRouterLLM(FunctionCallingLLM):
         return annotated
 
     def _finish(self, route: _Route, response: _R) -> _R:
-        self._record(route, usage_of(response))
+        self._book(route, usage_of(response))
         return self._settle(route, self._annotate(response, dict(route.info)))
 
     async def _afinish(self, route: _Route, response: _R) -> _R:
-        await asyncio.to_thread(self._record, route, usage_of(response))
+        await asyncio.to_thread(self._book, route, usage_of(response))
         return self._settle(route, self._annotate(response, dict(route.info)))
 
-    def _stream_usage(self, first: Any, last: Any) -> tuple[int, int] | None:
+    @staticmethod
+    def _stream_usage(first: Any, last: Any) -> tuple[int, int] | None:
         for chunk in (last, first):
             if chunk is not None:
                 usage = usage_of(chunk)
@@ -622,17 +651,8 @@ class MetaRouterLLM(FunctionCallingLLM):
 
     def _closed_early(self, route: _Route, first: _R, last: _R) -> None:
         """Book a stream the consumer closed before the end (usage as far as it went)."""
-        self._record(route, self._stream_usage(first, last))
+        self._book(route, self._stream_usage(first, last))
         self._announce(route, self._annotate(last, route.info))
-
-    @staticmethod
-    def _warn_mid_stream(route: _Route) -> None:
-        logger.warning(
-            "candidate %r failed mid-stream for decision %s; chunks already sent cannot be "
-            "retracted, so there is no fallback",
-            route.info["model"],
-            route.decision.decision_id,
-        )
 
     def _relay(
         self, route: _Route, first: _R | None, rest: Iterator[_R]
@@ -640,26 +660,24 @@ class MetaRouterLLM(FunctionCallingLLM):
         """Re-yield a candidate's stream with routing data; book the call once exhausted.
 
         Every chunk shares one routing dict, so ``cost_usd`` appears on the chunks already
-        received once the stream is exhausted.
+        received once the stream is exhausted. A failure after the first chunk raises
+        :class:`~metarouter.errors.DispatchError` (no fallback mid-stream).
         """
         info = route.info
         if first is None:
-            self._record(route, None)
+            self._book(route, None)
             self._announce(route, None)
             return
         last: _R = first
         try:
             yield self._annotate(first, info)
-            for chunk in rest:
+            for chunk in self.flow.relay(route.call, rest):
                 last = chunk
                 yield self._annotate(chunk, info)
         except GeneratorExit:  # the consumer stopped early: book what was produced
             self._closed_early(route, first, last)
             raise
-        except Exception:
-            self._warn_mid_stream(route)
-            raise
-        self._record(route, self._stream_usage(first, last))
+        self._book(route, self._stream_usage(first, last))
         self._settle(route, self._annotate(last, info))
 
     async def _arelay(
@@ -668,43 +686,34 @@ class MetaRouterLLM(FunctionCallingLLM):
         """Async twin of :meth:`_relay`."""
         info = route.info
         if first is None:
-            await asyncio.to_thread(self._record, route, None)
+            await asyncio.to_thread(self._book, route, None)
             self._announce(route, None)
             return
         last: _R = first
         try:
             yield self._annotate(first, info)
-            async for chunk in rest:
+            async for chunk in self.flow.arelay(route.call, rest):
                 last = chunk
                 yield self._annotate(chunk, info)
         except GeneratorExit:  # closed early: book synchronously (no awaiting while closing)
             self._closed_early(route, first, last)
             raise
-        except Exception:
-            self._warn_mid_stream(route)
-            raise
-        await asyncio.to_thread(self._record, route, self._stream_usage(first, last))
+        await asyncio.to_thread(self._book, route, self._stream_usage(first, last))
         self._settle(route, self._annotate(last, info))
 
     # -- LlamaIndex LLM interface ---------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Route and run a chat call (``user_id=`` / ``model=`` keywords optional)."""
-        route = self._route(messages_text(messages), kwargs, messages)
-        response, _ = self._dispatch(
-            route, lambda llm: llm.chat(**self._chat_kwargs(llm, route, messages))
-        )
+        route = self._route(self._chat_plan(messages, kwargs))
+        response, _ = self._dispatch(route, lambda llm: self._chat(llm, route, messages))
         return self._finish(route, response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`, awaiting the candidate's own ``achat``."""
-        route = await self._aroute(messages_text(messages), kwargs, messages)
-
-        async def call(llm: LLM) -> ChatResponse:
-            return await llm.achat(**self._chat_kwargs(llm, route, messages))
-
-        response, _ = await self._adispatch(route, call)
+        route = await self._aroute(self._chat_plan(messages, kwargs))
+        response, _ = await self._adispatch(route, lambda llm: self._achat(llm, route, messages))
         return await self._afinish(route, response)
 
     @llm_chat_callback()
@@ -712,14 +721,12 @@ class MetaRouterLLM(FunctionCallingLLM):
         """Route and stream a chat call.
 
         Falls back to the next-best candidate if the chosen one fails before its first chunk;
-        after that, errors propagate (sent chunks cannot be taken back).
+        after that, a failure raises ``DispatchError`` (sent chunks cannot be taken back).
         """
-        route = self._route(messages_text(messages), kwargs, messages)
-
-        def call(llm: LLM) -> tuple[ChatResponse | None, Iterator[ChatResponse]]:
-            return _prime(llm.stream_chat(**self._chat_kwargs(llm, route, messages)))
-
-        (first, rest), _ = self._dispatch(route, call)
+        route = self._route(self._chat_plan(messages, kwargs))
+        (first, rest), _ = self._dispatch(
+            route, lambda llm: _prime(self._stream(llm, route, messages))
+        )
         return self._relay(route, first, rest)
 
     @llm_chat_callback()
@@ -727,10 +734,10 @@ class MetaRouterLLM(FunctionCallingLLM):
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`, relaying the candidate's own ``astream_chat``."""
-        route = await self._aroute(messages_text(messages), kwargs, messages)
+        route = await self._aroute(self._chat_plan(messages, kwargs))
 
         async def call(llm: LLM) -> tuple[ChatResponse | None, AsyncIterator[ChatResponse]]:
-            return await _aprime(await llm.astream_chat(**self._chat_kwargs(llm, route, messages)))
+            return await _aprime(await self._astream(llm, route, messages))
 
         (first, rest), _ = await self._adispatch(route, call)
         return self._arelay(route, first, rest)
@@ -738,7 +745,7 @@ class MetaRouterLLM(FunctionCallingLLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Route and run a completion call (``user_id=`` / ``model=`` keywords optional)."""
-        route = self._route(prompt, _no_tools(kwargs))
+        route = self._route(self._completion_plan(prompt, kwargs))
         response, _ = self._dispatch(
             route, lambda llm: llm.complete(prompt, formatted=formatted, **route.plan.kwargs)
         )
@@ -749,7 +756,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`, awaiting the candidate's own ``acomplete``."""
-        route = await self._aroute(prompt, _no_tools(kwargs))
+        route = await self._aroute(self._completion_plan(prompt, kwargs))
 
         async def call(llm: LLM) -> CompletionResponse:
             return await llm.acomplete(prompt, formatted=formatted, **route.plan.kwargs)
@@ -762,7 +769,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Route and stream a completion (fallback until the first chunk, as for chat)."""
-        route = self._route(prompt, _no_tools(kwargs))
+        route = self._route(self._completion_plan(prompt, kwargs))
 
         def call(llm: LLM) -> tuple[CompletionResponse | None, Iterator[CompletionResponse]]:
             return _prime(llm.stream_complete(prompt, formatted=formatted, **route.plan.kwargs))
@@ -775,7 +782,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`, relaying the candidate's own ``astream_complete``."""
-        route = await self._aroute(prompt, _no_tools(kwargs))
+        route = await self._aroute(self._completion_plan(prompt, kwargs))
 
         async def call(
             llm: LLM,
@@ -820,26 +827,6 @@ class MetaRouterLLM(FunctionCallingLLM):
         info = routing_info(response)
         return self._llms.get(str(info.get("model"))) if info is not None else None
 
-    def _validate_chat_with_tools_response(
-        self,
-        response: ChatResponse,
-        tools: Sequence[BaseTool],
-        allow_parallel_tool_calls: bool = False,
-        **kwargs: Any,
-    ) -> ChatResponse:
-        """Let the candidate that answered validate its own tool-call response."""
-        llm = self._answering_llm(response)
-        if not isinstance(llm, FunctionCallingLLM):
-            return response
-        extra = {k: v for k, v in kwargs.items() if k not in (USER_KWARG, MODEL_KWARG)}
-        checked = llm._validate_chat_with_tools_response(
-            response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **extra
-        )
-        info = routing_info(response)
-        if routing_info(checked) is None and info is not None:
-            checked = self._annotate(checked, info)
-        return checked
-
     @staticmethod
     def _tool_calls(
         llm: LLM | None, response: ChatResponse, error_on_no_tool_call: bool, **kwargs: Any
@@ -871,39 +858,44 @@ class MetaRouterLLM(FunctionCallingLLM):
         )
 
     # -- pairwise feedback ----------------------------------------------------------------------
+    @staticmethod
     def _comparison_input(
-        self, query: str | Sequence[ChatMessage]
+        query: str | Sequence[ChatMessage],
     ) -> tuple[Sequence[ChatMessage] | None, str]:
         if isinstance(query, str):
-            return None, query
+            return None, routing_text([Turn("user", query)])
         seq = query if isinstance(query, Sequence) else ()
         messages = [m for m in seq if isinstance(m, ChatMessage)]
         if messages and len(messages) == len(seq):
-            return messages, messages_text(messages)
+            return messages, query_text(messages)
         raise ConfigError(
             f"compare() takes a prompt string or a list of ChatMessage, got {type(query).__name__}."
         )
 
     def _pair_plans(
-        self, text: str, user_id: str | None, kwargs: Mapping[str, Any]
-    ) -> tuple[str, list[_Plan]]:
+        self,
+        query: str | Sequence[ChatMessage],
+        user_id: str | None,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[Sequence[ChatMessage] | None, str, list[_Plan]]:
         if MODEL_KWARG in kwargs:
             raise ConfigError(
                 "compare() picks the two models itself; to run one model, call "
                 "chat(..., model=...)."
             )
+        messages, text = self._comparison_input(query)
         rest = {k: v for k, v in kwargs.items() if k != USER_KWARG}
         scopes = active_scopes(self._service)
-        uid = self._service.user(self._resolve_user(user_id or kwargs.get(USER_KWARG), scopes))
-        foreign = [n for n in self._service.arm_names if n not in self._llms]
-        pair = self._service.suggest_pair(text, uid, exclude=foreign)
-        return uid, [self._plan(rest, reason="compare", forced=name) for name in pair]
+        uid = self._resolve_user(user_id or kwargs.get(USER_KWARG), scopes)
+        pair = self.flow.pair(text, uid)
+        plans = [self._plan(rest, text, messages, compare=name, user_id=uid) for name in pair]
+        return messages, text, plans
 
-    def _pair_call(
+    def _pair_answer(
         self, route: _Route, messages: Sequence[ChatMessage] | None, text: str
     ) -> Callable[[LLM], ChatResponse | CompletionResponse]:
         if messages is not None:
-            return lambda llm: llm.chat(**self._chat_kwargs(llm, route, messages))
+            return lambda llm: self._chat(llm, route, messages)
         return lambda llm: llm.complete(text, **route.plan.kwargs)
 
     @dispatcher.span
@@ -916,9 +908,9 @@ class MetaRouterLLM(FunctionCallingLLM):
     ) -> ComparePair:
         """Answer ``query`` with two candidates worth comparing, for the user to choose from.
 
-        The pair is the router's current choice and the candidate whose expected cost differs
-        most from it (:meth:`RoutingService.suggest_pair`), so the user's choice says most about
-        their cost-vs-quality taste. About six such choices personalise routing.
+        The pair is the router's suggestion (:meth:`~metarouter.dispatch.CallFlow.pair`),
+        chosen so that the user's choice says most about their cost-vs-quality taste. About six
+        such choices personalise routing.
 
         Args:
             query: A prompt (answered with ``complete``) or chat messages (``chat``).
@@ -928,14 +920,13 @@ class MetaRouterLLM(FunctionCallingLLM):
         Returns:
             The two answers; call ``.prefer(0 or 1)`` with the better one.
         """
-        messages, text = self._comparison_input(query)
-        uid, plans = self._pair_plans(text, user_id, kwargs)
+        messages, text, plans = self._pair_plans(query, user_id, kwargs)
         answers = []
         for plan in plans:
-            route = self._open(plan, self._decide(replace(plan, user_id=uid), text))
-            response, _ = self._dispatch(route, self._pair_call(route, messages, text))
+            route = self._route(plan)
+            response, _ = self._dispatch(route, self._pair_answer(route, messages, text))
             answers.append(RoutedCall.from_response(self._finish(route, response)))
-        return ComparePair(text, uid, (answers[0], answers[1]), self)
+        return ComparePair.of(text, (answers[0], answers[1]), self)
 
     @dispatcher.span
     async def acompare(
@@ -946,23 +937,26 @@ class MetaRouterLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> ComparePair:
         """Async :meth:`compare`: both candidates run concurrently."""
-        messages, text = self._comparison_input(query)
-        uid, plans = await asyncio.to_thread(self._pair_plans, text, user_id, kwargs)
+        messages, text, plans = await asyncio.to_thread(self._pair_plans, query, user_id, kwargs)
 
         async def one(plan: _Plan) -> RoutedCall:
-            decision = await asyncio.to_thread(self._decide, replace(plan, user_id=uid), text)
-            route = self._open(plan, decision)
+            route = await self._aroute(plan)
 
             async def call(llm: LLM) -> ChatResponse | CompletionResponse:
                 if messages is not None:
-                    return await llm.achat(**self._chat_kwargs(llm, route, messages))
+                    return await self._achat(llm, route, messages)
                 return await llm.acomplete(text, **route.plan.kwargs)
 
             response, _ = await self._adispatch(route, call)
             return RoutedCall.from_response(await self._afinish(route, response))
 
         first, second = await asyncio.gather(one(plans[0]), one(plans[1]))
-        return ComparePair(text, uid, (first, second), self)
+        return ComparePair.of(text, (first, second), self)
+
+    def _known_user(self) -> str | None:
+        """The scope's or this instance's user, without refusing (for feedback defaults)."""
+        scopes = active_scopes(self._service)
+        return next((s.user_id for s in scopes if s.user_id is not None), self.user_id)
 
     def record_preference(
         self,
@@ -993,15 +987,11 @@ class MetaRouterLLM(FunctionCallingLLM):
         Raises:
             FeedbackError: See :meth:`RoutingService.record_preference`.
         """
-        from metarouter.service import Response
-
-        win, lose = as_feedback_item(winner), as_feedback_item(loser)
-        if user_id is None and all(
-            isinstance(x, Response) and x.decision_id is None for x in (win, lose)
-        ):
-            user_id = self._resolve_user(None, active_scopes(self._service))
+        sides = (as_feedback_item(winner), as_feedback_item(loser))
+        if user_id is None:
+            user_id = default_feedback_user(sides, self._known_user())
         record = self._service.record_preference(
-            win, lose, user_id=user_id, query=query, source=source
+            *sides, user_id=user_id, query=query, source=source
         )
         pref = self._service.preference(record.user_id)
         dispatcher.event(
@@ -1038,7 +1028,7 @@ class MetaRouterLLM(FunctionCallingLLM):
 
         Default user: the scope's, else this instance's, else the service's default.
         """
-        return self._service.preference(self._resolve_user(user_id, active_scopes(self._service)))
+        return self._service.preference(user_id if user_id is not None else self._known_user())
 
     def add_feedback_listener(self, listener: FeedbackListener) -> FeedbackListener:
         """Call ``listener(event)`` whenever feedback is recorded or a preference re-estimated.
@@ -1052,12 +1042,6 @@ class MetaRouterLLM(FunctionCallingLLM):
     def remove_feedback_listener(self, listener: FeedbackListener) -> None:
         """Stop calling ``listener``."""
         self._service.remove_listener(listener)
-
-
-def _no_tools(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
-    if _TOOLS_KWARG in kwargs:
-        raise ConfigError("tools need a chat call: use chat_with_tools(), not a completion.")
-    return kwargs
 
 
 def _prime(stream: Iterator[_R]) -> tuple[_R | None, Iterator[_R]]:

@@ -17,7 +17,14 @@ from metarouter.pricing import DEFAULT_OUTPUT_TOKENS, Price
 if TYPE_CHECKING:
     from metarouter.service import ArmSpec
 
-__all__ = ["Candidate", "CandidateLike", "can_call_tools", "merged_metadata", "resolve_candidates"]
+__all__ = [
+    "Candidate",
+    "CandidateLike",
+    "can_call_tools",
+    "dispatched_llm",
+    "merged_metadata",
+    "resolve_candidates",
+]
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,25 @@ def resolve_candidates(
         llms[name] = candidate.llm
         specs.append(separate.get(name) or candidate.arm(name))
     return llms, specs, described
+
+
+def dispatched_llm(llm: LLM) -> LLM:
+    """The candidate as the router calls it: asking for token usage in streams where it can.
+
+    OpenAI-compatible servers send no usage in a stream unless asked, and a streamed call
+    without usage has no real cost. LlamaIndex's ``OpenAI`` and ``OpenAILike`` send
+    ``additional_kwargs["stream_options"]`` on streamed requests only, so a copy with
+    ``{"include_usage": True}`` there is used (the LLM passed in is not changed; a
+    ``stream_options`` of its own is kept).
+    """
+    if not any(c.__module__.startswith("llama_index.llms.openai") for c in type(llm).__mro__):
+        return llm
+    extra = getattr(llm, "additional_kwargs", None)
+    if not isinstance(extra, Mapping) or "stream_options" in extra:
+        return llm
+    return llm.model_copy(
+        update={"additional_kwargs": {**extra, "stream_options": {"include_usage": True}}}
+    )
 
 
 def can_call_tools(llm: LLM) -> bool:

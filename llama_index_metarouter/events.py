@@ -90,10 +90,15 @@ class RoutingCompletedEvent(BaseEvent):
     output_tokens: int | None = Field(description="Answer tokens the candidate reported.")
     """Answer tokens the candidate reported."""
     cost_usd: float | None = Field(
-        description="Cost in USD from the reported usage and the candidate's price "
-        "(None when the candidate reports no usage or has no price)."
+        description="Cost in USD: the reported usage at the candidate's price, else the "
+        "router's expected cost for the call (then cost_is_estimate is True)."
     )
-    """Cost in USD from the reported usage and the candidate's price (None if unknown)."""
+    """Cost in USD: reported usage at the candidate's price, else the expected cost."""
+    cost_is_estimate: bool = Field(
+        default=False,
+        description="True when cost_usd is the router's expected cost (no usage or no price).",
+    )
+    """True when ``cost_usd`` is the router's expected cost (no usage or no price)."""
 
     @classmethod
     def class_name(cls) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from metarouter.errors import FeedbackError
+from metarouter.feedback import Pair
 from metarouter.store.records import ComparisonRecord
 
 from llama_index_metarouter.utils import routing_info
@@ -45,7 +46,9 @@ class RoutedCall:
         reason: 'routed', 'override', 'tool_loop' or 'compare'.
         scores: Policy probability of each candidate.
         expected_cost_usd: Expected cost of the chosen model.
-        cost_usd: Real cost from reported usage (None if unknown, or a stream not yet done).
+        cost_usd: Cost in USD: the reported usage at the candidate's price, else the router's
+            expected cost (``cost_is_estimate``); None only for a stream not yet done.
+        cost_is_estimate: Whether ``cost_usd`` is the expected cost, not a measured one.
         input_tokens: Prompt tokens the candidate reported.
         output_tokens: Answer tokens the candidate reported.
         fallbacks: Candidates that failed before ``model`` answered.
@@ -61,6 +64,7 @@ class RoutedCall:
     scores: Mapping[str, float]
     expected_cost_usd: float
     cost_usd: float | None = None
+    cost_is_estimate: bool = False
     input_tokens: int | None = None
     output_tokens: int | None = None
     fallbacks: tuple[str, ...] = ()
@@ -90,9 +94,10 @@ class RoutedCall:
             scores=dict(info.get("scores", {})),
             expected_cost_usd=float(info.get("expected_cost_usd", 0.0)),
             cost_usd=info.get("cost_usd"),
+            cost_is_estimate=bool(info.get("cost_is_estimate", False)),
             input_tokens=info.get("input_tokens"),
             output_tokens=info.get("output_tokens"),
-            fallbacks=tuple(info.get("fallbacks", ())),
+            fallbacks=tuple(f["model"] for f in info.get("fallbacks", ())),
             text=text,
             response=response,
         )
@@ -134,7 +139,7 @@ class ComparePair:
     Returned by :meth:`MetaRouterLLM.compare`; call :meth:`prefer` with the better one.
 
     Attributes:
-        query: The query text both answered.
+        query: The routing text both answered.
         user_id: Whose comparison it is.
         answers: The two answers (their ``text``, ``model`` and ``cost_usd``).
     """
@@ -143,6 +148,13 @@ class ComparePair:
     user_id: str
     answers: tuple[RoutedCall, RoutedCall]
     recorder: _Recorder = field(repr=False, compare=False)
+
+    @classmethod
+    def of(
+        cls, query: str, answers: tuple[RoutedCall, RoutedCall], recorder: _Recorder
+    ) -> ComparePair:
+        """The pair of two routed answers (the user is theirs)."""
+        return cls(query, answers[0].user_id, answers, recorder)
 
     @property
     def models(self) -> tuple[str, str]:
@@ -154,33 +166,30 @@ class ComparePair:
         """Decision ids of the two answers."""
         return self.answers[0].decision_id, self.answers[1].decision_id
 
-    def _pick(self, winner: int | str | RoutedCall) -> tuple[RoutedCall, RoutedCall]:
-        first, second = self.answers
-        if isinstance(winner, bool):  # bool is an int: refuse the ambiguity
-            raise FeedbackError("prefer() takes 0, 1, a model name or one of the answers.")
-        if isinstance(winner, int) and winner in (0, 1):
-            return (first, second) if winner == 0 else (second, first)
-        if isinstance(winner, RoutedCall) and winner in self.answers:
-            return (first, second) if winner == first else (second, first)
-        if isinstance(winner, str) and winner in (first.model, first.decision_id):
-            return first, second
-        if isinstance(winner, str) and winner in (second.model, second.decision_id):
-            return second, first
-        raise FeedbackError(
-            f"prefer() takes 0, 1, a model name ({first.model!r} or {second.model!r}) or one of "
-            f"the answers, got {winner!r}."
-        )
+    @property
+    def pair(self) -> Pair:
+        """The core's view of the pair."""
+        return Pair(self.query, self.user_id, self.models, self.decision_ids)
 
-    def prefer(self, winner: int | str | RoutedCall) -> ComparisonRecord:
+    def prefer(self, winner: int | str | RoutedCall | ChatResponse | CompletionResponse) -> Any:
         """Record that ``winner``'s answer was worth it over the other one.
 
         Args:
-            winner: 0 or 1 (index into :attr:`answers`), a model name, or one of the answers.
+            winner: 0 or 1 (index into :attr:`answers`), a model name or decision id, or one of
+                the answers (the rule of :class:`metarouter.feedback.Pair`: ``True`` and
+                ``1.0`` are refused).
 
         Returns:
             The stored comparison.
+
+        Raises:
+            FeedbackError: ``winner`` names neither answer.
         """
-        win, lose = self._pick(winner)
+        if isinstance(winner, RoutedCall):
+            winner = winner.decision_id
+        elif isinstance(winner, (ChatResponse, CompletionResponse)):
+            winner = RoutedCall.from_response(winner).decision_id
+        win, lose = self.pair.choose(winner)
         return self.recorder.record_preference(win, lose, user_id=self.user_id, source="compare")
 
 

@@ -5,16 +5,31 @@ cannot reach it. A scope, entered with :meth:`MetaRouterLLM.scope`, sets the use
 optionally forces a model) for every routed call made inside it, and collects those calls so
 the app can give feedback on them. Scopes live in a :class:`contextvars.ContextVar`: they
 follow ``async`` tasks and never leak between threads or concurrent requests.
+
+A thread started inside a scope does not inherit it (a ``ThreadPoolExecutor`` worker runs with
+its own context). So that such a call is not silently booked under the default user, the
+router counts the scopes open in each thread: a call that names no user, sees no scope and has
+no instance user, made while a scope of the same router is open in another thread, is refused
+(:func:`scopes_in_other_threads`) with a message saying how to pass the scope on.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 from llama_index_metarouter.feedback import RoutedCall
 
-__all__ = ["RoutingScope", "active_scopes", "pop_scope", "push_scope"]
+__all__ = [
+    "RoutingScope",
+    "active_scopes",
+    "pop_scope",
+    "push_scope",
+    "scopes_in_other_threads",
+]
 
 
 @dataclass
@@ -48,6 +63,9 @@ class RoutingScope:
 
 
 _SCOPES: ContextVar[tuple[RoutingScope, ...]] = ContextVar("metarouter_scopes", default=())
+#: Open scopes per owner, counted per thread id.
+_OPEN: WeakKeyDictionary[object, Counter[int]] = WeakKeyDictionary()
+_OPEN_LOCK = threading.Lock()
 
 
 def active_scopes(owner: object) -> list[RoutingScope]:
@@ -55,11 +73,29 @@ def active_scopes(owner: object) -> list[RoutingScope]:
     return [s for s in reversed(_SCOPES.get()) if s.owner is owner]
 
 
-def push_scope(scope: RoutingScope) -> object:
+def scopes_in_other_threads(owner: object) -> int:
+    """How many scopes of ``owner`` are open in threads other than this one."""
+    here = threading.get_ident()
+    with _OPEN_LOCK:
+        counts = _OPEN.get(owner) or Counter()
+        return sum(n for thread, n in counts.items() if thread != here)
+
+
+def push_scope(scope: RoutingScope) -> tuple[object, int]:
     """Enter ``scope``; returns the token :func:`pop_scope` needs."""
-    return _SCOPES.set((*_SCOPES.get(), scope))
+    thread = threading.get_ident()
+    with _OPEN_LOCK:
+        _OPEN.setdefault(scope.owner, Counter())[thread] += 1
+    return _SCOPES.set((*_SCOPES.get(), scope)), thread
 
 
-def pop_scope(token: object) -> None:
-    """Leave the scope entered with ``token``."""
-    _SCOPES.reset(token)  # type: ignore[arg-type]
+def pop_scope(scope: RoutingScope, token: tuple[object, int]) -> None:
+    """Leave ``scope``, entered with ``token``."""
+    context_token, thread = token
+    _SCOPES.reset(context_token)  # type: ignore[arg-type]
+    with _OPEN_LOCK:
+        counts = _OPEN.get(scope.owner)
+        if counts is not None:
+            counts[thread] -= 1
+            if counts[thread] <= 0:
+                del counts[thread]

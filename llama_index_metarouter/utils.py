@@ -1,8 +1,9 @@
 """Conversions between LlamaIndex objects and what the routing core needs.
 
-Nothing here routes or learns: it turns messages into the text the router embeds, reads the
-token usage a candidate reports, finds tool-call ids in a conversation, and reads or writes the
-routing data that :class:`~llama_index_metarouter.MetaRouterLLM` attaches to responses.
+Nothing here routes or learns: it turns messages into the turns of the core's routing-text
+rule (:mod:`metarouter.text`), reads the token usage a candidate reports, finds tool-call ids in
+a conversation, and reads the routing data that :class:`~llama_index_metarouter.MetaRouterLLM`
+attaches to responses.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
+from metarouter.text import Role, Turn, routing_text
 
 __all__ = [
     "ROUTING_KEY",
-    "messages_text",
     "pending_tool_call_ids",
+    "query_text",
     "routing_info",
+    "to_turns",
     "tool_calls_from_blocks",
     "usage_of",
 ]
@@ -39,15 +42,27 @@ _OUTPUT_KEYS = ("completion_tokens", "output_tokens", "candidates_token_count", 
 LLMResponse = ChatResponse | CompletionResponse
 
 
-def messages_text(messages: Sequence[ChatMessage]) -> str:
-    """The text the router sees for a conversation: message texts joined by blank lines.
+_ROLES: dict[MessageRole, Role] = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
 
-    The router embeds the tail of long prompts (the latest question) and estimates the prompt
-    length from the whole text, so every message with text content is kept, in order.
-    Messages without text (pure tool calls) are skipped.
+
+def to_turns(messages: Sequence[ChatMessage]) -> list[Turn]:
+    """The messages as the core's routing-text rule sees them (role and text)."""
+    return [Turn(_ROLES.get(m.role, "assistant"), m.content or "") for m in messages]
+
+
+def query_text(messages: Sequence[ChatMessage], question: str | None = None) -> str:
+    """The text the router embeds for a chat call: :func:`metarouter.text.routing_text`.
+
+    ``question`` is the user's question when a prompt template named it (``query_str``, ...):
+    then retrieved context in the same message does not enter the routing text.
     """
-    parts = [m.content for m in messages if m.content]
-    return "\n\n".join(parts)
+    return routing_text(to_turns(messages), question)
 
 
 def _as_mapping(value: Any) -> Mapping[str, Any] | None:

@@ -7,6 +7,7 @@ anything raised by this library.
 from __future__ import annotations
 
 __all__ = [
+    "AttemptTimeoutError",
     "ConfigError",
     "DataError",
     "DependencyError",
@@ -51,7 +52,18 @@ class FeedbackError(MetaRouterError, ValueError):
 
 
 class DispatchError(MetaRouterError, RuntimeError):
-    """Every eligible candidate model failed for one call."""
+    """No candidate answered a call, or the answering candidate failed mid-stream.
+
+    The message lists each candidate tried and its error; the first error is chained.
+    """
+
+
+class AttemptTimeoutError(MetaRouterError, TimeoutError):
+    """A candidate gave no answer within the router's per-candidate ``timeout``.
+
+    The router moves on to the next candidate (it is listed among the call's fallbacks), or
+    raises :class:`DispatchError` when none is left.
+    """
 
 
 class DependencyError(MetaRouterError, ImportError):

@@ -155,9 +155,13 @@ def test_batch_routes_each_input_for_its_own_user(router):
     assert [routing(m)["user_id"] for m in out] == ["u1", "u2"]
 
 
-def test_invalid_user_id_says_what_is_allowed(router):
-    with pytest.raises(ValueError, match="invalid user id"):
-        router.invoke(PROOF, config={"configurable": {"user_id": "not valid!"}})
+def test_invalid_user_id_is_a_config_error_that_says_how_to_fix_it(router):
+    from metarouter.errors import FeedbackError
+
+    for bad, why in (("x" * 129, "at most 128"), ("line\nbreak", "control characters")):
+        with pytest.raises(ConfigError, match=f"invalid user id .*{why}.*Fix") as caught:
+            router.invoke(PROOF, config={"configurable": {"user_id": bad}})
+        assert not isinstance(caught.value, FeedbackError), "a call records no feedback"
 
 
 def test_run_id_given_in_config_indexes_the_decision(router, service):

@@ -92,8 +92,11 @@ def test_compare_answers_with_two_candidates_and_records_the_choice(router, serv
         pair.models[0],
         "compare",
     )
-    with pytest.raises(FeedbackError, match="not one of the compared models"):
-        pair.prefer("gpt-17")
+    # one rule in both adapters (metarouter.feedback.Pair): True and 1.0 are not positions
+    for bad in ("gpt-17", 2, True, False, 1.0, None):
+        with pytest.raises(FeedbackError, match=r"prefer\(\) takes 0 or 1"):
+            pair.prefer(bad)
+    assert pair.prefer(pair.answers[0]).winner == pair.models[0]
 
 
 def test_acompare_runs_both_candidates_concurrently(router):

@@ -77,14 +77,19 @@ def test_middleware_falls_back_and_leaves_out_candidates_without_tools(service):
     router = MetaRouterChat(candidates=models, service=service)
     out = asyncio.run(_agent(router).ainvoke({"messages": [("user", QUESTION)]}))
 
-    for message in _ai(out["messages"]):
+    first, *rest = _ai(out["messages"])
+    for message in (first, *rest):
         data = message.response_metadata["metarouter"]
         assert data["model"] == BIG
         stored = service.store.get_decision(data["decision_id"])
         assert CHEAP not in stored.candidates
-        assert [f["model"] for f in data["fallbacks"]] == (
-            [MID] if data["ranking"].index(MID) < data["ranking"].index(BIG) else []
-        )
+    data = first.response_metadata["metarouter"]
+    assert [f["model"] for f in data["fallbacks"]] == (
+        [MID] if data["ranking"].index(MID) < data["ranking"].index(BIG) else []
+    )
+    # the next steps carry BIG's tool results: they stay on BIG (no second try of MID)
+    assert rest and all(m.response_metadata["metarouter"]["reason"] == "tool_loop" for m in rest)
+    assert all(m.response_metadata["metarouter"]["fallbacks"] == [] for m in rest)
     assert models[CHEAP].calls == []
 
 

@@ -59,7 +59,7 @@ async def test_routing_data_and_real_cost_are_attached_and_stored(
     assert info["model"] == info["chosen_model"] == info["ranking"][0]
     assert set(info["scores"]) == set(RECORDED_ARMS)
     assert sum(info["scores"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert info["fallbacks"] == []
+    assert info["fallbacks"] == [] and info["cost_is_estimate"] is False
     # cost from the usage the candidate reported, at the candidate's price
     price = RECORDED_ARMS[info["model"]]["price"]
     assert info["input_tokens"] > 0 and info["output_tokens"] > 0
@@ -83,7 +83,10 @@ async def test_llamaindex_mocks_pass_through_unchanged(
     model = last.additional_kwargs[ROUTING_KEY]["model"]
     expected, _, _ = await call(router.candidates[model], api, mode, stream, prompt)
     assert text == expected
-    assert last.additional_kwargs[ROUTING_KEY]["cost_usd"] is None  # mocks report no usage
+    info = last.additional_kwargs[ROUTING_KEY]
+    # mocks report no usage: the cost is the router's expected cost, marked as an estimate
+    assert info["cost_is_estimate"] is True
+    assert info["cost_usd"] == pytest.approx(info["expected_costs_usd"][model])
 
 
 @pytest.mark.parametrize(("api", "mode", "stream"), VARIANTS, ids=IDS)
@@ -179,14 +182,17 @@ def test_for_user_shares_the_service_and_routes_for_that_user(make_router, mock_
     assert response.additional_kwargs[ROUTING_KEY]["user_id"] == "alice"
 
 
-def test_invalid_user_id_is_rejected_with_the_rule(make_router, mock_candidates):
-    from metarouter.errors import FeedbackError
+def test_invalid_user_id_is_a_config_error_that_says_how_to_fix_it(make_router, mock_candidates):
+    from metarouter.errors import ConfigError, FeedbackError
 
-    with pytest.raises(FeedbackError, match="letters, digits"):
-        make_router(mock_candidates(), user_id="not a valid id!")
+    with pytest.raises(ConfigError, match="invalid user id .*Fix") as caught:
+        make_router(mock_candidates(), user_id="tab\tseparated")
+    assert not isinstance(caught.value, FeedbackError), "a call records no feedback"
     router = make_router(mock_candidates())
-    with pytest.raises(FeedbackError, match="letters, digits"):
+    with pytest.raises(ConfigError, match="invalid user id .*empty"):
         router.complete("Hi", user_id="")
+    with pytest.raises(ConfigError, match="at most 128"):
+        router.complete("Hi", user_id="u" * 129)
 
 
 def _recorded(routerbench, model: str, window: int) -> Any:

@@ -13,20 +13,32 @@ from metarouter.errors import DispatchError, MetaRouterError
 
 from llama_index_metarouter import ROUTING_KEY, RoutingFallbackEvent
 
-DOWN, UP = "gemma-2-9b-it", "qwen2.5-7b-instruct"
+NAMES = ("gemma-2-9b-it", "qwen2.5-7b-instruct")
+
+
+@pytest.fixture
+def routed(make_router) -> tuple[str, str]:
+    """``(the router's choice for "Hello", the other candidate)`` for the test user."""
+    probe = make_router({name: MockFunctionCallingLLM() for name in NAMES})
+    chosen = probe.complete("Hello").additional_kwargs[ROUTING_KEY]["chosen_model"]
+    return chosen, next(n for n in NAMES if n != chosen)
 
 
 @pytest.mark.parametrize(("api", "mode", "stream"), VARIANTS, ids=IDS)
 async def test_failing_choice_falls_back_to_the_next_best_candidate(
-    api, mode, stream, make_router, trace
+    api, mode, stream, make_router, trace, routed
 ):
+    DOWN, UP = routed
     router = make_router({DOWN: BrokenLLM(), UP: MockFunctionCallingLLM()})
 
-    text, last, _ = await call(router, api, mode, stream, "Hello", model=DOWN)
+    text, last, _ = await call(router, api, mode, stream, "Hello")
 
     assert text == "Hello"  # MockFunctionCallingLLM echoes
     info = last.additional_kwargs[ROUTING_KEY]
-    assert (info["chosen_model"], info["model"], info["fallbacks"]) == (DOWN, UP, [DOWN])
+    assert (info["chosen_model"], info["model"]) == (DOWN, UP)
+    assert info["fallbacks"] == [
+        {"model": DOWN, "error": "ConnectionError: provider unavailable (HTTP 503)"}
+    ]
     assert router.candidates[DOWN].attempts == 1
     stored = router.service.store.get_decision(info["decision_id"])
     assert stored.chosen == UP and tuple(stored.fallbacks) == (DOWN,)
@@ -39,6 +51,7 @@ async def test_failing_choice_falls_back_to_the_next_best_candidate(
 async def test_when_every_candidate_fails_one_clear_error_names_them(
     api, mode, stream, make_router
 ):
+    DOWN, UP = NAMES
     router = make_router({DOWN: BrokenLLM(), UP: BrokenLLM()})
     with pytest.raises(DispatchError) as caught:
         await call(router, api, mode, stream, "Hello")
@@ -49,26 +62,42 @@ async def test_when_every_candidate_fails_one_clear_error_names_them(
     assert isinstance(caught.value.__cause__, ConnectionError)
 
 
-def test_max_fallbacks_limits_the_candidates_tried(make_router):
+def test_max_fallbacks_limits_the_candidates_tried(make_router, routed):
+    DOWN, UP = routed
     router = make_router({DOWN: BrokenLLM(), UP: MockFunctionCallingLLM()}, max_fallbacks=0)
     with pytest.raises(DispatchError, match="max_fallbacks=0"):
-        router.complete("Hello", model=DOWN)
+        router.complete("Hello")
     assert router.candidates[DOWN].attempts == 1
 
 
+def test_a_forced_model_never_falls_back(make_router, routed):
+    DOWN, UP = routed
+    up = MockFunctionCallingLLM()
+    router = make_router({DOWN: BrokenLLM(), UP: up})
+    with pytest.raises(DispatchError, match="forced with model=, and a forced model never falls"):
+        router.complete("Hello", model=DOWN)
+    with router.scope(model=DOWN), pytest.raises(DispatchError, match="never falls back"):
+        router.chat([ChatMessage(role="user", content="Hello")])
+    assert router.candidates[DOWN].attempts == 2
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_a_stream_failing_mid_answer_raises_without_fallback(mode, make_router):
+async def test_a_stream_failing_mid_answer_raises_dispatch_error_without_fallback(
+    mode, make_router, routed
+):
+    DOWN, UP = routed
     router = make_router({DOWN: BrokenLLM(fail_after=2), UP: MockFunctionCallingLLM()})
     messages = [ChatMessage(role="user", content="Hello")]
     received = []
-    with pytest.raises(ConnectionError):
+    with pytest.raises(DispatchError, match="failed mid-stream") as caught:
         if mode == "sync":
-            for chunk in router.stream_chat(messages, model=DOWN):
+            for chunk in router.stream_chat(messages):
                 received.append(chunk.delta)
         else:
-            async for chunk in await router.astream_chat(messages, model=DOWN):
+            async for chunk in await router.astream_chat(messages):
                 received.append(chunk.delta)
     assert received == ["part0 ", "part1 "], "chunks already sent are kept; nothing is replayed"
+    assert isinstance(caught.value.__cause__, ConnectionError)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -152,9 +152,11 @@ async def test_acompare_runs_both_candidates_concurrently(
 
 def test_prefer_rejects_anything_but_one_of_the_two(make_router, recorded_candidates, routerbench):
     pair = make_router(recorded_candidates()).compare(routerbench.prompts[5])
-    for bad in (2, True, "claude-v2"):
-        with pytest.raises(FeedbackError, match=r"prefer\(\) takes 0, 1"):
+    # one rule in both adapters (metarouter.feedback.Pair): True and 1.0 are not positions
+    for bad in (2, True, False, 1.0, "claude-v2", None):
+        with pytest.raises(FeedbackError, match=r"prefer\(\) takes 0 or 1"):
             pair.prefer(bad)
+    assert pair.prefer(pair.decision_ids[1]).winner == pair.models[1]
 
 
 def test_compare_refuses_a_model_override(make_router, recorded_candidates):

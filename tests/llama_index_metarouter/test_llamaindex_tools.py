@@ -143,13 +143,13 @@ def test_candidates_that_cannot_call_tools_are_excluded_for_tool_calls(make_rout
         info = response.additional_kwargs[ROUTING_KEY]
         assert info["model"] == B
         assert set(info["scores"]) == {B}, "the non-function-calling candidate is not scored"
-    with pytest.raises(ConfigError, match="cannot call tools"):
+    with pytest.raises(ConfigError, match=r"override 'gemma.*' lacks \['tool_calling'\]"):
         router.chat_with_tools([TOOL], user_msg="What is 6 x 7?", model=A)
 
 
 def test_no_tool_capable_candidate_is_a_clear_error(make_router):
     router = make_router({A: MockLLM(), B: MockLLM()})
-    with pytest.raises(ConfigError, match=r"none of the candidates .* can call tools.*ReActAgent"):
+    with pytest.raises(ConfigError, match=r"no candidate can take this call.*tool_calling.*Fix"):
         router.chat_with_tools([TOOL], user_msg="What is 6 x 7?")
 
 

@@ -12,16 +12,22 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 
-from llama_index_metarouter.utils import messages_text, pending_tool_call_ids, usage_of
+from llama_index_metarouter.utils import pending_tool_call_ids, query_text, usage_of
 
 
-def test_routing_text_joins_message_texts_and_skips_empty_ones():
+def test_routing_text_is_the_last_user_message_or_the_templates_question():
     messages = [
-        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="system", content="Be brief. Context: capybaras eat grass."),
+        ChatMessage(role="user", content="Hi there."),
         ChatMessage(role="assistant", blocks=[ToolCallBlock(tool_name="f", tool_call_id="1")]),
         ChatMessage(role="user", content="What is 2 + 2?"),
     ]
-    assert messages_text(messages) == "Be brief.\n\nWhat is 2 + 2?"
+    assert query_text(messages) == "What is 2 + 2?"
+    rag = [ChatMessage(role="user", content="Context: a long passage.\nQuery: What is 2 + 2?")]
+    assert query_text(rag, question="What is 2 + 2?") == "What is 2 + 2?"
+    assert query_text([ChatMessage(role="system", content="Only a system prompt.")]) == (
+        "Only a system prompt."
+    )
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ BAD_FEEDBACK = {
         {"user_id": "bob"},
         "same user's decisions",
     ),
-    "invalid user id": (lambda d: (d["cheap"], d["dear"]), {"user_id": "al ice"}, "user id"),
+    "invalid user id": (lambda d: (d["cheap"], d["dear"]), {"user_id": "al\nice"}, "user id"),
     "answers to different queries": (
         lambda d: (d["cheap"], d["other_query"]),
         {},
@@ -149,5 +149,5 @@ def test_decide_refuses_text_that_cannot_be_sent_and_stores_nothing(service):
     with pytest.raises(ConfigError, match="prompt text"):
         service.decide(b"bytes", "alice")
     with pytest.raises(FeedbackError, match="invalid user id"):
-        service.decide(QUERY, "bad user")
+        service.decide(QUERY, "bad\nuser")
     assert _state(service) == before

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 
@@ -49,7 +49,6 @@ MAX_RUN_ID_CHARS = 64
 #: Longest query embedding accepted.
 MAX_EMBEDDING_DIM = 8192
 
-_USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 _DECISION_ID = re.compile(r"^[0-9a-f]{32}$")
 _QUERY_HASH = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -70,13 +69,39 @@ def query_hash(text: str) -> str:
 
 
 def validate_user_id(user_id: object) -> str:
-    """Return ``user_id`` if valid, else raise :class:`FeedbackError` saying what is allowed."""
-    if not isinstance(user_id, str) or not _USER_ID.match(user_id):
-        raise FeedbackError(
-            f"invalid user id {user_id!r}: use 1-{MAX_USER_ID_CHARS} characters from letters, "
-            "digits and _ . : @ -, starting with a letter or digit (e.g. 'alice' or 'org:42')."
+    """Return ``user_id`` if it can key a user's data, else raise :class:`FeedbackError`.
+
+    Any non-empty string of at most :data:`MAX_USER_ID_CHARS` characters is a user id (an
+    email address, a display name, ``"zoë"``, an org id): the store binds it as a query
+    parameter, never pastes it into SQL or a path. Refused: a non-string, an empty or
+    whitespace-only string, control characters (a NUL cannot be stored by PostgreSQL), lone
+    surrogates, and longer ids (hash them first, e.g. ``hashlib.sha256(id).hexdigest()``).
+    """
+    problem = None
+    if not isinstance(user_id, str):
+        problem = f"it is a {type(user_id).__name__}, not a string. Fix: pass str(user_id)"
+    elif not user_id.strip():
+        problem = "it is empty. Fix: name the user, e.g. 'alice' or 'org:42'"
+    elif len(user_id) > MAX_USER_ID_CHARS:
+        problem = (
+            f"it has {len(user_id):,} characters; at most {MAX_USER_ID_CHARS} are kept. Fix: "
+            "pass a shorter key, e.g. the SHA-256 hex digest of the id (64 characters)"
         )
-    return user_id
+    elif _CONTROL.search(user_id):
+        problem = "it contains control characters (newline, tab, NUL, ...). Fix: strip them"
+    else:
+        try:
+            user_id.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "it contains a lone surrogate (not valid UTF-8). Fix: decode it properly"
+    if problem is not None:
+        shown = (
+            repr(user_id[:40]) + ("..." if len(user_id) > 40 else "")
+            if isinstance(user_id, str)
+            else type(user_id).__name__
+        )
+        raise FeedbackError(f"invalid user id {shown}: {problem}.")
+    return cast("str", user_id)
 
 
 def validate_decision_id(decision_id: object) -> str:

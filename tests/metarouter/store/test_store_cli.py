@@ -66,7 +66,7 @@ def test_delete_asks_first_and_removes_only_that_user(filled, store_url):
 
 def test_delete_with_a_malformed_user_id_changes_nothing(filled, store_url):
     before = snapshot(filled)
-    result = _run("delete", "--store", store_url, "--user", "../alice", "--yes")
+    result = _run("delete", "--store", store_url, "--user", "ali\nce", "--yes")
     assert isinstance(result.exception, FeedbackError)
     assert "invalid user id" in str(result.exception)
     assert snapshot(filled) == before
