@@ -4,17 +4,24 @@ fallback, capabilities, callback nesting, async and streaming."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs
 from lc_scripted_models import ScriptedChatModel, TextOnlyChatModel
-from lc_setup import BIG, CHEAP, MID, PRICES
-from metarouter.errors import ConfigError, DispatchError, UnknownArmError
+from lc_setup import BIG, CHEAP, MID, PRICES, arm_specs
+from metarouter.errors import ConfigError, DispatchError, StoreError, UnknownArmError
 from metarouter.service import ArmSpec
 
 from langchain_metarouter import MetaRouterChat, query_text
@@ -445,3 +452,86 @@ def test_query_text_is_the_last_human_message():
     image_only = HumanMessage(content=[{"type": "image", "url": "https://x/y.png"}])
     assert query_text([HumanMessage("describe"), image_only]) == "describe"
     assert query_text([SystemMessage("only a system prompt")]) == "only a system prompt"
+
+
+# -- the call flow the core owns -----------------------------------------------------------------
+WEATHER = "What is the weather in 'Paris'?"
+
+
+def test_a_tool_loop_stays_on_the_model_that_issued_the_calls(router):
+    bound = router.bind_tools([get_weather])
+    routed = routing(bound.invoke(WEATHER))["model"]
+    other = next(n for n in (CHEAP, MID, BIG) if n != routed)
+
+    first = bound.invoke(WEATHER, model=other)
+    (call,) = first.tool_calls
+    result = ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])
+    second = bound.invoke([HumanMessage(WEATHER), first, result])
+
+    data = routing(second)
+    assert (data["model"], data["reason"], data["forced"]) == (other, "tool_loop", False)
+    assert routing(bound.invoke(WEATHER))["reason"] == "routed"
+
+
+def test_an_outcome_the_store_cannot_record_is_logged_and_the_answer_returned(
+    router, service, monkeypatch, caplog
+):
+    def disk_full(*args, **kwargs):
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(service.store, "complete_decision", disk_full)
+    with caplog.at_level(logging.WARNING, logger="metarouter.dispatch"):
+        answer = router.invoke(PROOF)
+        streamed = list(router.stream(PROOF))
+
+    assert answer.text and routing(answer)["cost_usd"] > 0
+    assert routing(streamed[-1])["cost_usd"] > 0
+    assert caplog.text.count("could not store the outcome of decision") == 2
+
+
+def test_token_counts_come_from_the_first_candidates_tokenizer(service):
+    def words(text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    first = ScriptedChatModel(model_name="counting", custom_get_token_ids=words)
+    models = {CHEAP: first, MID: ScriptedChatModel(), BIG: ScriptedChatModel()}
+    router = MetaRouterChat(candidates=models, service=service)
+
+    assert router.get_num_tokens("one two three") == 3
+    assert router.get_token_ids("a b") == [0, 1]
+    messages = [SystemMessage("Be brief."), HumanMessage("one two three")]
+    assert router.get_num_tokens_from_messages(messages) == first.get_num_tokens_from_messages(
+        messages
+    )
+
+
+def test_dumps_writes_not_implemented_rather_than_a_router_on_another_store(router):
+    from langchain_core.load import dumps
+
+    data = json.loads(dumps(router))
+    assert data["type"] == "not_implemented"
+    assert data["id"] == ["langchain_metarouter", "chat_models", "MetaRouterChat"]
+
+
+def test_warm_up_loads_the_models_before_the_first_call_and_records_nothing(
+    candidates, tmp_path, monkeypatch
+):
+    from metarouter.embeddings import Embedder
+    from metarouter.router import MetaRouter, default_router_dir
+    from metarouter.store.sql import SQLStore
+
+    loads: list[str] = []
+    load = Embedder._load_model
+    monkeypatch.setattr(Embedder, "_load_model", lambda self: loads.append("model") or load(self))
+    fresh = MetaRouter.from_pretrained(default_router_dir(), embedder=Embedder())
+    store = SQLStore(tmp_path / "warm.db")
+    router = MetaRouterChat(candidates=candidates, arms=arm_specs(), router=fresh, store=store)
+    assert loads == []
+
+    seconds = router.warm_up("alice")
+
+    assert loads == ["model"] and seconds > 0
+    assert store.users() == [], "warming up records no decision"
+    router.invoke(PROOF, config={"configurable": {"user_id": "alice"}})
+    assert loads == ["model"], "the first call loads nothing more"
+    store.close()

@@ -21,11 +21,20 @@ calls that vcrpy can record:
   chunk, then a usage chunk with empty ``choices`` when ``stream_options.include_usage``, then
   ``data: [DONE]``), sent with chunked transfer encoding.
 
+* Faults, per model (``faults={model: kind}``), to test what a client sees from a provider in
+  trouble: ``"error"`` answers HTTP 500 (an OpenAI error body; clients retry it), ``"hang"``
+  accepts the request and never answers (until the server stops), ``"cut"`` streams the first
+  two events of the answer, then drops the connection mid-body (a plain request is dropped
+  without an answer). ``server.attempts`` lists the model of every request received, faulty or
+  not (``server.requests`` only the completions served).
+
 Ids and timestamps are derived from the request, so recording twice gives the same cassette.
 The server binds 127.0.0.1 on a free port and runs in a daemon thread::
 
     with OpenAILoopback({("gpt-4o-mini", "Hi"): "Hello!"}) as server:
         ChatOpenAI(base_url=server.base_url, api_key="test-key", model="gpt-4o-mini")
+
+Shared by the LangChain and the LlamaIndex adapter tests.
 """
 
 from __future__ import annotations
@@ -37,9 +46,21 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["CREATED", "OpenAILoopback", "complete", "dumps", "event_stream", "text_pieces"]
+__all__ = [
+    "CREATED",
+    "Fault",
+    "OpenAILoopback",
+    "complete",
+    "dumps",
+    "event_stream",
+    "text_pieces",
+]
+
+Fault = Literal["error", "hang", "cut"]
+#: Longest a "hang" fault holds a request if the server is never stopped.
+_HANG_SECONDS = 120
 
 #: ``created`` of every completion (fixed, so cassettes do not change between recordings).
 CREATED = 1_700_000_000
@@ -314,9 +335,38 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _fault(self, kind: Fault, raw: bytes) -> None:
+        if kind == "error":
+            self._send_json(*_error(500, "The server had an error.", "server_error"))
+            return
+        if kind == "hang":
+            self.server.release.wait(_HANG_SECONDS)
+        elif kind == "cut":
+            request = json.loads(raw)
+            if request.get("stream"):
+                body = event_stream(request, self.server.answers, self.server.default)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for event in body.split("\n\n")[:2]:
+                    data = (event + "\n\n").encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+        self.close_connection = True  # no (complete) answer: the client sees a dropped link
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        try:
+            model = str(json.loads(raw).get("model"))
+        except (ValueError, AttributeError):
+            model = ""
+        self.server.attempts.append(model)
+        fault = self.server.faults.get(model)
+        if fault is not None:
+            self._fault(fault, raw)
+            return
         status, body = self._complete(raw)
         if status == 200:
             request = json.loads(raw)
@@ -354,11 +404,16 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, answers: Answers, default: Default | None) -> None:
+    def __init__(
+        self, answers: Answers, default: Default | None, faults: Mapping[str, Fault]
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answers = dict(answers)
         self.default = default
+        self.faults = dict(faults)
+        self.release = threading.Event()
         self.requests: list[dict[str, Any]] = []
+        self.attempts: list[str] = []
 
 
 class OpenAILoopback:
@@ -367,10 +422,17 @@ class OpenAILoopback:
     Args:
         answers: ``(model, prompt) -> answer text``; the models listed are the ones served.
         default: ``(model, prompt) -> answer text`` for every other prompt (any model).
+        faults: ``model -> "error" | "hang" | "cut"`` (see the module docstring).
     """
 
-    def __init__(self, answers: Answers, *, default: Default | None = None) -> None:
-        self._server = _Server(answers, default)
+    def __init__(
+        self,
+        answers: Answers,
+        *,
+        default: Default | None = None,
+        faults: Mapping[str, Fault] | None = None,
+    ) -> None:
+        self._server = _Server(answers, default, faults or {})
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="openai-loopback", daemon=True
         )
@@ -386,11 +448,22 @@ class OpenAILoopback:
         """The JSON bodies of the completions served."""
         return self._server.requests
 
+    @property
+    def faults(self) -> dict[str, Fault]:
+        """``model -> fault`` in effect (a live dict: changes apply to the next request)."""
+        return self._server.faults
+
+    @property
+    def attempts(self) -> list[str]:
+        """The model of every request received, in order (faulty ones included)."""
+        return self._server.attempts
+
     def __enter__(self) -> OpenAILoopback:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._server.release.set()  # let "hang" requests go
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
