@@ -109,7 +109,7 @@ def pending_tool_call_ids(messages: Sequence[BaseMessage]) -> list[str]:
         ids.append(cast("ToolMessage", messages[index]).tool_call_id)
         index -= 1
     if ids and index >= 0 and isinstance(messages[index], AIMessage):
-        ids.extend(c["id"] for c in cast("AIMessage", messages[index]).tool_calls if c.get("id"))
+        ids.extend(c["id"] or "" for c in cast("AIMessage", messages[index]).tool_calls)
     return [i for i in ids if i]
 
 
@@ -386,5 +386,5 @@ def finished_message(flow: CallFlow, call: Call, name: str, message: BaseMessage
         provider_model=message.response_metadata.get("model_name"),
     )
     if isinstance(message, AIMessage):
-        flow.remember_tool_calls(name, [c["id"] for c in message.tool_calls if c.get("id")])
+        flow.remember_tool_calls(name, [c["id"] or "" for c in message.tool_calls])
     return routed_message(message, name, data)

@@ -128,7 +128,7 @@ class _StreamTally:
         if piece.usage_metadata:
             self.usage = add_usage(self.usage, piece.usage_metadata)
         self.list_content = not isinstance(piece.content, str)
-        self.tool_call_ids.extend(c["id"] for c in piece.tool_call_chunks if c.get("id"))
+        self.tool_call_ids.extend(c["id"] or "" for c in piece.tool_call_chunks)
         return ChatGenerationChunk(message=piece)
 
 

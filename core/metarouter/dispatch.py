@@ -56,7 +56,6 @@ from metarouter.errors import (
     MetaRouterError,
     UnknownArmError,
 )
-from metarouter.store.records import validate_user_id
 
 if TYPE_CHECKING:
     from metarouter.service import Decision, RoutingService
@@ -91,6 +90,8 @@ def check_user_id(user_id: object) -> str:
     Any non-empty string of at most 128 characters without control characters is accepted
     (see :func:`metarouter.store.records.validate_user_id`).
     """
+    from metarouter.store.records import validate_user_id  # the store package loads SQLAlchemy
+
     try:
         return validate_user_id(user_id)
     except FeedbackError as exc:
@@ -386,7 +387,7 @@ class CallFlow:
             raise self._timed_out(name)
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["value"]  # type: ignore[no-any-return]
+        return outcome["value"]
 
     def attempt(
         self,
@@ -528,11 +529,10 @@ class CallFlow:
         the outcome is logged, never raised: the answer is returned either way.
         """
         real = self.service.cost_of(model, input_tokens, output_tokens)
-        if real is not None:
-            cost, estimate = float(real), False
-        else:
+        cost: float | None = real
+        if real is None:
             expected = call.decision.routing.expected_costs_usd.get(model)
-            cost, estimate = (float(expected) if expected is not None else None), True
+            cost = float(expected) if expected is not None else None
         failed = [name for name, _ in call.failures]
         try:
             self.service.complete(
@@ -554,7 +554,7 @@ class CallFlow:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=cost,
-            cost_is_estimate=estimate,
+            cost_is_estimate=real is None,
             provider_model_name=provider_model,
         )
         return call.data

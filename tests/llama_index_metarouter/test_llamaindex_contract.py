@@ -185,11 +185,11 @@ def test_for_user_shares_the_service_and_routes_for_that_user(make_router, mock_
 def test_invalid_user_id_is_a_config_error_that_says_how_to_fix_it(make_router, mock_candidates):
     from metarouter.errors import ConfigError, FeedbackError
 
-    with pytest.raises(ConfigError, match="invalid user id .*Fix") as caught:
+    with pytest.raises(ConfigError, match=r"invalid user id .*Fix") as caught:
         make_router(mock_candidates(), user_id="tab\tseparated")
     assert not isinstance(caught.value, FeedbackError), "a call records no feedback"
     router = make_router(mock_candidates())
-    with pytest.raises(ConfigError, match="invalid user id .*empty"):
+    with pytest.raises(ConfigError, match=r"invalid user id .*empty"):
         router.complete("Hi", user_id="")
     with pytest.raises(ConfigError, match="at most 128"):
         router.complete("Hi", user_id="u" * 129)
@@ -211,3 +211,10 @@ def test_is_a_drop_in_llamaindex_llm(make_router, mock_candidates):
     # LLM.predict / stream go through chat() because the router is a chat model
     assert router.predict(PromptTemplate("Say {word}"), word="hi")
     assert "".join(router.stream(PromptTemplate("Say {word}"), word="hi"))
+
+
+def test_warm_up_routes_a_throwaway_query_and_records_nothing(make_router, mock_candidates, store):
+    router = make_router(mock_candidates())
+    assert router.warm_up() > 0
+    assert router.warm_up("someone else") > 0
+    assert store.users() == []

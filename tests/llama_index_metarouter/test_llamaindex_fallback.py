@@ -28,22 +28,22 @@ def routed(make_router) -> tuple[str, str]:
 async def test_failing_choice_falls_back_to_the_next_best_candidate(
     api, mode, stream, make_router, trace, routed
 ):
-    DOWN, UP = routed
-    router = make_router({DOWN: BrokenLLM(), UP: MockFunctionCallingLLM()})
+    down, up = routed
+    router = make_router({down: BrokenLLM(), up: MockFunctionCallingLLM()})
 
     text, last, _ = await call(router, api, mode, stream, "Hello")
 
     assert text == "Hello"  # MockFunctionCallingLLM echoes
     info = last.additional_kwargs[ROUTING_KEY]
-    assert (info["chosen_model"], info["model"]) == (DOWN, UP)
+    assert (info["chosen_model"], info["model"]) == (down, up)
     assert info["fallbacks"] == [
-        {"model": DOWN, "error": "ConnectionError: provider unavailable (HTTP 503)"}
+        {"model": down, "error": "ConnectionError: provider unavailable (HTTP 503)"}
     ]
-    assert router.candidates[DOWN].attempts == 1
+    assert router.candidates[down].attempts == 1
     stored = router.service.store.get_decision(info["decision_id"])
-    assert stored.chosen == UP and tuple(stored.fallbacks) == (DOWN,)
+    assert stored.chosen == up and tuple(stored.fallbacks) == (down,)
     (event,) = trace.events.of(RoutingFallbackEvent)
-    assert (event.failed_model, event.next_model) == (DOWN, UP)
+    assert (event.failed_model, event.next_model) == (down, up)
     assert "ConnectionError" in event.error
 
 
@@ -51,42 +51,41 @@ async def test_failing_choice_falls_back_to_the_next_best_candidate(
 async def test_when_every_candidate_fails_one_clear_error_names_them(
     api, mode, stream, make_router
 ):
-    DOWN, UP = NAMES
-    router = make_router({DOWN: BrokenLLM(), UP: BrokenLLM()})
+    down, up = NAMES
+    router = make_router({down: BrokenLLM(), up: BrokenLLM()})
     with pytest.raises(DispatchError) as caught:
         await call(router, api, mode, stream, "Hello")
     message = str(caught.value)
-    assert DOWN in message and UP in message and "HTTP 503" in message
+    assert down in message and up in message and "HTTP 503" in message
     assert "Fix:" in message
     assert isinstance(caught.value, MetaRouterError) and isinstance(caught.value, RuntimeError)
     assert isinstance(caught.value.__cause__, ConnectionError)
 
 
 def test_max_fallbacks_limits_the_candidates_tried(make_router, routed):
-    DOWN, UP = routed
-    router = make_router({DOWN: BrokenLLM(), UP: MockFunctionCallingLLM()}, max_fallbacks=0)
+    down, up = routed
+    router = make_router({down: BrokenLLM(), up: MockFunctionCallingLLM()}, max_fallbacks=0)
     with pytest.raises(DispatchError, match="max_fallbacks=0"):
         router.complete("Hello")
-    assert router.candidates[DOWN].attempts == 1
+    assert router.candidates[down].attempts == 1
 
 
 def test_a_forced_model_never_falls_back(make_router, routed):
-    DOWN, UP = routed
-    up = MockFunctionCallingLLM()
-    router = make_router({DOWN: BrokenLLM(), UP: up})
+    down, up = routed
+    router = make_router({down: BrokenLLM(), up: MockFunctionCallingLLM()})
     with pytest.raises(DispatchError, match="forced with model=, and a forced model never falls"):
-        router.complete("Hello", model=DOWN)
-    with router.scope(model=DOWN), pytest.raises(DispatchError, match="never falls back"):
+        router.complete("Hello", model=down)
+    with router.scope(model=down), pytest.raises(DispatchError, match="never falls back"):
         router.chat([ChatMessage(role="user", content="Hello")])
-    assert router.candidates[DOWN].attempts == 2
+    assert router.candidates[down].attempts == 2
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_stream_failing_mid_answer_raises_dispatch_error_without_fallback(
     mode, make_router, routed
 ):
-    DOWN, UP = routed
-    router = make_router({DOWN: BrokenLLM(fail_after=2), UP: MockFunctionCallingLLM()})
+    down, up = routed
+    router = make_router({down: BrokenLLM(fail_after=2), up: MockFunctionCallingLLM()})
     messages = [ChatMessage(role="user", content="Hello")]
     received = []
     with pytest.raises(DispatchError, match="failed mid-stream") as caught:

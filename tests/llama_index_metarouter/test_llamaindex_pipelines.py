@@ -167,3 +167,48 @@ def test_settings_are_restored_between_tests():
     from llama_index_metarouter import MetaRouterLLM
 
     assert not isinstance(Settings._llm, MetaRouterLLM)
+
+
+# -- what a pipeline's call is routed on ---------------------------------------------------------
+QUESTIONS = [
+    "What do capybaras eat?",
+    "How large are capybaras compared with other rodents?",
+    "What does the Rust borrow checker enforce?",
+    "Why can a reference not outlive its data in Rust?",
+    "Why does sourdough bread rise?",
+    "What lives in a sourdough starter?",
+    "What is Jupiter's Great Red Spot?",
+    "How long has the Great Red Spot existed?",
+    "Is the Great Red Spot larger than Earth?",
+    "Which animal is the largest living rodent?",
+]
+
+
+def test_a_query_engine_is_routed_on_the_question_not_the_retrieved_context(rag):
+    from metarouter.store.records import query_hash
+
+    router, index = rag
+    engine = index.as_query_engine(similarity_top_k=2)
+    store = router.service.store
+    for question in QUESTIONS:
+        with router.scope(user_id="alice") as scope:
+            engine.query(question)
+        (via_engine,) = scope.calls
+        direct = router.complete(question, user_id="alice").additional_kwargs["metarouter"]
+        # the same question, asked directly or through RAG, is one query to the router
+        assert store.get_decision(via_engine.decision_id).query_hash == query_hash(question)
+        assert store.get_decision(direct["decision_id"]).query_hash == query_hash(question)
+        assert via_engine.scores == pytest.approx(direct["scores"])
+
+
+def test_each_turn_of_a_chat_is_routed_on_its_own_question(rag):
+    from metarouter.store.records import query_hash
+
+    router, index = rag
+    engine = index.as_chat_engine(chat_mode="context")  # retrieved context in the system prompt
+    turns = ["Tell me about capybaras.", "What do they eat?"]
+    with router.scope(user_id="alice") as scope:
+        for turn in turns:
+            engine.chat(turn)
+    hashes = [router.service.store.get_decision(c.decision_id).query_hash for c in scope.calls]
+    assert hashes == [query_hash(turn) for turn in turns]

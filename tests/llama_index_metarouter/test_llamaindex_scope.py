@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from llama_index.core.llms.mock import MockLLM
-from metarouter.errors import UnknownArmError
+from metarouter.errors import ConfigError, UnknownArmError
 
 from llama_index_metarouter import ROUTING_KEY
 
@@ -63,3 +65,21 @@ def test_scope_rejects_a_model_that_is_not_a_candidate(make_router):
     router = make_router({"gemma-2-9b-it": MockLLM()})
     with pytest.raises(UnknownArmError, match="not a candidate"), router.scope(model="gpt-5"):
         pass
+
+
+def test_a_worker_thread_without_the_scope_is_refused_rather_than_booked_to_another_user(
+    make_router, mock_candidates
+):
+    router = make_router(mock_candidates(), user_id=None)
+    with router.scope(user_id="carol") as scope, ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ConfigError, match=r"copy_context\(\)\.run"):
+            pool.submit(router.complete, "Hi").result()
+        # passing the caller's context on carries the scope into the worker
+        answer = pool.submit(contextvars.copy_context().run, router.complete, "Hi").result()
+        named = pool.submit(router.complete, "Hi", user_id="dave").result()
+    assert answer.additional_kwargs[ROUTING_KEY]["user_id"] == "carol"
+    assert named.additional_kwargs[ROUTING_KEY]["user_id"] == "dave"
+    assert [c.user_id for c in scope.calls] == ["carol"]
+    with ThreadPoolExecutor(1) as pool:  # no scope open anywhere: the default user, as before
+        alone = pool.submit(router.complete, "Hi").result()
+    assert alone.additional_kwargs[ROUTING_KEY]["user_id"] == "default"
