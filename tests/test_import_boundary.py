@@ -60,3 +60,54 @@ def test_adapters_without_their_extra_raise_one_clear_import_error():
         )
         assert proc.returncode == 0, proc.stderr
         assert f"pip install '{extra}'" in proc.stdout
+
+
+#: Private names the adapters may use, with why. LangChain keeps the handlers registered by
+#: context managers (``get_usage_metadata_callback()``, ...) in a module-level registry with no
+#: public reader; the router must unset them for the candidate's nested run, or the call's
+#: usage is counted twice.
+_ALLOWED_PRIVATE = {("langchain_metarouter/_utils.py", "_configure_hooks")}
+
+
+def test_adapters_use_no_private_attribute_of_another_object():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for package in ("langchain_metarouter", "llama_index_metarouter"):
+        for path in sorted((root / package).glob("*.py")):
+            where = f"{package}/{path.name}"
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute):
+                    name, owner = node.attr, node.value
+                    own = isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+                    own = own or (
+                        isinstance(owner, ast.Call)
+                        and isinstance(owner.func, ast.Name)
+                        and owner.func.id == "super"
+                    )
+                    if own:
+                        continue
+                elif (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "setattr", "hasattr")
+                    and len(node.args) > 1
+                    and isinstance(node.args[1], ast.Constant)
+                    and isinstance(node.args[1].value, str)
+                ):
+                    name = node.args[1].value
+                elif isinstance(node, ast.ImportFrom):
+                    for alias in node.names:
+                        if alias.name.startswith("_") and (where, alias.name) not in (
+                            _ALLOWED_PRIVATE
+                        ):
+                            found.append(f"{where}:{node.lineno} imports {alias.name}")
+                    continue
+                else:
+                    continue
+                private = name.startswith("_") and not name.endswith("__")
+                if private and (where, name) not in _ALLOWED_PRIVATE:
+                    found.append(f"{where}:{node.lineno} {ast.unparse(node)}")
+    assert not found, found

@@ -45,6 +45,11 @@ def test_the_page_has_a_runnable_block_per_feature_and_only_marked_ones_are_skip
         "create_agent",
         "MetaRouterMiddleware",
         "DispatchError",
+        "warm_up(",
+        "timeout=",
+        "query_text(",
+        "get_usage_metadata_callback",
+        "dumps(",
     ):
         assert feature in code, feature
 
@@ -82,7 +87,14 @@ def test_the_examples_run_and_do_what_the_page_says(lc_router, tmp_path, monkeyp
     assert verdict.claim == "water boils at 100 C at sea level" and verdict.true is True
     # the provider that is down was chosen, and gpt-4o answered instead
     assert "gpt-4o [{'model': 'gpt-4o-mini', 'error': 'OpenAIConnectionError" in out
-    assert "no candidate answered" in out
+    assert "no candidate answered" in out and "a forced model never falls back" in out
+    # warm-up, the routing text, usage counted once, serialisation
+    assert "routing ready in" in out and namespace["seconds"] > 0
+    assert "Explain entropy.\n" in out
+    usage = namespace["usage"].usage_metadata
+    (model,) = usage  # one model: the router's run only
+    assert usage[model]["total_tokens"] == namespace["counted"].usage_metadata["total_tokens"]
+    assert "not_implemented\n" in out
     # six comparisons moved carol's routing, and no one else's
     assert llm.preference("carol").n_comparisons == 6
     assert llm.preference("carol").quality_weight > llm.preference("dave").quality_weight
