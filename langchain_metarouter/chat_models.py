@@ -40,7 +40,7 @@ from langchain_core.runnables.utils import coro_with_context
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
-from metarouter.dispatch import Call, CallFlow, FallbackPolicy, check_user_id
+from metarouter.dispatch import Call, CallFlow, check_user_id
 from metarouter.errors import ConfigError, MetaRouterError
 from metarouter.feedback import Pair, default_feedback_user
 from metarouter.router import MetaRouter
@@ -343,23 +343,15 @@ class MetaRouterChat(BaseChatModel):
                 )
         if self.user_id is not None:
             check_user_id(self.user_id)
-        self._flow = CallFlow(self.service, names, policy=self._policy(), integration="langchain")
+        # the fallback fields are read on every call: changing them later takes effect
+        self._flow = CallFlow(self.service, names, policy=self, integration="langchain")
         return self
-
-    def _policy(self) -> FallbackPolicy:
-        return FallbackPolicy(
-            enabled=self.fallback,
-            on=self.fallback_on,
-            max_fallbacks=self.max_fallbacks,
-            timeout=self.timeout,
-        )
 
     @property
     def flow(self) -> CallFlow:
         """The core's per-call policy for this router (shared with ``MetaRouterMiddleware``)."""
         if self._flow is None:  # pragma: no cover - set by the validator
             raise ConfigError("MetaRouterChat has no routing service.")
-        self._flow.policy = self._policy()  # fields may have been changed since
         return self._flow
 
     @property

@@ -49,7 +49,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
-from metarouter.dispatch import Call, CallFlow, CallRequest, FallbackPolicy, check_user_id
+from metarouter.dispatch import Call, CallFlow, CallRequest, check_user_id
 from metarouter.errors import ConfigError, UnknownArmError
 from metarouter.feedback import default_feedback_user
 from metarouter.text import Turn, question_from_variables, routing_text
@@ -104,6 +104,13 @@ MODEL_KWARG = "model"
 #: Chat keyword carrying a tool request from ``_prepare_chat_with_tools`` to the dispatch.
 _TOOLS_KWARG = "metarouter_tool_request"
 
+#: The tool-calling twin of each chat entry point of a candidate.
+_WITH_TOOLS = {
+    "chat": "chat_with_tools",
+    "achat": "achat_with_tools",
+    "stream_chat": "stream_chat_with_tools",
+    "astream_chat": "astream_chat_with_tools",
+}
 #: The user's question while ``predict()``/``stream()``/... fill a prompt template with it.
 _QUESTION: ContextVar[str | None] = ContextVar("metarouter_question", default=None)
 
@@ -283,17 +290,10 @@ class MetaRouterLLM(FunctionCallingLLM):
             callback_manager=callback_manager or CallbackManager([]),
             **kwargs,
         )
-        self._flow = CallFlow(service, list(llms), policy=self._policy(), integration="llama_index")
+        # the fallback fields are read on every call: changing them later takes effect
+        self._flow = CallFlow(service, list(llms), policy=self, integration="llama_index")
         self._llms = llms
         self._dispatched = {name: dispatched_llm(llm) for name, llm in llms.items()}
-
-    def _policy(self) -> FallbackPolicy:
-        return FallbackPolicy(
-            enabled=self.fallback,
-            on=self.fallback_on,
-            max_fallbacks=self.max_fallbacks,
-            timeout=self.timeout,
-        )
 
     # -- identity -------------------------------------------------------------------------------
     @classmethod
@@ -313,7 +313,6 @@ class MetaRouterLLM(FunctionCallingLLM):
     @property
     def flow(self) -> CallFlow:
         """The core's per-call policy for this router."""
-        self._flow.policy = self._policy()  # fields may have been changed since
         return self._flow
 
     @property
@@ -546,38 +545,15 @@ class MetaRouterLLM(FunctionCallingLLM):
 
     # Tool calls go through the candidate's public *chat_with_tools, which prepares the tools in
     # its provider's format and validates its own answer.
-    @staticmethod
-    def _tools_llm(llm: LLM) -> FunctionCallingLLM:
-        return cast(FunctionCallingLLM, llm)  # candidates that cannot call tools are excluded
+    def _chat(self, method: str, llm: LLM, route: _Route, messages: Sequence[ChatMessage]) -> Any:
+        """Call ``llm.<method>`` (``chat``, ``achat``, ``stream_chat``, ``astream_chat``).
 
-    def _chat(self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]) -> ChatResponse:
+        With tools, its ``*_with_tools`` twin (candidates that cannot call tools are excluded).
+        """
         request, kwargs = route.plan.tools, route.plan.kwargs
         if request is None:
-            return llm.chat(messages, **kwargs)
-        return self._tools_llm(llm).chat_with_tools(**request.arguments(messages, kwargs))
-
-    async def _achat(
-        self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]
-    ) -> ChatResponse:
-        request, kwargs = route.plan.tools, route.plan.kwargs
-        if request is None:
-            return await llm.achat(messages, **kwargs)
-        return await self._tools_llm(llm).achat_with_tools(**request.arguments(messages, kwargs))
-
-    def _stream(self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]) -> ChatResponseGen:
-        request, kwargs = route.plan.tools, route.plan.kwargs
-        if request is None:
-            return llm.stream_chat(messages, **kwargs)
-        return self._tools_llm(llm).stream_chat_with_tools(**request.arguments(messages, kwargs))
-
-    async def _astream(
-        self, llm: LLM, route: _Route, messages: Sequence[ChatMessage]
-    ) -> ChatResponseAsyncGen:
-        request, kwargs = route.plan.tools, route.plan.kwargs
-        if request is None:
-            return await llm.astream_chat(messages, **kwargs)
-        tools_llm = self._tools_llm(llm)
-        return await tools_llm.astream_chat_with_tools(**request.arguments(messages, kwargs))
+            return getattr(llm, method)(messages, **kwargs)
+        return getattr(llm, _WITH_TOOLS[method])(**request.arguments(messages, kwargs))
 
     # -- completion bookkeeping -----------------------------------------------------------------
     def _book(self, route: _Route, usage: tuple[int, int] | None) -> None:
@@ -706,14 +682,16 @@ class MetaRouterLLM(FunctionCallingLLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Route and run a chat call (``user_id=`` / ``model=`` keywords optional)."""
         route = self._route(self._chat_plan(messages, kwargs))
-        response, _ = self._dispatch(route, lambda llm: self._chat(llm, route, messages))
+        response, _ = self._dispatch(route, lambda llm: self._chat("chat", llm, route, messages))
         return self._finish(route, response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`, awaiting the candidate's own ``achat``."""
         route = await self._aroute(self._chat_plan(messages, kwargs))
-        response, _ = await self._adispatch(route, lambda llm: self._achat(llm, route, messages))
+        response, _ = await self._adispatch(
+            route, lambda llm: self._chat("achat", llm, route, messages)
+        )
         return await self._afinish(route, response)
 
     @llm_chat_callback()
@@ -725,7 +703,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         """
         route = self._route(self._chat_plan(messages, kwargs))
         (first, rest), _ = self._dispatch(
-            route, lambda llm: _prime(self._stream(llm, route, messages))
+            route, lambda llm: _prime(self._chat("stream_chat", llm, route, messages))
         )
         return self._relay(route, first, rest)
 
@@ -737,7 +715,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         route = await self._aroute(self._chat_plan(messages, kwargs))
 
         async def call(llm: LLM) -> tuple[ChatResponse | None, AsyncIterator[ChatResponse]]:
-            return await _aprime(await self._astream(llm, route, messages))
+            return await _aprime(await self._chat("astream_chat", llm, route, messages))
 
         (first, rest), _ = await self._adispatch(route, call)
         return self._arelay(route, first, rest)
@@ -895,7 +873,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         self, route: _Route, messages: Sequence[ChatMessage] | None, text: str
     ) -> Callable[[LLM], ChatResponse | CompletionResponse]:
         if messages is not None:
-            return lambda llm: self._chat(llm, route, messages)
+            return lambda llm: self._chat("chat", llm, route, messages)
         return lambda llm: llm.complete(text, **route.plan.kwargs)
 
     @dispatcher.span
@@ -944,7 +922,7 @@ class MetaRouterLLM(FunctionCallingLLM):
 
             async def call(llm: LLM) -> ChatResponse | CompletionResponse:
                 if messages is not None:
-                    return await self._achat(llm, route, messages)
+                    return await self._chat("achat", llm, route, messages)
                 return await llm.acomplete(text, **route.plan.kwargs)
 
             response, _ = await self._adispatch(route, call)

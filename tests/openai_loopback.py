@@ -44,7 +44,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -56,6 +56,8 @@ __all__ = [
     "dumps",
     "event_stream",
     "text_pieces",
+    "tool_arguments",
+    "tool_named_in",
 ]
 
 Fault = Literal["error", "hang", "cut"]
@@ -169,12 +171,8 @@ class _Completion:
         if isinstance(choice, Mapping):
             chosen = by_name.get((choice.get("function") or {}).get("name"))
         if chosen is None:
-            lowered = prompt.lower()
-            for name, tool in by_name.items():
-                words = [w for w in re.split(r"[_\W]+", name.lower()) if w and w not in _STOPWORDS]
-                if name.lower() in lowered or any(w in lowered for w in words):
-                    chosen = tool
-                    break
+            named = tool_named_in(prompt, by_name)
+            chosen = by_name[named] if named is not None else None
         if chosen is None and choice in _FORCING:
             chosen = tools[0]
         if chosen is None:
@@ -184,7 +182,7 @@ class _Completion:
             "type": "function",
             "function": {
                 "name": chosen["name"],
-                "arguments": dumps(_arguments(chosen.get("parameters") or {}, prompt)),
+                "arguments": dumps(tool_arguments(chosen.get("parameters") or {}, prompt)),
             },
         }
 
@@ -273,7 +271,25 @@ def event_stream(
     return "".join([*events, "data: [DONE]\n\n"])
 
 
-def _arguments(schema: Mapping[str, Any], prompt: str) -> dict[str, Any]:
+def tool_named_in(prompt: str, names: Iterable[str]) -> str | None:
+    """The first tool whose name (or a word of it, stop words aside) the prompt mentions."""
+    lowered = prompt.lower()
+    for name in names:
+        words = [w for w in re.split(r"[_\W]+", name.lower()) if w and w not in _STOPWORDS]
+        if name.lower() in lowered or any(w in lowered for w in words):
+            return name
+    return None
+
+
+def tool_arguments(
+    schema: Mapping[str, Any], prompt: str, missing: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """Arguments for a tool call from its JSON schema and the prompt.
+
+    Numbers from the prompt in order for numbers, quoted text for strings (else
+    ``missing(name)``, default: the prompt's start), ``True`` for booleans, empty lists and
+    objects for the rest.
+    """
     numbers = [int(n) for n in re.findall(r"-?\d+", prompt)]
     strings = [a or b for a, b in re.findall(r"'([^']+)'|\"([^\"]+)\"", prompt)]
     args: dict[str, Any] = {}
@@ -283,8 +299,14 @@ def _arguments(schema: Mapping[str, Any], prompt: str) -> dict[str, Any]:
             args[name] = numbers.pop(0) if numbers else 0
         elif "boolean" in kinds:
             args[name] = True
+        elif "array" in kinds:
+            args[name] = []
+        elif "object" in kinds:
+            args[name] = {}
+        elif strings:
+            args[name] = strings.pop(0)
         else:
-            args[name] = strings.pop(0) if strings else prompt[:60]
+            args[name] = missing(name) if missing is not None else prompt[:60]
     return args
 
 

@@ -46,7 +46,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from metarouter.errors import (
     AttemptTimeoutError,
@@ -66,6 +66,7 @@ __all__ = [
     "CallRequest",
     "FailureHook",
     "FallbackPolicy",
+    "FallbackSettings",
     "Reason",
     "check_user_id",
 ]
@@ -142,6 +143,19 @@ class FallbackPolicy:
             )
 
 
+class FallbackSettings(Protocol):
+    """An adapter whose fields set the fallback rules (read on every call, so they can change)."""
+
+    @property
+    def fallback(self) -> bool: ...  # noqa: D102
+    @property
+    def fallback_on(self) -> tuple[type[BaseException], ...]: ...  # noqa: D102
+    @property
+    def max_fallbacks(self) -> int | None: ...  # noqa: D102
+    @property
+    def timeout(self) -> float | None: ...  # noqa: D102
+
+
 @dataclass(frozen=True)
 class CallRequest:
     """What an adapter knows about a call before it is routed.
@@ -179,6 +193,7 @@ class Call:
         decision: The recorded routing decision.
         reason: Why the first candidate was chosen (:data:`Reason`).
         order: Candidates to try, in order.
+        policy: The fallback rules the call runs under.
         limited: Whether ``max_fallbacks`` cut candidates from ``order``.
         failures: Candidates that failed, with their errors, in order.
         data: The routing data, one dict updated in place (streamed chunks share it). Keys:
@@ -192,6 +207,7 @@ class Call:
     decision: Decision
     reason: Reason
     order: tuple[str, ...]
+    policy: FallbackPolicy
     limited: bool = False
     failures: list[tuple[str, BaseException]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -214,7 +230,8 @@ class CallFlow:
         service: The routing service (router, store, feedback).
         candidates: Names of the candidates this adapter can call (a subset of the service's
             arms), in configuration order.
-        policy: The fallback rules.
+        policy: The fallback rules, or an object whose ``fallback``, ``fallback_on``,
+            ``max_fallbacks`` and ``timeout`` fields set them (read on every call).
         integration: The adapter's name, stored with each decision (``langchain``, ...).
     """
 
@@ -223,7 +240,7 @@ class CallFlow:
         service: RoutingService,
         candidates: Sequence[str],
         *,
-        policy: FallbackPolicy | None = None,
+        policy: FallbackPolicy | FallbackSettings | None = None,
         integration: str,
     ) -> None:
         names = list(candidates)
@@ -235,10 +252,23 @@ class CallFlow:
             )
         self.service = service
         self.candidates: tuple[str, ...] = tuple(names)
-        self.policy = policy or FallbackPolicy()
+        self._policy = policy or FallbackPolicy()
         self.integration = integration
         self._pins: OrderedDict[str, str] = OrderedDict()
         self._pins_lock = threading.Lock()
+
+    @property
+    def policy(self) -> FallbackPolicy:
+        """The fallback rules in effect."""
+        source = self._policy
+        if isinstance(source, FallbackPolicy):
+            return source
+        return FallbackPolicy(
+            enabled=source.fallback,
+            on=source.fallback_on,
+            max_fallbacks=source.max_fallbacks,
+            timeout=source.timeout,
+        )
 
     # -- routing --------------------------------------------------------------------------------
     def _check_forced(self, forced: object, lacking: Mapping[str, Sequence[str]]) -> str:
@@ -302,12 +332,13 @@ class CallFlow:
             metadata=metadata,
         )
         order = [m for m in decision.fallback_order if m in self.candidates and m not in lacking]
+        policy = self.policy
         limit = len(order)
-        if reason in ("override", "compare") or not self.policy.enabled:
+        if reason in ("override", "compare") or not policy.enabled:
             limit = 1
-        elif self.policy.max_fallbacks is not None:
-            limit = 1 + self.policy.max_fallbacks
-        call = Call(decision, reason, tuple(order[:limit]), limited=limit < len(order))
+        elif policy.max_fallbacks is not None:
+            limit = 1 + policy.max_fallbacks
+        call = Call(decision, reason, tuple(order[:limit]), policy, limited=limit < len(order))
         routing = decision.routing
         call.data.update(
             decision.metadata(),
@@ -327,12 +358,20 @@ class CallFlow:
         return call
 
     # -- candidates, in order -------------------------------------------------------------------
-    def _falls_back(self, exc: BaseException) -> bool:
-        return isinstance(exc, (AttemptTimeoutError, *self.policy.on))
-
     def _failed(
-        self, call: Call, index: int, name: str, exc: BaseException, hook: FailureHook | None
+        self,
+        call: Call,
+        index: int,
+        exc: BaseException,
+        passthrough: tuple[type[BaseException], ...],
+        hook: FailureHook | None,
     ) -> None:
+        """Log candidate ``index``'s failure, or re-raise what must not fall back."""
+        if isinstance(exc, passthrough) or not isinstance(
+            exc, (AttemptTimeoutError, *call.policy.on)
+        ):
+            raise exc
+        name = call.order[index]
         call.failures.append((name, exc))
         call.data["fallbacks"] = [{"model": n, "error": _describe(e)} for n, e in call.failures]
         nxt = call.order[index + 1] if index + 1 < len(call.order) else None
@@ -351,23 +390,26 @@ class CallFlow:
                     "the fallback hook failed for decision %s", call.decision.decision_id
                 )
 
-    def _succeeded(self, call: Call, name: str) -> None:
+    @staticmethod
+    def _answered(call: Call, name: str, result: _T) -> tuple[_T, str]:
         call.data["model"] = name
+        return result, name
 
-    def _timed_out(self, name: str) -> AttemptTimeoutError:
+    @staticmethod
+    def _timed_out(call: Call, name: str) -> AttemptTimeoutError:
         return AttemptTimeoutError(
-            f"candidate {name!r} gave no answer within timeout={self.policy.timeout} s"
+            f"candidate {name!r} gave no answer within timeout={call.policy.timeout} s"
         )
 
-    def _run_bounded(self, fn: Callable[[str], _T], name: str) -> _T:
-        """``fn(name)``, given up on after ``policy.timeout`` seconds.
+    def _run_bounded(self, call: Call, fn: Callable[[str], _T], name: str) -> _T:
+        """``fn(name)``, given up on after the call's ``timeout`` seconds.
 
         Without a timeout the attempt runs in the caller's thread. With one, it runs in a
         worker thread with a copy of the caller's context (framework callbacks, scopes); when
         it overruns, the router moves on and the abandoned attempt finishes on its own (its
         result is dropped), bounded by the candidate's own client timeout.
         """
-        timeout = self.policy.timeout
+        timeout = call.policy.timeout
         if timeout is None:
             return fn(name)
         context = contextvars.copy_context()
@@ -384,10 +426,19 @@ class CallFlow:
 
         threading.Thread(target=work, name=f"metarouter-attempt:{name}", daemon=True).start()
         if not done.wait(timeout):
-            raise self._timed_out(name)
+            raise self._timed_out(call, name)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
+
+    async def _arun_bounded(self, call: Call, fn: Callable[[str], Awaitable[_T]], name: str) -> _T:
+        """Async ``fn(name)``, cancelled after the call's ``timeout`` seconds."""
+        if call.policy.timeout is None:
+            return await fn(name)
+        try:
+            return await asyncio.wait_for(fn(name), call.policy.timeout)
+        except asyncio.TimeoutError as exc:
+            raise self._timed_out(call, name) from exc
 
     def attempt(
         self,
@@ -413,16 +464,9 @@ class CallFlow:
         """
         for index, name in enumerate(call.order):
             try:
-                result = self._run_bounded(fn, name)
-            except passthrough:
-                raise
+                return self._answered(call, name, self._run_bounded(call, fn, name))
             except BaseException as exc:
-                if not self._falls_back(exc):
-                    raise
-                self._failed(call, index, name, exc, on_failure)
-                continue
-            self._succeeded(call, name)
-            return result, name
+                self._failed(call, index, exc, passthrough, on_failure)
         raise self.dispatch_error(call) from call.failures[0][1]
 
     async def aattempt(
@@ -433,26 +477,12 @@ class CallFlow:
         passthrough: tuple[type[BaseException], ...] = (),
         on_failure: FailureHook | None = None,
     ) -> tuple[_T, str]:
-        """Async :meth:`attempt` (``policy.timeout`` cancels an overrunning attempt)."""
-        timeout = self.policy.timeout
+        """Async :meth:`attempt` (``timeout`` cancels an overrunning attempt)."""
         for index, name in enumerate(call.order):
             try:
-                if timeout is None:
-                    result = await fn(name)
-                else:
-                    try:
-                        result = await asyncio.wait_for(fn(name), timeout)
-                    except asyncio.TimeoutError as exc:
-                        raise self._timed_out(name) from exc
-            except passthrough:
-                raise
+                return self._answered(call, name, await self._arun_bounded(call, fn, name))
             except BaseException as exc:
-                if not self._falls_back(exc):
-                    raise
-                self._failed(call, index, name, exc, on_failure)
-                continue
-            self._succeeded(call, name)
-            return result, name
+                self._failed(call, index, exc, passthrough, on_failure)
         raise self.dispatch_error(call) from call.failures[0][1]
 
     def dispatch_error(self, call: Call) -> DispatchError:
@@ -462,10 +492,10 @@ class CallFlow:
             why = "the model was forced with model=, and a forced model never falls back"
         elif call.reason == "compare":
             why = "each compare() answer comes from its own model, without fallback"
-        elif not self.policy.enabled:
+        elif not call.policy.enabled:
             why = "fallback is off"
         elif call.limited:
-            why = f"max_fallbacks={self.policy.max_fallbacks} limited the candidates tried"
+            why = f"max_fallbacks={call.policy.max_fallbacks} limited the candidates tried"
         else:
             why = "every eligible candidate was tried"
         return DispatchError(

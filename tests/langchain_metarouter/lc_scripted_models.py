@@ -36,10 +36,10 @@ from langchain_core.messages import (
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from openai_loopback import tool_arguments, tool_named_in
 from pydantic import Field, PrivateAttr
 
 _FORCING = {"any", "required", True}
-_STOPWORDS = {"get", "my", "tool", "the", "a", "of", "function"}
 
 
 def _tokens(text: str) -> int:
@@ -137,13 +137,9 @@ class TextOnlyChatModel(BaseChatModel):
             name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
             chosen = by_name.get(name) if name else None
         if chosen is None:
-            lowered = prompt.lower()
-            for name, fn in by_name.items():
-                words = [w for w in re.split(r"[_\W]+", name.lower()) if w and w not in _STOPWORDS]
-                if name.lower() in lowered or any(w in lowered for w in words):
-                    chosen = fn
-                    break
-            if chosen is None and (tool_choice in _FORCING or "tool" in lowered):
+            named = tool_named_in(prompt, by_name)
+            chosen = by_name[named] if named is not None else None
+            if chosen is None and (tool_choice in _FORCING or "tool" in prompt.lower()):
                 chosen = next(iter(by_name.values()))
         if chosen is None:
             return None
@@ -156,23 +152,7 @@ class TextOnlyChatModel(BaseChatModel):
 
     @staticmethod
     def _arguments(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
-        numbers = [int(n) for n in re.findall(r"-?\d+", prompt)]
-        quoted = re.findall(r"'([^']+)'|\"([^\"]+)\"", prompt)
-        strings = [a or b for a, b in quoted]
-        args: dict[str, Any] = {}
-        for name, prop in (schema.get("properties") or {}).items():
-            kinds = {prop.get("type")} | {p.get("type") for p in prop.get("anyOf", [])}
-            if kinds & {"integer", "number"}:
-                args[name] = numbers.pop(0) if numbers else 0
-            elif "boolean" in kinds:
-                args[name] = True
-            elif "array" in kinds:
-                args[name] = []
-            elif "object" in kinds:
-                args[name] = {}
-            else:
-                args[name] = strings.pop(0) if strings else f"{name} for: {prompt[:60]}"
-        return args
+        return tool_arguments(schema, prompt, lambda name: f"{name} for: {prompt[:60]}")
 
     # -- LangChain hooks ------------------------------------------------------------------------
     def _fail_now(self, sent: int) -> None:
