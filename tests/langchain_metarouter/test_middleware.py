@@ -35,8 +35,10 @@ def _ai(messages) -> list[AIMessage]:
     return [m for m in messages if isinstance(m, AIMessage)]
 
 
-def test_agent_model_calls_are_routed_and_the_tool_loop_completes(candidates, service):
-    router = MetaRouterChat(candidates=candidates, service=service)
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["no-timeout", "timeout"])
+def test_agent_model_calls_are_routed_and_the_tool_loop_completes(candidates, service, timeout):
+    # with a timeout, each model call runs in a worker thread with the graph's context
+    router = MetaRouterChat(candidates=candidates, service=service, timeout=timeout)
     placeholder = TextOnlyChatModel(model_name="placeholder")
     out = _agent(router, placeholder).invoke(
         {"messages": [("user", QUESTION)]}, context={"user_id": "ann"}
