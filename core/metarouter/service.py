@@ -46,6 +46,7 @@ from metarouter.store.records import (
     validate_user_id,
 )
 from metarouter.types import Comparison, Preference, RoutingDecision
+from metarouter.validation import excerpt
 
 __all__ = [
     "STORE_ENV",
@@ -183,7 +184,7 @@ def as_answer(item: object) -> WinnerLike:
         if isinstance(model, str) and isinstance(cost, numbers.Real) and not isinstance(cost, bool):
             return Response(model=model, cost_usd=float(cost), text=item.get("text"))
         raise FeedbackError(
-            f"cannot read an answer from {dict(item)!r}: give {{'decision_id': ...}} for a "
+            f"cannot read an answer from {excerpt(dict(item))}: give {{'decision_id': ...}} for a "
             "routed answer, or {'model': str, 'cost_usd': float, 'text': str} for another one."
         )
     raise FeedbackError(
@@ -402,7 +403,7 @@ class RoutingService:
         if forced is not None:
             if forced not in self.specs:
                 raise UnknownArmError(
-                    f"model override {forced!r} is not a candidate; candidates are "
+                    f"model override {excerpt(forced)} is not a candidate; candidates are "
                     f"{self.arm_names}."
                 )
             if forced not in names:
@@ -548,7 +549,8 @@ class RoutingService:
             raise FeedbackError("winner and loser are the same decision; compare two answers.")
         if w.model == lose.model:
             raise FeedbackError(
-                f"both answers come from {w.model!r}; a comparison needs two different models."
+                f"both answers come from {excerpt(w.model)}; a comparison needs two different "
+                "models."
             )
         owners = {r.user_id for r in recs}
         if user_id is not None:

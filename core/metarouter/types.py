@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from metarouter.errors import ConfigError, FeedbackError
+from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_number
 
 __all__ = ["Comparison", "Preference", "RoutingDecision"]
 
@@ -50,17 +50,38 @@ class Comparison:
                 "Fix: compare answers of two different candidates."
             )
         for name in ("winner_cost_usd", "loser_cost_usd"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise FeedbackError(
-                    f"Comparison.{name} must be a finite USD amount >= 0, got {value!r}."
-                )
+            cost = check_number(
+                f"Comparison.{name}",
+                getattr(self, name),
+                error=FeedbackError,
+                maximum=MAX_CALL_COST_USD,
+                fix="Fix: give what the answer cost in US dollars (e.g. 0.0004).",
+            )
+            object.__setattr__(self, name, cost)
+        if self.tokens is not None:
+            tokens = check_number(
+                "Comparison.tokens",
+                self.tokens,
+                error=FeedbackError,
+                maximum=MAX_TOKENS,
+                integer=True,
+                fix="Fix: pass the prompt's token count, or leave it out to estimate it.",
+            )
+            object.__setattr__(self, "tokens", int(tokens))
         if self.query is None and self.embedding is None:
             raise FeedbackError("a comparison needs the query text or its embedding.")
         if self.embedding is not None:
-            emb = np.asarray(self.embedding, dtype=np.float32)
-            if emb.ndim != 1 or not np.isfinite(emb).all():
-                raise FeedbackError("Comparison.embedding must be a finite 1-d vector.")
+            try:
+                emb = np.asarray(self.embedding, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise FeedbackError(
+                    f"Comparison.embedding is not a numeric vector ({exc})."
+                ) from exc
+            if emb.ndim != 1 or emb.size == 0 or not np.isfinite(emb).all():
+                raise FeedbackError(
+                    "Comparison.embedding must be a finite 1-d vector. Fix: pass the router's "
+                    "embedder.encode_one(query), or the query text instead."
+                )
             object.__setattr__(self, "embedding", emb)
 
 
