@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from metarouter.errors import ConfigError, FeedbackError
-from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_number
+from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_number, excerpt
 
 __all__ = ["Comparison", "Preference", "RoutingDecision"]
 
@@ -134,10 +134,24 @@ class Preference:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preference:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, data: Mapping[str, Any], *, like: Preference | None = None) -> Preference:
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: What :meth:`to_dict` returned (e.g. read back from the store's cache).
+            like: A preference of the same router (e.g. its prior): the result must have the
+                same shapes, else it is refused.
+
+        Raises:
+            ConfigError: Missing or malformed fields, values that are not finite, or shapes
+                that differ from ``like``'s.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"malformed preference state: expected a mapping, got {excerpt(data)}."
+            )
         try:
-            return cls(
+            pref = cls(
                 z=np.asarray(data["z"], dtype=np.float32),
                 evidence={k: np.asarray(v, dtype=np.float32) for k, v in data["evidence"].items()},
                 default_evidence=np.asarray(data["default_evidence"], dtype=np.float32),
@@ -147,8 +161,36 @@ class Preference:
                 default_cost_factor=float(data.get("default_cost_factor", 1.0)),
                 alpha_posterior=tuple(float(v) for v in data.get("alpha_posterior", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed preference state: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"malformed preference state: {excerpt(exc, 200)}") from exc
+        pref.check(like)
+        return pref
+
+    def check(self, like: Preference | None = None) -> None:
+        """Refuse a preference with non-finite values, or shaped unlike ``like``.
+
+        Raises:
+            ConfigError: Saying which field is wrong.
+        """
+        vectors = {"z": self.z, "default_evidence": self.default_evidence}
+        vectors.update({f"evidence[{k!r}]": v for k, v in self.evidence.items()})
+        for name, vec in vectors.items():
+            if vec.ndim != 1 or not np.isfinite(vec).all():
+                raise ConfigError(f"preference state: {name} is not a finite vector.")
+        numbers = [self.quality_weight, self.default_cost_factor, *self.cost_factors.values()]
+        if not all(np.isfinite(numbers)) or not all(np.isfinite(self.alpha_posterior)):
+            raise ConfigError("preference state: a weight or cost factor is not finite.")
+        if self.n_comparisons < 0:
+            raise ConfigError("preference state: n_comparisons is negative.")
+        if like is not None:
+            shapes = {"z": like.z.shape, "default_evidence": like.default_evidence.shape}
+            for name, vec in vectors.items():
+                want = shapes["z" if name == "z" else "default_evidence"]
+                if vec.shape != want:
+                    raise ConfigError(
+                        f"preference state: {name} has shape {vec.shape}, this router's has "
+                        f"{want} (a state of another router or version)."
+                    )
 
 
 @dataclass(frozen=True)
