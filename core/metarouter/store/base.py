@@ -6,11 +6,13 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metarouter.store.records import ComparisonRecord, DecisionRecord, validate_user_id
 
 __all__ = ["PreferenceStore"]
+
+_S = TypeVar("_S", bound="PreferenceStore")
 
 
 class PreferenceStore(ABC):
@@ -148,7 +150,7 @@ class PreferenceStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    def __enter__(self) -> PreferenceStore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:
