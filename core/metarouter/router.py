@@ -128,7 +128,7 @@ def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
         expected = {k: tuple(v.shape) for k, v in MetaRouterModel(config).state_dict().items()}
     try:
         with safe_open(str(weights), "pt") as fh:
-            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
