@@ -29,6 +29,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -97,6 +98,12 @@ def _normalise_url(target: str | os.PathLike[str]) -> str:
     if scheme in ("postgres", "postgresql"):
         return f"postgresql+psycopg://{rest}"
     return text
+
+
+def _read_only_url(path: Path) -> sa.URL:
+    """A URL opening the SQLite file read-only (``mode=ro``: SQLite refuses every write)."""
+    uri = f"file:{urllib.parse.quote(str(path.expanduser().absolute()))}?mode=ro"
+    return sa.URL.create("sqlite", database=uri, query={"uri": "true"})
 
 
 def _sqlite_file(url: sa.URL) -> Path | None:
@@ -183,9 +190,7 @@ class SQLStore(PreferenceStore):
             kwargs["connect_args"] = {"timeout": self.busy_timeout, "check_same_thread": False}
             if self.read_only and self.path is not None:
                 # mode=ro: SQLite itself refuses every write, whatever runs on the connection
-                url = url.set(database=f"file:{self.path}?mode=ro").update_query_dict(
-                    {"uri": "true"}
-                )
+                url = _read_only_url(self.path)
             if self.path is None:
                 kwargs["poolclass"] = sa.pool.StaticPool
             else:
@@ -306,6 +311,9 @@ class SQLStore(PreferenceStore):
 
     def _check_existing(self, engine: sa.Engine, *, older_ok: bool = False) -> None:
         """Refuse a database that is not a MetaRouter store (or, read-only, not at our version)."""
+        if self.path is not None and not self.read_only:
+            # look without our connection settings: they would switch the file to WAL
+            engine = sa.create_engine(_read_only_url(self.path), poolclass=sa.pool.NullPool)
         try:
             with engine.connect() as conn:
                 found = stored_version(conn)
@@ -313,6 +321,9 @@ class SQLStore(PreferenceStore):
             raise
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(self._explain("open the store", exc)) from exc
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
         if found is None:
             raise StoreError(
                 f"{self.url} is not a MetaRouter preference store (it has no metarouter_schema "
