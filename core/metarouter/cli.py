@@ -532,8 +532,14 @@ def store_prune(
     ] = False,
 ) -> None:
     """Delete old routing decisions; comparisons (and the decisions they cite) are kept."""
+    from metarouter.errors import ConfigError
     from metarouter.store.maintenance import Retention
 
+    if older_than_days is None and keep_last is None:
+        raise ConfigError(
+            "say what to keep: --older-than-days DAYS (delete older decisions) and/or "
+            "--keep-last N (keep each user's newest N)."
+        )
     retention = Retention(max_age_days=older_than_days, max_decisions_per_user=keep_last)
     with _open_store(store) as opened:
         before = opened.stats()["decisions"]

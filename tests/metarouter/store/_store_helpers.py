@@ -288,3 +288,19 @@ class WriteLock:
         else:
             self._conn.rollback()
         self._conn.close()
+
+
+def stalled_export(url: str, out: str, started: Any) -> None:
+    """Export the dataset, but stall for good after the first rows (to be killed there)."""
+    store = SQLStore(url)
+    records = store.iter_records
+
+    def stalling(**kwargs: Any) -> Any:
+        for i, rec in enumerate(records(**kwargs)):
+            yield rec
+            if i == 1:
+                started.set()
+                time.sleep(600)
+
+    store.iter_records = stalling  # type: ignore[method-assign]
+    store.export_comparisons(out)

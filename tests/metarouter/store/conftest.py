@@ -105,3 +105,12 @@ def another_store_url(store_url, tmp_path, request):
         admin = request.getfixturevalue("_postgres_admin")
         for schema in schemas:
             drop_postgres_schema(admin, schema)
+
+
+@pytest.fixture
+def postgres_store_url(request) -> str:
+    """A fresh PostgreSQL schema's URL, for tests of what only PostgreSQL does."""
+    admin = request.getfixturevalue("_postgres_admin")
+    url, schema = fresh_postgres_url(admin)
+    yield url
+    drop_postgres_schema(admin, schema)

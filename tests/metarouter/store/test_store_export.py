@@ -180,3 +180,32 @@ def test_a_failed_export_leaves_no_partial_file(filled, tmp_path, monkeypatch):
         store.export_comparisons(out)
     assert out.read_text(encoding="utf-8") == "previous export\n"
     assert [p.name for p in tmp_path.iterdir() if "jsonl" in p.name] == ["feedback.jsonl"]
+
+
+def test_an_export_killed_part_way_leaves_no_temporary_file_behind(filled, store_url, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+
+    from _store_helpers import stalled_export
+
+    store, _, _ = filled
+    out = tmp_path / "feedback.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    child = ctx.Process(target=stalled_export, args=(store_url, str(out), started))
+    child.start()
+    assert started.wait(120), "the export did not start"
+    temporaries = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(temporaries) == 1 and temporaries[0].stat().st_mode & 0o077 == 0  # private
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+    assert temporaries[0].exists()  # what a killed export leaves
+
+    running = tmp_path / f".{out.name}.{os.getpid()}.abcdefgh.tmp"  # a live export's file
+    running.write_text("in progress", encoding="utf-8")
+    store.export_comparisons(out)
+    assert not temporaries[0].exists()
+    assert running.exists()
+    left = sorted(p.name for p in tmp_path.iterdir() if "jsonl" in p.name)
+    assert left == sorted([out.name, running.name])

@@ -64,9 +64,8 @@ def test_a_backup_of_a_live_store_keeps_the_commits_a_file_copy_loses(tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_postgres_backup_gives_the_pg_dump_command_that_works(store_url, tmp_path):
-    if store_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL only")
+def test_a_postgres_backup_gives_the_pg_dump_command_that_works(postgres_store_url, tmp_path):
+    store_url = postgres_store_url
     store = SQLStore(store_url)
     store.record_decision(make_decision("alice"))
     out = tmp_path / "prefs.dump"
