@@ -124,8 +124,16 @@ def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
 
     from metarouter.model import MetaRouterModel
 
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        expected = {k: tuple(v.shape) for k, v in MetaRouterModel(config).state_dict().items()}
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            network = MetaRouterModel(config)
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise ModelLoadError(
+            f"{weights.parent / CONFIG_FILE} describes a network that cannot be built ({exc}); "
+            "nothing was loaded. Fix: keep the two files of one save together (re-download or "
+            "re-save the router)."
+        ) from exc
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     try:
         with safe_open(str(weights), "pt") as fh:
             found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict

@@ -164,7 +164,8 @@ def validate_outcomes(
     if bad_cost.any():
         i = int(np.flatnonzero(bad_cost)[0])
         raise DataError(
-            f"{_row_ref(source, df, i)}: cost_usd is {cost[i]!r}; it must be a finite number >= 0 "
+            f"{_row_ref(source, df, i)}: cost_usd is {float(cost[i])!r}; it must be a finite "
+            "number >= 0 "
             "(US dollars per call). Fix: fill missing costs from the provider's price table "
             "(tokens x price) and set cost_is_estimate=true, or drop the row."
         )
@@ -186,7 +187,8 @@ def validate_outcomes(
     if bad_q.any():
         i = int(np.flatnonzero(bad_q)[0])
         raise DataError(
-            f"{_row_ref(source, df, i)}: quality {quality[i]!r} is outside [0, 1]. Fix: rescale "
+            f"{_row_ref(source, df, i)}: quality {float(quality[i])!r} is outside [0, 1]. Fix: "
+            "rescale "
             "scores to [0, 1] (e.g. divide percentages by 100)."
         )
 
