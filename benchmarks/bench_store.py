@@ -44,14 +44,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _timing import load_average, machine  # noqa: E402
+from bench_routing import K5  # noqa: E402 - the same five candidates as the routing figures
 
-K5 = (
-    "gemma-2-9b-it",
-    "llama-3.1-8b-instruct",
-    "mistral-7b-instruct-v0.3",
-    "llama-3.3-nemotron-super-49b-v1",
-    "llama-3.1-nemotron-51b-instruct",
-)
 START, END = "<!-- store-load:start -->", "<!-- store-load:end -->"
 FEEDBACK_EVERY = 20
 

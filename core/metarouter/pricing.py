@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from metarouter.errors import ConfigError
-from metarouter.validation import MAX_PRICE_PER_MILLION_USD, check_number
+from metarouter.validation import MAX_PRICE_PER_MILLION_USD, check_fields
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -45,15 +45,13 @@ class Price:
     output_per_million: float
 
     def __post_init__(self) -> None:
-        for name in ("input_per_million", "output_per_million"):
-            value = check_number(
-                f"Price.{name} (USD per 1M tokens)",
-                getattr(self, name),
-                error=ConfigError,
-                maximum=MAX_PRICE_PER_MILLION_USD,
-                fix="Fix: copy the provider's published price per 1M tokens, e.g. 0.15.",
-            )
-            object.__setattr__(self, name, value)
+        check_fields(
+            self,
+            ("input_per_million", "output_per_million"),
+            error=ConfigError,
+            maximum=MAX_PRICE_PER_MILLION_USD,
+            fix="Fix: copy the provider's published price in USD per 1M tokens, e.g. 0.15.",
+        )
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """Cost in USD of a call with the given real token usage."""

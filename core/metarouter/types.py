@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from metarouter.errors import ConfigError, FeedbackError
-from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_number, excerpt
+from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_fields, excerpt
 
 __all__ = ["Comparison", "Preference", "RoutingDecision"]
 
@@ -49,25 +49,22 @@ class Comparison:
                 f"a comparison needs two different models, got {self.winner!r} twice. "
                 "Fix: compare answers of two different candidates."
             )
-        for name in ("winner_cost_usd", "loser_cost_usd"):
-            cost = check_number(
-                f"Comparison.{name}",
-                getattr(self, name),
-                error=FeedbackError,
-                maximum=MAX_CALL_COST_USD,
-                fix="Fix: give what the answer cost in US dollars (e.g. 0.0004).",
-            )
-            object.__setattr__(self, name, cost)
-        if self.tokens is not None:
-            tokens = check_number(
-                "Comparison.tokens",
-                self.tokens,
-                error=FeedbackError,
-                maximum=MAX_TOKENS,
-                integer=True,
-                fix="Fix: pass the prompt's token count, or leave it out to estimate it.",
-            )
-            object.__setattr__(self, "tokens", int(tokens))
+        check_fields(
+            self,
+            ("winner_cost_usd", "loser_cost_usd"),
+            error=FeedbackError,
+            maximum=MAX_CALL_COST_USD,
+            fix="Fix: give what the answer cost in US dollars (e.g. 0.0004).",
+        )
+        check_fields(
+            self,
+            ("tokens",),
+            error=FeedbackError,
+            maximum=MAX_TOKENS,
+            integer=True,
+            optional=True,
+            fix="Fix: pass the prompt's token count, or leave it out to estimate it.",
+        )
         if self.query is None and self.embedding is None:
             raise FeedbackError("a comparison needs the query text or its embedding.")
         if self.embedding is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_ECHO_CHARS",
     "MAX_PRICE_PER_MILLION_USD",
     "MAX_TOKENS",
+    "check_fields",
     "check_number",
     "excerpt",
     "preferred_index",
@@ -84,6 +85,33 @@ def check_number(
         message = f"{name} must be {kind} in [{minimum:g}, {maximum:g}], got {excerpt(value)}."
         raise error(f"{message} {fix}".rstrip())
     return number
+
+
+def check_fields(
+    obj: object,
+    names: Sequence[str],
+    *,
+    error: type[MetaRouterError],
+    maximum: float,
+    integer: bool = False,
+    optional: bool = False,
+    fix: str = "",
+) -> None:
+    """:func:`check_number` on fields of a frozen dataclass, storing each as a plain number.
+
+    For ``__post_init__``: a NumPy number becomes a ``float`` (or ``int``); with ``optional``,
+    ``None`` is left as is.
+
+    Raises:
+        error: The first field that is not a real number in ``[0, maximum]``.
+    """
+    for name in names:
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        label = f"{type(obj).__name__}.{name}"
+        number = check_number(label, value, error=error, maximum=maximum, integer=integer, fix=fix)
+        object.__setattr__(obj, name, int(number) if integer else number)
 
 
 def preferred_index(winner: object, labels: Sequence[Sequence[str]]) -> int:

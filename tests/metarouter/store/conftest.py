@@ -114,3 +114,9 @@ def postgres_store_url(request) -> str:
     url, schema = fresh_postgres_url(admin)
     yield url
     drop_postgres_schema(admin, schema)
+
+
+@pytest.fixture(scope="session")
+def router(default_router):
+    """The bundled router (with the session's embedder), for tests that route."""
+    return default_router

@@ -141,12 +141,17 @@ def bad_text(c: Ctx) -> None:
     assert snapshot(service.store) == before
 
 
+def _refused(c: Ctx, service: RoutingService, pairs: list[tuple[Any, Any]]) -> None:
+    before = snapshot(service.store)
+    for winner, loser in pairs:
+        c.seen.raises(lambda w=winner, lo=loser: service.record_preference(w, lo))
+    assert snapshot(service.store) == before
+
+
 def same_answer(c: Ctx) -> None:
     service = c.service()
-    a = service.decide(QUERY, "ann", forced=MODELS[0])
-    b = service.decide(QUERY, "ann", forced=MODELS[0])
-    c.seen.raises(lambda: service.record_preference(a, b))
-    c.seen.raises(lambda: service.record_preference(a, a))
+    a, b = (service.decide(QUERY, "ann", forced=MODELS[0]) for _ in range(2))
+    _refused(c, service, [(a, b), (a, a)])
 
 
 def foreign_decisions(c: Ctx) -> None:
@@ -154,8 +159,7 @@ def foreign_decisions(c: Ctx) -> None:
     ann = service.decide(QUERY, "ann", forced=MODELS[0])
     bob = service.decide(QUERY, "bob", forced=MODELS[2])
     other = service.decide("What is 2 + 2?", "ann", forced=MODELS[2])
-    c.seen.raises(lambda: service.record_preference(ann, bob))
-    c.seen.raises(lambda: service.record_preference(ann, other))
+    _refused(c, service, [(ann, bob), (ann, other)])
 
 
 def judged_again(c: Ctx) -> None:
@@ -428,13 +432,6 @@ CASES: dict[str, Callable[[Ctx], None]] = {
 def test_every_row_of_the_table_has_a_case_and_every_case_a_row():
     rows = _table()
     assert sorted(rows) == sorted(CASES)
-
-
-@pytest.fixture(scope="module")
-def router(embedder):
-    from metarouter.router import MetaRouter
-
-    return MetaRouter.default(embedder=embedder)
 
 
 @pytest.mark.parametrize("row", list(CASES))

@@ -20,13 +20,6 @@ from metarouter.store import SQLStore
 QUERY = "Prove that there are infinitely many prime numbers."
 
 
-@pytest.fixture(scope="module")
-def router(embedder):
-    from metarouter.router import MetaRouter
-
-    return MetaRouter.default(embedder=embedder)
-
-
 @pytest.fixture
 def service(store_url, router):
     store = impatient_store(store_url)

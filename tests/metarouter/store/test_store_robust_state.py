@@ -24,13 +24,6 @@ QUERY = "Prove that there are infinitely many prime numbers."
 HUGE = 3.5e38  # above float32's largest value: the encoder turns it into inf, then NaN
 
 
-@pytest.fixture(scope="module")
-def router(embedder):
-    from metarouter.router import MetaRouter
-
-    return MetaRouter.default(embedder=embedder)
-
-
 @pytest.fixture
 def service(store, router):
     return RoutingService(list(MODELS), router=router, store=store)
