@@ -329,9 +329,7 @@ class RoutingService:
             version = self.store.user_version(uid)
         except StoreError as exc:
             self._writes.failed("read a user's feedback version", exc)
-            with self._lock:
-                hit = self._cache.get(uid)
-            return hit.preference if hit is not None else self.router.prior()
+            return self._last_known(uid)
         with self._lock:
             hit = self._cache.get(uid)
             if hit is not None and hit.version == version:
@@ -343,16 +341,20 @@ class RoutingService:
             pref = self._stored_preference(uid, version)
             if pref is None:
                 pref, version = self._recompute(uid)
-        if pref is None:  # the store could not be read: serve the last known or the prior
-            with self._lock:
-                hit = self._cache.get(uid)
-            return hit.preference if hit is not None else self.router.prior()
+        if pref is None:  # the store could not be read
+            return self._last_known(uid)
         with self._lock:
             self._cache[uid] = _Cached(version, pref)
             self._cache.move_to_end(uid)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return pref
+
+    def _last_known(self, uid: str) -> Preference:
+        """The preference this process last used for the user, else the prior."""
+        with self._lock:
+            hit = self._cache.get(uid)
+        return hit.preference if hit is not None else self.router.prior()
 
     def _stored_preference(self, uid: str, version: int) -> Preference | None:
         """The store's cached state at ``version`` if it can be read and fits this router."""

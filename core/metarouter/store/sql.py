@@ -1026,7 +1026,7 @@ class SQLStore(PreferenceStore):
         """The SQLite database file and its ``-wal``, ``-shm`` and ``-journal`` files."""
         return store_files(self.path) if self.path is not None else []
 
-    def checkpoint(self, attempts: int = 20) -> bool:
+    def checkpoint(self, attempts: int = 10) -> bool:
         """SQLite: copy the write-ahead log into the database file and empty it.
 
         Called after :meth:`delete_user`: with ``secure_delete`` on (always, in this store) the
