@@ -251,8 +251,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"The {r['threads']} threads share {m['logical_cpus']} cores (and the GIL) with the "
         "machine's other work, and SQLite has one writer at a time (each call commits twice, "
-        "each commit synced to disk): the latency of a call includes its waits for both, which "
-        "is where the tail is; the tail was not broken down further.",
+        "each commit synced to disk): the latency of a call includes its waits for both "
+        "(how much of the tail each causes was not measured).",
         "",
         f"Bar (0 errors, every decision stored): **{'MET' if ok else 'NOT MET'}**. Run "
         f"{r['started']} on {m['cpu']} ({m['logical_cpus']} logical CPUs, shared), commit "
