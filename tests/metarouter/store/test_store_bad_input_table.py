@@ -75,6 +75,7 @@ class Ctx:
     tmp: Path
     router: Any
     caplog: Any
+    monkeypatch: Any
     seen: Seen = field(default_factory=Seen)
 
     def service(self, name: str = "s.db", store: SQLStore | None = None) -> RoutingService:
@@ -287,13 +288,27 @@ def disk_full(c: Ctx) -> None:
 
 
 def huge_config(c: Ctx) -> None:
+    from metarouter import model as model_module
     from metarouter.router import CONFIG_FILE, MetaRouter
 
+    build = model_module.MetaRouterModel.__init__
+
+    def guarded(self: Any, config: Any) -> None:  # for real, this would take ~16 GB
+        assert config.hidden_dim < 10_000 or _on_meta(), "allocated the oversized network"
+        build(self, config)
+
+    c.monkeypatch.setattr(model_module.MetaRouterModel, "__init__", guarded)
     folder = c.router.save_pretrained(c.tmp / "r")
     meta = json.loads((folder / CONFIG_FILE).read_text())
     meta["config"]["hidden_dim"] = 20_000
     (folder / CONFIG_FILE).write_text(json.dumps(meta))
     c.seen.raises(lambda: MetaRouter.from_pretrained(folder))
+
+
+def _on_meta() -> bool:
+    import torch
+
+    return torch.empty(0).device.type == "meta"
 
 
 def _outcome_rows(n_queries: int) -> list[dict[str, Any]]:
@@ -377,13 +392,14 @@ def migration_gap(c: Ctx) -> None:
 
 
 def planted_link(c: Ctx) -> None:
-    from metarouter.router import WEIGHTS_FILE
+    from metarouter.router import CONFIG_FILE, WEIGHTS_FILE
 
     folder = c.tmp / "router"
     folder.mkdir()
     victim = c.tmp / "victim"
     victim.write_text("precious", encoding="utf-8")
-    (folder / f".{WEIGHTS_FILE}.tmp").symlink_to(victim)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        (folder / f".{name}.tmp").symlink_to(victim)
     c.router.save_pretrained(folder)
     assert victim.read_text(encoding="utf-8") == "precious"
 
@@ -423,9 +439,8 @@ CASES: dict[str, Callable[[Ctx], None]] = {
     "An outcome file with a header and no rows": header_only,
     "`metarouter data summary --data` on a folder without the datasets": empty_data_folder,
     "A store whose migration steps have a gap (a broken install)": migration_gap,
-    "`save_pretrained` into a folder with a symlink planted at `.model.safetensors.tmp`": (
-        planted_link
-    ),
+    "`save_pretrained` into a folder with symlinks planted at `.config.json.tmp` and "
+    "`.model.safetensors.tmp`": planted_link,
 }
 
 
@@ -438,7 +453,7 @@ def test_every_row_of_the_table_has_a_case_and_every_case_a_row():
 def test_the_table_says_what_really_happens(row, router, tmp_path, caplog, monkeypatch):
     said = _table()[row]
     monkeypatch.chdir(tmp_path)
-    ctx = Ctx(tmp_path, router, caplog)
+    ctx = Ctx(tmp_path, router, caplog, monkeypatch)
     CASES[row](ctx)
     seen = ctx.seen
     texts = [str(e) for e in seen.errors] + seen.logs + [r.getMessage() for r in caplog.records]
