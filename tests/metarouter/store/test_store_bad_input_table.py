@@ -214,7 +214,9 @@ def broken_decision_row(c: Ctx) -> None:
 
 def _filled_store(c: Ctx) -> Path:
     path = c.tmp / "prefs.db"
-    c.service("prefs.db").decide(QUERY, "ann")
+    service = c.service("prefs.db")
+    service.decide(QUERY, "ann")
+    service.store.close()  # the last connection checkpoints: the file is stable from here
     return path
 
 
