@@ -626,8 +626,17 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         f"({json_path.relative_to(out.parent).as_posix()}).",
         "",
     ]
-    out.write_text("\n".join(lines))
+    out.write_text("\n".join(lines) + _other_sections(out))
     return json_path, plot_path
+
+
+def _other_sections(page: Path) -> str:
+    """Sections other scripts keep in the page (bench_store.py's), carried over unchanged."""
+    start, end = "<!-- store-load:start -->", "<!-- store-load:end -->"
+    text = page.read_text(encoding="utf-8") if page.exists() else ""
+    if start not in text or end not in text:
+        return ""
+    return "\n" + start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n"
 
 
 def _strip_raw(node: Any) -> Any:

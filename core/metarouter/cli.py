@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,11 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from metarouter.errors import MetaRouterError
+from metarouter.validation import excerpt
+
+if TYPE_CHECKING:
+    from metarouter.config import MetaRouterConfig, TrainingConfig
+    from metarouter.store import SQLStore
 
 app = typer.Typer(
     name="metarouter",
@@ -66,6 +71,15 @@ def data_summary(
             for n, info in DATASETS.items()
             if n == "llmrouter" or (root is not None and (root / info.folder).is_dir())
         ]
+        if root is not None and not any((root / i.folder).is_dir() for i in DATASETS.values()):
+            from metarouter.errors import ConfigError
+
+            raise ConfigError(
+                f"{root} holds none of the datasets (expected folders "
+                f"{sorted(i.folder for i in DATASETS.values())}). Fix: point --data at the "
+                "folder that holds them (e.g. ../shared/data) or at one outcome file; leave "
+                "--data out (and METAROUTER_DATA unset) for the bundled LLMRouter data."
+            )
         tables = [load_dataset(n, root) for n in tqdm(names, desc="loading datasets", leave=False)]
     for table in tables:
         matrix = table.to_matrix()
@@ -166,6 +180,8 @@ def train(
         table = load_dataset(dataset, root)
     table = table.filter(splits=splits or ["train"], exclude_tasks=exclude_tasks, models=models)
     matrix = table.to_matrix()
+    training = TrainingConfig(steps=steps, seed=seed, feedback=feedback)
+    _check_training_size(len(matrix), list(matrix.models), table.source, training)
     console.print(
         f"training on {table.name}: {len(matrix):,} queries x {len(matrix.models)} models"
     )
@@ -175,7 +191,7 @@ def train(
     result = train_router(
         matrix,
         embeddings,
-        training=TrainingConfig(steps=steps, seed=seed, feedback=feedback),
+        training=training,
         prices=prices,
         description=f"{table.name} {sorted(set(matrix.splits))}; {command}",
     )
@@ -197,6 +213,44 @@ def train(
         f"saved to {out} in {result.seconds:.0f}s; best validation regret {best:.4f} "
         f"at step {result.best_step}; read-out: {result.readout}; report {paths['plot']}"
     )
+
+
+#: Queries ``train_router`` holds out for early stopping, at least.
+_MIN_VALIDATION_QUERIES = 16
+
+
+def minimum_training_queries(
+    training: TrainingConfig, model: MetaRouterConfig | None = None
+) -> int:
+    """Fewest queries (each answered by every model) ``metarouter train`` can learn from.
+
+    ``train_router`` holds out ``max(validation_share x n, 16)`` queries for early stopping
+    and places ``n_prototypes`` prototypes (k-means) on the rest, so it needs at least that
+    many left.
+    """
+    from metarouter.config import MetaRouterConfig
+
+    prototypes = (model or MetaRouterConfig()).n_prototypes
+    n = prototypes + _MIN_VALIDATION_QUERIES
+    while n - max(round(training.validation_share * n), _MIN_VALIDATION_QUERIES) < prototypes:
+        n += 1
+    return n
+
+
+def _check_training_size(
+    n_queries: int, models: list[str], source: str, training: TrainingConfig
+) -> None:
+    from metarouter.errors import DataError
+
+    needed = minimum_training_queries(training)
+    if n_queries < needed:
+        raise DataError(
+            f"{source}: {n_queries} queries have an outcome for every model {models} in the "
+            f"training split(s); training needs at least {needed} (the query-space prototypes "
+            "plus the queries held out for early stopping). Fix: add queries, each answered by "
+            "every model, or fine-tune the bundled router on your users' recorded feedback "
+            "instead (`metarouter store finetune`)."
+        )
 
 
 @app.command("demo")
@@ -341,17 +395,27 @@ def _store_location(target: str | None) -> str:
     return location
 
 
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace OUT if it exists (never the store itself).")
+]
+
+
+def _open_store(target: str | None, *, read_only: bool = False) -> SQLStore:
+    """The existing store (never created; read-only opens refuse anything but a store)."""
+    from metarouter.store import SQLStore
+
+    return SQLStore(_store_location(target), read_only=read_only, create=False)
+
+
 @store_app.command("stats")
 def store_stats(
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Print the backend, schema version and row counts."""
+    """Print the backend, schema version and row counts (opens the store read-only)."""
     import json
 
-    from metarouter.store import SQLStore
-
-    with SQLStore(_store_location(store)) as opened:
+    with _open_store(store, read_only=True) as opened:
         stats = opened.stats()
     if as_json:
         typer.echo(json.dumps(stats))
@@ -366,7 +430,7 @@ def store_stats(
 
 @store_app.command("export")
 def store_export(
-    out: Annotated[Path, typer.Option("--out", help="JSONL file to write (replaced atomically).")],
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write (a new file).")],
     store: StoreOption = None,
     user: Annotated[
         str | None,
@@ -376,20 +440,113 @@ def store_export(
         bool,
         typer.Option(help="Dataset export: also write decisions' run ids and free-form metadata."),
     ] = False,
+    force: ForceOption = False,
 ) -> None:
-    """Export the feedback dataset (all decisions and comparisons), or one user's data."""
-    from metarouter.store import SQLStore
+    """Export the feedback dataset (all decisions and comparisons), or one user's data.
 
-    with SQLStore(_store_location(store)) as opened:
+    Opens the store read-only. OUT must be a new file (or --force), never the store itself.
+    """
+    from metarouter.store.maintenance import check_output_path
+
+    with _open_store(store, read_only=True) as opened:
+        out = check_output_path(out, opened.files(), force=force)
         if user is not None:
             rows = opened.export_user_jsonl(user, out)
-            console.print(f"wrote {rows:,} rows about user {user!r} to {out}")
+            console.print(f"wrote {rows:,} rows about user {excerpt(user)} to {out}")
             return
         counts = opened.export_comparisons(out, include_metadata=include_metadata)
+    if counts.get("unreadable"):
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] {counts['unreadable']:,} stored rows could not be read and "
+            "were left out (see the log above)."
+        )
     console.print(
         f"wrote {counts['decisions']:,} decisions and {counts['comparisons']:,} comparisons to "
         f"{out}; fine-tune on it with `metarouter store finetune --feedback {out} --out DIR`"
     )
+
+
+@store_app.command("import")
+def store_import(
+    source: Annotated[
+        Path, typer.Argument(help="A file written by `metarouter store export` (either kind).")
+    ],
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="SQLite file (created if missing) or database URL to import into. Default: "
+            "$METAROUTER_STORE, then ~/.local/share/metarouter/preferences.db.",
+        ),
+    ] = None,
+) -> None:
+    """Rebuild a store from an export: add its decisions and comparisons (all or nothing).
+
+    Rows already in the store are skipped, so importing a file twice changes nothing.
+    """
+    from metarouter.service import default_store_path
+    from metarouter.store import SQLStore
+    from metarouter.store.export import load_export_records
+
+    records = load_export_records(source)
+    location = store or str(default_store_path())
+    # a new file or a database URL may get the tables; an existing file must be a store
+    create = "://" in location or not Path(location).expanduser().exists()
+    with SQLStore(location, create=create) as opened:
+        counts = opened.import_records(records)
+    console.print(
+        f"imported {counts['decisions']:,} decisions and {counts['comparisons']:,} comparisons "
+        f"from {source} into {location} ({counts['skipped']:,} already there)"
+    )
+
+
+@store_app.command("backup")
+def store_backup(
+    out: Annotated[Path, typer.Argument(help="The backup file to write (a new file).")],
+    store: StoreOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Copy a live SQLite store, commits still in its write-ahead log included.
+
+    A plain `cp prefs.db` misses those commits; this uses SQLite's online backup API while the
+    application keeps running. For PostgreSQL it prints the pg_dump command to use instead.
+    """
+    with _open_store(store, read_only=True) as opened:
+        size = opened.backup(out, force=force)
+    console.print(f"backed {opened.url} up to {out} ({size:,} bytes); open it as a store as is")
+
+
+@store_app.command("prune")
+def store_prune(
+    store: StoreOption = None,
+    older_than_days: Annotated[
+        float | None,
+        typer.Option("--older-than-days", help="Delete routing decisions older than this."),
+    ] = None,
+    keep_last: Annotated[
+        int | None,
+        typer.Option("--keep-last", help="Keep only each user's newest N routing decisions."),
+    ] = None,
+    vacuum: Annotated[
+        bool, typer.Option("--vacuum", help="Then give the freed space back to the disk.")
+    ] = False,
+) -> None:
+    """Delete old routing decisions; comparisons (and the decisions they cite) are kept."""
+    from metarouter.errors import ConfigError
+    from metarouter.store.maintenance import Retention
+
+    if older_than_days is None and keep_last is None:
+        raise ConfigError(
+            "say what to keep: --older-than-days DAYS (delete older decisions) and/or "
+            "--keep-last N (keep each user's newest N)."
+        )
+    retention = Retention(max_age_days=older_than_days, max_decisions_per_user=keep_last)
+    with _open_store(store) as opened:
+        before = opened.stats()["decisions"]
+        deleted = opened.prune(retention)
+        if vacuum:
+            opened.vacuum()
+    console.print(f"deleted {deleted:,} of {before:,} routing decisions")
 
 
 @store_app.command("delete")
@@ -399,15 +556,17 @@ def store_delete(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete everything stored about one user (right to be forgotten), in one transaction."""
-    from metarouter.store import SQLStore, validate_user_id
+    from metarouter.store import validate_user_id
 
     validate_user_id(user)
-    opened = SQLStore(_store_location(store))
+    opened = _open_store(store)
     with opened:
         if not yes:
-            typer.confirm(f"delete every row about user {user!r} from {opened.url}?", abort=True)
+            typer.confirm(
+                f"delete every row about user {excerpt(user)} from {opened.url}?", abort=True
+            )
         deleted = opened.delete_user(user)
-    console.print(f"deleted {deleted:,} rows about user {user!r}")
+    console.print(f"deleted {deleted:,} rows about user {excerpt(user)}")
 
 
 @store_app.command("finetune")

@@ -17,6 +17,7 @@ __all__ = [
     "ModelLoadError",
     "StoreError",
     "UnknownArmError",
+    "UnreadableRowError",
 ]
 
 
@@ -45,6 +46,10 @@ class ModelLoadError(MetaRouterError, OSError):
 
 class StoreError(MetaRouterError, RuntimeError):
     """The preference store could not complete an operation; nothing was written."""
+
+
+class UnreadableRowError(StoreError):
+    """A stored row cannot be decoded: altered outside metarouter, or from another version."""
 
 
 class FeedbackError(MetaRouterError, ValueError):

@@ -6,7 +6,7 @@ says which answer was worth it. :class:`Pair` holds what is needed to record tha
 :meth:`Pair.choose` is the one rule for what ``prefer()`` accepts, in every adapter:
 
 * ``0`` or ``1``: the position in the pair (an ``int``; ``True``, ``False`` and ``1.0`` are
-  refused, since they are not positions);
+  refused, since they are not positions; :func:`metarouter.validation.preferred_index`);
 * the model name of one of the two answers;
 * the decision id of one of the two answers;
 * one of the two answers itself (the adapter turns it into its decision id).
@@ -14,11 +14,10 @@ says which answer was worth it. :class:`Pair` holds what is needed to record tha
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from metarouter.errors import FeedbackError
+from metarouter.validation import preferred_index
 
 __all__ = ["Pair", "default_feedback_user"]
 
@@ -45,17 +44,7 @@ class Pair:
         Raises:
             FeedbackError: ``winner`` names neither answer.
         """
-        if isinstance(winner, numbers.Integral) and not isinstance(winner, bool):
-            if int(winner) in (0, 1):
-                return int(winner)
-        elif isinstance(winner, str):
-            for position in (0, 1):
-                if winner in (self.models[position], self.decision_ids[position]):
-                    return position
-        raise FeedbackError(
-            f"prefer() takes 0 or 1 (the answer's position), a model name ({self.models[0]!r} "
-            f"or {self.models[1]!r}), a decision id or one of the answers, got {winner!r}."
-        )
+        return preferred_index(winner, list(zip(self.models, self.decision_ids, strict=True)))
 
     def choose(self, winner: object) -> tuple[str, str]:
         """``(winner's decision id, loser's decision id)`` for the user's choice."""

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from metarouter.errors import ConfigError
+from metarouter.validation import MAX_PRICE_PER_MILLION_USD, check_fields
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -44,13 +45,13 @@ class Price:
     output_per_million: float
 
     def __post_init__(self) -> None:
-        for name in ("input_per_million", "output_per_million"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(
-                    f"Price.{name} must be a finite number >= 0 (USD per 1M tokens), got "
-                    f"{value!r}. Fix: copy the provider's published price, e.g. 0.15."
-                )
+        check_fields(
+            self,
+            ("input_per_million", "output_per_million"),
+            error=ConfigError,
+            maximum=MAX_PRICE_PER_MILLION_USD,
+            fix="Fix: copy the provider's published price in USD per 1M tokens, e.g. 0.15.",
+        )
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """Cost in USD of a call with the given real token usage."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,6 +86,77 @@ class _PreferenceTensors:
     factor: np.ndarray  # (K,)
 
 
+def _write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write each file to a fresh temporary file in ``folder``, then rename them all into place.
+
+    ``mkstemp`` creates each temporary file exclusively (``O_EXCL``) under an unpredictable
+    name, so a symlink or file planted in ``folder`` is never followed or written through;
+    ``os.replace`` then swaps the final names atomically (replacing a planted link itself, not
+    its target).
+    """
+    temps: dict[str, str] = {}
+    try:
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            temps[name] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for name, tmp in temps.items():
+            os.replace(tmp, folder / name)
+    finally:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
+    """Refuse weights whose tensors lack the shapes ``config`` implies, before allocating.
+
+    A tampered ``config.json`` (``hidden_dim=20000``) would otherwise allocate gigabytes
+    before the mismatch shows.
+
+    Raises:
+        ModelLoadError: Names the first tensor that differs.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from metarouter.model import MetaRouterModel
+
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            network = MetaRouterModel(config)
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise ModelLoadError(
+            f"{weights.parent / CONFIG_FILE} describes a network that cannot be built ({exc}); "
+            "nothing was loaded. Fix: keep the two files of one save together (re-download or "
+            "re-save the router)."
+        ) from exc
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
+        ) from exc
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and expected[k] != found[k]]
+    if missing or extra or wrong:
+        detail = (
+            f"tensor {wrong[0]!r} has shape {list(found[wrong[0]])} but {CONFIG_FILE} implies "
+            f"{list(expected[wrong[0]])}"
+            if wrong
+            else f"missing tensors {missing[:3]}, unexpected tensors {extra[:3]}"
+        )
+        raise ModelLoadError(
+            f"{weights}: the weights do not match {CONFIG_FILE} ({detail}); nothing was loaded. "
+            "Fix: keep the two files of one save together (re-download or re-save the router)."
+        )
+
+
 def default_router_dir() -> Path:
     """Folder of the router bundled with the package (trained on the bundled LLMRouter data)."""
     return Path(str(resources.files("metarouter") / "weights" / "default"))
@@ -139,11 +211,12 @@ class MetaRouter:
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``.
 
-        Files are written to temporary names and renamed, so a crash never leaves a
-        half-written router behind.
+        Files are written to new temporary files (unique names, created exclusively in
+        ``directory``, so nothing planted there is followed or overwritten) and renamed into
+        place, so a crash never leaves a half-written router behind.
         """
         import torch
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
@@ -166,16 +239,11 @@ class MetaRouter:
         }
         state["catalog_capability"] = torch.as_tensor(cap)
         state["catalog_cost"] = torch.as_tensor(cost, dtype=torch.float64)
-        tmp_w = path / f".{WEIGHTS_FILE}.tmp"
-        tmp_c = path / f".{CONFIG_FILE}.tmp"
-        save_file(
-            state,
-            str(tmp_w),
-            metadata={"format": _FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
+        weights = save(
+            state, metadata={"format": _FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
         )
-        tmp_c.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp_w, path / WEIGHTS_FILE)
-        os.replace(tmp_c, path / CONFIG_FILE)
+        config = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        _write_new_files(path, {WEIGHTS_FILE: weights, CONFIG_FILE: config})
         return path
 
     @classmethod
@@ -220,13 +288,14 @@ class MetaRouter:
             catalog_meta = meta["catalog"]
         except (KeyError, TypeError, ConfigError) as exc:
             raise ModelLoadError(f"{cfg_path}: invalid config ({exc}).") from exc
+        _check_weight_shapes(config, w_path)
         try:
             state = load_file(str(w_path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"{w_path}: corrupted weights ({exc}). Fix: re-save or retrain the router."
             ) from exc
-        model = MetaRouterModel(config)
+        model = MetaRouterModel(config)  # the shapes were checked: no surprise allocation
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -30,22 +30,25 @@ from typing import Any
 import numpy as np
 
 from metarouter.arms import ArmDescriptor
-from metarouter.errors import ConfigError, FeedbackError, UnknownArmError
+from metarouter.errors import ConfigError, FeedbackError, StoreError, UnknownArmError
 from metarouter.pricing import DEFAULT_OUTPUT_TOKENS, Price, estimate_tokens
 from metarouter.router import MetaRouter
 from metarouter.store.base import PreferenceStore
+from metarouter.store.pending import PendingWrites, StoreHealth
 from metarouter.store.records import (
     ComparisonRecord,
     ComparisonSource,
     DecisionRecord,
     FeedbackEvent,
     check_text,
+    check_usd,
     new_id,
     query_hash,
     validate_decision_id,
     validate_user_id,
 )
 from metarouter.types import Comparison, Preference, RoutingDecision
+from metarouter.validation import excerpt
 
 __all__ = [
     "STORE_ENV",
@@ -183,7 +186,7 @@ def as_answer(item: object) -> WinnerLike:
         if isinstance(model, str) and isinstance(cost, numbers.Real) and not isinstance(cost, bool):
             return Response(model=model, cost_usd=float(cost), text=item.get("text"))
         raise FeedbackError(
-            f"cannot read an answer from {dict(item)!r}: give {{'decision_id': ...}} for a "
+            f"cannot read an answer from {excerpt(dict(item))}: give {{'decision_id': ...}} for a "
             "routed answer, or {'model': str, 'cost_usd': float, 'text': str} for another one."
         )
     raise FeedbackError(
@@ -214,6 +217,8 @@ class RoutingService:
         default_user_id: User for calls that name none.
         refine_steps: Gradient steps on z when re-estimating preferences (0 = forward only).
         cache_size: Users whose preference is kept in memory.
+        max_pending: Decisions kept in memory while the store cannot be written (see
+            :mod:`metarouter.store.pending`: calls are still routed and answered meanwhile).
     """
 
     def __init__(
@@ -225,6 +230,7 @@ class RoutingService:
         default_user_id: str = "default",
         refine_steps: int = 0,
         cache_size: int = 10_000,
+        max_pending: int = 10_000,
     ) -> None:
         if len(arms) < 1:
             raise ConfigError("RoutingService needs at least one candidate model.")
@@ -249,6 +255,7 @@ class RoutingService:
         self._cache_size = cache_size
         self._lock = threading.RLock()
         self._listeners = _Listeners()
+        self._writes = PendingWrites(store, max_pending=max_pending)
 
     # -- arms -----------------------------------------------------------------------------------
     def _describe(self, spec: ArmSpec) -> ArmDescriptor:
@@ -309,22 +316,33 @@ class RoutingService:
         return validate_user_id(user_id if user_id is not None else self.default_user_id)
 
     def preference(self, user_id: str | None = None) -> Preference:
-        """The user's current preference (recomputed only when their feedback changed)."""
+        """The user's current preference (recomputed only when their feedback changed).
+
+        Never fails because of stored data: a cached state that cannot be read is recomputed,
+        comparisons that cannot be used are skipped, and a preference that cannot be computed
+        falls back to the prior, each with a logged warning. When the store cannot be read, the
+        preference last seen in this process (else the prior) is used, and the failure counted
+        (see :meth:`store_health`).
+        """
         uid = self.user(user_id)
-        version = self.store.user_version(uid)
+        try:
+            version = self.store.user_version(uid)
+        except StoreError as exc:
+            self._writes.failed("read a user's feedback version", exc)
+            return self._last_known(uid)
         with self._lock:
             hit = self._cache.get(uid)
             if hit is not None and hit.version == version:
                 self._cache.move_to_end(uid)
                 return hit.preference
         if version == 0:
-            pref = self.router.prior()
+            pref: Preference | None = self.router.prior()
         else:
-            stored = self.store.cached_preference(uid, self.router_id)
-            if stored is not None and stored[0] == version:
-                pref = Preference.from_dict(stored[1])
-            else:
+            pref = self._stored_preference(uid, version)
+            if pref is None:
                 pref, version = self._recompute(uid)
+        if pref is None:  # the store could not be read
+            return self._last_known(uid)
         with self._lock:
             self._cache[uid] = _Cached(version, pref)
             self._cache.move_to_end(uid)
@@ -332,24 +350,89 @@ class RoutingService:
                 self._cache.popitem(last=False)
         return pref
 
-    def _recompute(self, uid: str) -> tuple[Preference, int]:
-        version = self.store.user_version(uid)
-        rows = self.store.comparisons(uid)
-        comparisons = [
-            Comparison(
-                r.winner,
-                r.loser,
-                r.winner_cost_usd,
-                r.loser_cost_usd,
-                embedding=r.embedding,
-                tokens=r.prompt_tokens,
+    def _last_known(self, uid: str) -> Preference:
+        """The preference this process last used for the user, else the prior."""
+        with self._lock:
+            hit = self._cache.get(uid)
+        return hit.preference if hit is not None else self.router.prior()
+
+    def _stored_preference(self, uid: str, version: int) -> Preference | None:
+        """The store's cached state at ``version`` if it can be read and fits this router."""
+        try:
+            stored = self.store.cached_preference(uid, self.router_id)
+        except StoreError as exc:
+            self._writes.failed("read a cached preference", exc)
+            return None
+        if stored is None or stored[0] != version:
+            return None
+        try:
+            return Preference.from_dict(stored[1], like=self.router.prior())
+        except ConfigError as exc:
+            logger.warning(
+                "the cached preference of user %s cannot be used (%s); it is recomputed",
+                excerpt(uid),
+                exc,
             )
-            for r in rows
-        ]
-        pref = self.router.adapt(
-            comparisons, arms=list(self.descriptors.values()), refine_steps=self.refine_steps
-        )
-        self.store.cache_preference(uid, self.router_id, version, pref.to_dict())
+            return None
+
+    def _usable(self, uid: str, records: Sequence[ComparisonRecord]) -> list[Comparison]:
+        """The comparisons the router can adapt on; the others are skipped with a warning."""
+        dim = self.router.config.embedding_dim
+        usable = []
+        for rec in records:
+            try:
+                comparison = rec.to_comparison()
+                if rec.embedding.shape != (dim,):
+                    raise FeedbackError(
+                        f"its query embedding has {rec.embedding.shape[0]} numbers, this "
+                        f"router's have {dim}"
+                    )
+            except FeedbackError as exc:
+                logger.warning(
+                    "skipping stored comparison %s of user %s: %s",
+                    rec.comparison_id,
+                    excerpt(uid),
+                    exc,
+                )
+                continue
+            usable.append(comparison)
+        return usable
+
+    def _recompute(self, uid: str) -> tuple[Preference | None, int]:
+        """Recompute and cache the user's preference; (None, 0) if the store cannot be read."""
+        try:
+            version = self.store.user_version(uid)
+            rows = self.store.comparisons(uid)
+        except StoreError as exc:
+            self._writes.failed("read a user's comparisons", exc)
+            return None, 0
+        comparisons = self._usable(uid, rows)
+        try:
+            pref = self.router.adapt(
+                comparisons, arms=list(self.descriptors.values()), refine_steps=self.refine_steps
+            )
+            pref.check()
+        except (
+            ArithmeticError,
+            ConfigError,
+            IndexError,
+            KeyError,
+            RuntimeError,
+            ValueError,
+        ) as exc:
+            logger.warning(
+                "the preference of user %s could not be computed from %d comparisons (%s); "
+                "routing them with the prior until their feedback changes",
+                excerpt(uid),
+                len(comparisons),
+                exc,
+                exc_info=True,
+            )
+            return self.router.prior(), version
+        try:
+            self.store.cache_preference(uid, self.router_id, version, pref.to_dict())
+        except StoreError as exc:
+            self._writes.failed("cache a preference", exc)
         return pref, version
 
     # -- routing --------------------------------------------------------------------------------
@@ -402,7 +485,7 @@ class RoutingService:
         if forced is not None:
             if forced not in self.specs:
                 raise UnknownArmError(
-                    f"model override {forced!r} is not a candidate; candidates are "
+                    f"model override {excerpt(forced)} is not a candidate; candidates are "
                     f"{self.arm_names}."
                 )
             if forced not in names:
@@ -425,7 +508,7 @@ class RoutingService:
             forced is not None,
             str(run_id) if run_id is not None else None,
         )
-        self.store.record_decision(
+        self._writes.record_decision(  # kept and retried if the store cannot be written
             DecisionRecord(
                 decision_id=decision.decision_id,
                 user_id=uid,
@@ -454,13 +537,37 @@ class RoutingService:
         cost_usd: float | None = None,
         fallbacks: Sequence[str] = (),
     ) -> float | None:
-        """Record the model that answered and the call's real cost; returns the cost in USD."""
-        did = decision.decision_id if isinstance(decision, Decision) else decision
+        """Record the model that answered and the call's real cost; returns the cost in USD.
+
+        If the store cannot be written the outcome is kept and retried like the decision (see
+        :mod:`metarouter.store.pending`); it never fails the call for that.
+
+        Raises:
+            FeedbackError: A malformed or unknown decision id, or an invalid model or cost.
+        """
+        did = validate_decision_id(
+            decision.decision_id if isinstance(decision, Decision) else decision
+        )
         cost = (
             cost_usd if cost_usd is not None else self.cost_of(model, input_tokens, output_tokens)
         )
-        self.store.complete_decision(did, chosen=model, cost_usd=cost, fallbacks=tuple(fallbacks))
+        self._writes.complete_decision(did, chosen=model, cost_usd=cost, fallbacks=tuple(fallbacks))
         return cost
+
+    def store_health(self) -> StoreHealth:
+        """Counters of store failures this service worked around, and of records kept.
+
+        See :mod:`metarouter.store.pending` for the policy (retry with back-off, bounded, then
+        drop). ``failures == 0`` means the store never failed.
+        """
+        return self._writes.health()
+
+    def flush(self) -> int:
+        """Write the decisions kept while the store could not be written; returns how many.
+
+        Call it before a process exits: kept decisions live in memory only.
+        """
+        return self._writes.flush()
 
     # -- feedback -------------------------------------------------------------------------------
     def add_listener(self, listener: FeedbackListener) -> FeedbackListener:
@@ -489,6 +596,19 @@ class RoutingService:
             except Exception:
                 logger.exception("feedback listener %r failed on %s", listener, event.kind)
 
+    def _stored_decision(self, decision_id: str) -> DecisionRecord:
+        """The stored decision; one still kept in memory is written first (or StoreError)."""
+        if self._writes.pending(decision_id) is not None:
+            self._writes.flush()
+            if self._writes.pending(decision_id) is not None:
+                raise StoreError(
+                    f"decision {decision_id} is not in the store yet: the store could not be "
+                    f"written ({self._writes.health().last_error}). Nothing was recorded. Fix: "
+                    "repair the store (the message above says how), then record the feedback "
+                    "again."
+                )
+        return self.store.get_decision(decision_id)
+
     def _resolve(self, item: WinnerLike, role: str) -> tuple[DecisionRecord | None, Response]:
         if isinstance(item, Decision):
             item = item.decision_id
@@ -497,7 +617,7 @@ class RoutingService:
                 raise FeedbackError(f"the {role}'s model name must be a non-empty string.")
             check_text(f"the {role}'s text", item.text)
             if item.decision_id is not None:
-                return self.store.get_decision(validate_decision_id(item.decision_id)), item
+                return self._stored_decision(validate_decision_id(item.decision_id)), item
             return None, item
         rec: DecisionRecord | None
         if isinstance(item, uuid.UUID) or (isinstance(item, str) and len(item) == 36):
@@ -509,7 +629,7 @@ class RoutingService:
                     "run id given in config={'run_id': ...} of a routed call, or its decision_id."
                 )
         elif isinstance(item, str):
-            rec = self.store.get_decision(validate_decision_id(item))
+            rec = self._stored_decision(validate_decision_id(item))
         else:
             raise FeedbackError(
                 f"the {role} must be a decision id, a run id, a Decision or a Response, got "
@@ -529,6 +649,12 @@ class RoutingService:
     ) -> ComparisonRecord:
         """Record that ``winner``'s answer was worth it over ``loser``'s, for one query.
 
+        One judgement per pair of answers: comparing the same two routed answers again (in
+        either order) replaces the earlier comparison, so ``prefer(0)``, ``prefer(0)``,
+        ``prefer(1)`` leaves one comparison, the last (see
+        :meth:`~metarouter.store.sql.SQLStore.record_comparison`). When this raises, nothing
+        was stored.
+
         Args:
             winner: Decision id, run id, :class:`Decision`, or :class:`Response`.
             loser: Same kinds.
@@ -540,6 +666,8 @@ class RoutingService:
             FeedbackError: Unknown or malformed ids, the same answer twice, the same model on
                 both sides, decisions of another user or of different queries, or invalid
                 text. Nothing is stored then.
+            StoreError: The store could not be written (or a referenced decision is still
+                waiting to be written to it). Nothing is stored then.
         """
         w_rec, w = self._resolve(winner, "winner")
         l_rec, lose = self._resolve(loser, "loser")
@@ -548,7 +676,8 @@ class RoutingService:
             raise FeedbackError("winner and loser are the same decision; compare two answers.")
         if w.model == lose.model:
             raise FeedbackError(
-                f"both answers come from {w.model!r}; a comparison needs two different models."
+                f"both answers come from {excerpt(w.model)}; a comparison needs two different "
+                "models."
             )
         owners = {r.user_id for r in recs}
         if user_id is not None:
@@ -572,12 +701,7 @@ class RoutingService:
                 "answers to the same query."
             )
         for side in (w, lose):
-            if (
-                not isinstance(side.cost_usd, (int, float))
-                or not np.isfinite(side.cost_usd)
-                or side.cost_usd < 0
-            ):
-                raise FeedbackError(f"cost of {side.model!r} must be a USD amount >= 0.")
+            check_usd(f"the cost of the answer of {excerpt(side.model)}", side.cost_usd)
         if recs:
             embedding, tokens = recs[0].embedding, recs[0].prompt_tokens
         elif query is not None:
@@ -603,8 +727,17 @@ class RoutingService:
             loser_decision_id=l_rec.decision_id if l_rec else None,
         )
         version = self.store.record_comparison(record)
+        # stored: from here on nothing may report a failure (a failed call stores nothing)
         self._emit(FeedbackEvent("comparison_recorded", uid, version, comparison=record))
-        pref = self.preference(uid)
+        try:
+            pref = self.preference(uid)
+        except Exception:
+            logger.exception(
+                "feedback of user %s was stored, but re-estimating their preference failed; it "
+                "is recomputed on their next call",
+                excerpt(uid),
+            )
+            return record
         self._emit(
             FeedbackEvent(
                 "preference_updated",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from metarouter.errors import ConfigError, FeedbackError
+from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_fields, excerpt
 
 __all__ = ["Comparison", "Preference", "RoutingDecision"]
 
@@ -49,18 +49,36 @@ class Comparison:
                 f"a comparison needs two different models, got {self.winner!r} twice. "
                 "Fix: compare answers of two different candidates."
             )
-        for name in ("winner_cost_usd", "loser_cost_usd"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise FeedbackError(
-                    f"Comparison.{name} must be a finite USD amount >= 0, got {value!r}."
-                )
+        check_fields(
+            self,
+            ("winner_cost_usd", "loser_cost_usd"),
+            error=FeedbackError,
+            maximum=MAX_CALL_COST_USD,
+            fix="Fix: give what the answer cost in US dollars (e.g. 0.0004).",
+        )
+        check_fields(
+            self,
+            ("tokens",),
+            error=FeedbackError,
+            maximum=MAX_TOKENS,
+            integer=True,
+            optional=True,
+            fix="Fix: pass the prompt's token count, or leave it out to estimate it.",
+        )
         if self.query is None and self.embedding is None:
             raise FeedbackError("a comparison needs the query text or its embedding.")
         if self.embedding is not None:
-            emb = np.asarray(self.embedding, dtype=np.float32)
-            if emb.ndim != 1 or not np.isfinite(emb).all():
-                raise FeedbackError("Comparison.embedding must be a finite 1-d vector.")
+            try:
+                emb = np.asarray(self.embedding, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise FeedbackError(
+                    f"Comparison.embedding is not a numeric vector ({exc})."
+                ) from exc
+            if emb.ndim != 1 or emb.size == 0 or not np.isfinite(emb).all():
+                raise FeedbackError(
+                    "Comparison.embedding must be a finite 1-d vector. Fix: pass the router's "
+                    "embedder.encode_one(query), or the query text instead."
+                )
             object.__setattr__(self, "embedding", emb)
 
 
@@ -113,10 +131,24 @@ class Preference:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preference:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, data: Mapping[str, Any], *, like: Preference | None = None) -> Preference:
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: What :meth:`to_dict` returned (e.g. read back from the store's cache).
+            like: A preference of the same router (e.g. its prior): the result must have the
+                same shapes, else it is refused.
+
+        Raises:
+            ConfigError: Missing or malformed fields, values that are not finite, or shapes
+                that differ from ``like``'s.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"malformed preference state: expected a mapping, got {excerpt(data)}."
+            )
         try:
-            return cls(
+            pref = cls(
                 z=np.asarray(data["z"], dtype=np.float32),
                 evidence={k: np.asarray(v, dtype=np.float32) for k, v in data["evidence"].items()},
                 default_evidence=np.asarray(data["default_evidence"], dtype=np.float32),
@@ -126,8 +158,36 @@ class Preference:
                 default_cost_factor=float(data.get("default_cost_factor", 1.0)),
                 alpha_posterior=tuple(float(v) for v in data.get("alpha_posterior", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed preference state: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"malformed preference state: {excerpt(exc, 200)}") from exc
+        pref.check(like)
+        return pref
+
+    def check(self, like: Preference | None = None) -> None:
+        """Refuse a preference with non-finite values, or shaped unlike ``like``.
+
+        Raises:
+            ConfigError: Saying which field is wrong.
+        """
+        vectors = {"z": self.z, "default_evidence": self.default_evidence}
+        vectors.update({f"evidence[{k!r}]": v for k, v in self.evidence.items()})
+        for name, vec in vectors.items():
+            if vec.ndim != 1 or not np.isfinite(vec).all():
+                raise ConfigError(f"preference state: {name} is not a finite vector.")
+        numbers = [self.quality_weight, self.default_cost_factor, *self.cost_factors.values()]
+        if not all(np.isfinite(numbers)) or not all(np.isfinite(self.alpha_posterior)):
+            raise ConfigError("preference state: a weight or cost factor is not finite.")
+        if self.n_comparisons < 0:
+            raise ConfigError("preference state: n_comparisons is negative.")
+        if like is not None:
+            shapes = {"z": like.z.shape, "default_evidence": like.default_evidence.shape}
+            for name, vec in vectors.items():
+                want = shapes["z" if name == "z" else "default_evidence"]
+                if vec.shape != want:
+                    raise ConfigError(
+                        f"preference state: {name} has shape {vec.shape}, this router's has "
+                        f"{want} (a state of another router or version)."
+                    )
 
 
 @dataclass(frozen=True)

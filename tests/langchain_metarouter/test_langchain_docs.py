@@ -104,8 +104,14 @@ def test_the_examples_run_and_do_what_the_page_says(lc_router, tmp_path, monkeyp
             "Design a distributed rate limiter.", config={"configurable": {"user_id": user}}
         )
         assert answer.response_metadata["metarouter"]["model"] == model
-    # record_preference (4), the listener's compare (1), the callback handler's event (1)
-    assert llm.preference("erin").n_comparisons == 4 + 1 + 1
+    # record_preference (3 pairs: the second call judges the first pair again and replaces
+    # it), the listener's compare (1); the callback handler's event judges the first pair once
+    # more (dear over cheap this time), which replaces that judgement again
+    assert llm.preference("erin").n_comparisons == 3 + 1
+    assert [(c.winner, c.source) for c in llm.service.store.comparisons("erin")][-1] == (
+        "gpt-4o",
+        "callback",
+    )
     assert namespace["events"] == [("comparison_recorded", "erin"), ("preference_updated", "erin")]
     assert namespace["handler"].records[-1].winner == "gpt-4o"
     # agents: the tool ran, and every model call was routed

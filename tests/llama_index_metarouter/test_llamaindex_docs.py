@@ -52,9 +52,10 @@ def test_the_examples_run_and_do_what_the_page_says(
     assert namespace["same_router"].service.specs["my-finetune"].like == "qwen2.5-7b-instruct"
     assert namespace["call"].user_id == "carol" and namespace["call"].text
     assert {c.user_id for c in namespace["scope"].calls} == {"carol"}
-    # six compare() choices, the record_preference examples, the listener's and the handler's
+    # six compare() choices, the record_preference examples (2) and the handler's; the
+    # listener's example judges the routed pair again, which replaces that judgement
     alice = router.preference("alice")
-    assert alice.n_comparisons == 6 + 2 + 1 + 1
+    assert alice.n_comparisons == 6 + 2 + 1
     assert namespace["feedback_handler"].records[-1].user_id == "alice"
     assert namespace["output"].response == "Sunny in Paris"
     assert "Sunny in Paris" in out

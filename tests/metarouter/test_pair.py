@@ -22,7 +22,7 @@ def test_a_position_a_model_name_or_a_decision_id_names_the_winner(winner, expec
 
 @pytest.mark.parametrize("winner", [True, False, 1.0, 0.0, 2, -1, "gpt-17", None, b"dear"])
 def test_anything_else_is_refused_saying_what_is_taken(winner):
-    with pytest.raises(FeedbackError, match=r"prefer\(\) takes 0 or 1 .*'cheap' or 'dear'"):
+    with pytest.raises(FeedbackError, match=r"prefer\(\) takes the position .*'cheap', 'dear'"):
         PAIR.choose(winner)
 
 

@@ -205,3 +205,52 @@ def test_refining_z_keeps_a_valid_preference(default_router, llmrouter_heldout):
     assert refined.z.shape == plain.z.shape
     assert not np.allclose(refined.z, plain.z)
     assert 0.0 <= refined.quality_weight <= 1.0
+
+
+def test_save_never_follows_a_link_planted_at_a_temporary_name(default_router, tmp_path):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    victims = {}
+    for name in (WEIGHTS_FILE, CONFIG_FILE):  # the fixed names earlier versions wrote to
+        victim = tmp_path / f"victim-{name}"
+        victim.write_text("precious", encoding="utf-8")
+        (folder / f".{name}.tmp").symlink_to(victim)
+        victims[name] = victim
+    default_router.save_pretrained(folder)
+    assert all(v.read_text(encoding="utf-8") == "precious" for v in victims.values())
+    assert MetaRouter.from_pretrained(folder).catalog.keys() == default_router.catalog.keys()
+    leftovers = {p.name for p in folder.iterdir()} - {WEIGHTS_FILE, CONFIG_FILE}
+    assert leftovers == {f".{WEIGHTS_FILE}.tmp", f".{CONFIG_FILE}.tmp"}  # only the planted links
+
+
+def test_save_replaces_a_planted_link_at_the_final_name_not_its_target(default_router, tmp_path):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious", encoding="utf-8")
+    (folder / CONFIG_FILE).symlink_to(victim)
+    default_router.save_pretrained(folder)
+    assert victim.read_text(encoding="utf-8") == "precious"
+    assert not (folder / CONFIG_FILE).is_symlink()
+
+
+@pytest.mark.parametrize("hidden_dim", [20_000, 2**40])
+def test_a_config_that_would_exhaust_memory_is_refused_before_allocating(
+    default_router, tmp_path, monkeypatch, hidden_dim
+):
+    from metarouter import model as model_module
+
+    built = model_module.MetaRouterModel.__init__
+
+    def guarded(self, config):  # building it for real would allocate gigabytes
+        on_meta = torch.empty(0).device.type == "meta"
+        assert on_meta or config.hidden_dim < 10_000, "allocated the oversized network"
+        built(self, config)
+
+    monkeypatch.setattr(model_module.MetaRouterModel, "__init__", guarded)
+    folder = default_router.save_pretrained(tmp_path / "r")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta["config"]["hidden_dim"] = hidden_dim
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"config.json.*nothing was loaded"):
+        MetaRouter.from_pretrained(folder)

@@ -101,7 +101,7 @@ BAD_FEEDBACK = {
         {},
         "lone surrogate",
     ),
-    "negative cost": (lambda d: (Response(ARMS[0], -1.0), d["dear"]), {}, "USD amount"),
+    "negative cost": (lambda d: (Response(ARMS[0], -1.0), d["dear"]), {}, "in US dollars"),
     "no query and no decision": (
         lambda d: (Response(ARMS[0], 0.001), Response(ARMS[2], 0.01)),
         {},

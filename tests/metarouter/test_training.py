@@ -51,6 +51,48 @@ def test_training_rejects_mismatched_inputs(small_train):
         TrainingConfig(feedback="supervised")
 
 
+def _log(matrix, n, path):
+    """The first ``n`` queries of ``matrix`` as a user's outcome log (JSONL)."""
+    rows = []
+    for i, qid in enumerate(matrix.query_ids[:n]):
+        for k, model in enumerate(matrix.models):
+            rows.append(
+                {
+                    "query_id": qid,
+                    "query": matrix.queries[i],
+                    "split": "train",
+                    "model": model,
+                    "quality": matrix.quality[i, k],
+                    "cost_usd": matrix.cost[i, k],
+                }
+            )
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path
+
+
+def test_train_command_on_too_few_queries_says_how_many_are_needed(small_train, tmp_path):
+    from metarouter.cli import minimum_training_queries
+    from metarouter.errors import DataError
+
+    matrix, _ = small_train
+    needed = minimum_training_queries(TrainingConfig())
+    assert needed == 48  # 32 prototypes + 16 held-out queries with the default settings
+    for n in (5, needed - 1):
+        log = _log(matrix, n, tmp_path / f"tiny{n}.jsonl")
+        result = CliRunner().invoke(app, ["train", "--data", str(log), "--out", str(tmp_path)])
+        assert isinstance(result.exception, DataError), result.output
+        assert f"{n} queries" in str(result.exception) and f"at least {needed}" in str(
+            result.exception
+        )
+    log = _log(matrix, needed, tmp_path / "enough.jsonl")
+    out = tmp_path / "router"
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(log), "--out", str(out), "--steps", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert set(MetaRouter.from_pretrained(out).catalog) == set(MODELS)
+
+
 def test_train_command_writes_router_and_report(small_train, tmp_path):
     matrix, _ = small_train
     rows = []

@@ -8,6 +8,7 @@ no licence and are always read from where the user keeps them.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import pandas as pd
 from metarouter.data.table import OutcomeTable
 from metarouter.errors import ConfigError, DataError
 from metarouter.pricing import DEFAULT_OUTPUT_TOKENS, Price, estimate_tokens
+from metarouter.validation import excerpt
 
 __all__ = [
     "DATASETS",
@@ -74,6 +76,30 @@ def bundled_llmrouter_dir() -> Path:
     return Path(str(resources.files("metarouter.data") / "bundled" / "llmrouter"))
 
 
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line; a bad line is reported by its line number."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}, line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}). "
+                    "Fix: write one JSON object per line (e.g. with json.dumps)."
+                ) from exc
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{path}, line {lineno}: expected a JSON object with the outcome columns, "
+                    f"got {excerpt(row)}."
+                )
+            rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
 def _read_frame(path: Path) -> pd.DataFrame:
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     try:
@@ -82,7 +108,9 @@ def _read_frame(path: Path) -> pd.DataFrame:
         if suffix in (".csv", ".csv.gz"):
             return pd.read_csv(path, keep_default_na=True, na_values=[""])
         if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
+            return _read_jsonl(path)
+    except DataError:
+        raise
     except (ValueError, OSError) as exc:
         raise DataError(
             f"{path}: could not be read as {suffix} ({exc}). Fix: check the file."

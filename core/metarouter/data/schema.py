@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from metarouter.errors import DataError
+from metarouter.validation import excerpt
 
 __all__ = [
     "COLUMNS",
@@ -69,8 +70,13 @@ OPTIONAL_DEFAULTS: Mapping[str, Any] = {
 }
 
 
-def _row_ref(source: str, index: int) -> str:
-    return f"{source}: data row {index + 1}"
+#: Column carrying each row's position in the file (0-based) while validating.
+_ROW = "__metarouter_row__"
+
+
+def _row_ref(source: str, df: pd.DataFrame, position: int) -> str:
+    """``source: data row N``: N counts the file's data rows from 1, whatever was dropped."""
+    return f"{source}: data row {int(df[_ROW].iloc[position]) + 1}"
 
 
 def validate_outcomes(
@@ -105,7 +111,13 @@ def validate_outcomes(
             + "; ".join(f"{k}: {v}" for k, v in COLUMNS.items())
             + ". See docs/data.md."
         )
+    if len(frame) == 0:
+        raise DataError(
+            f"{source}: no data rows (only a header, or an empty table). Fix: add one row per "
+            "(query, model) with the columns " + ", ".join(REQUIRED_COLUMNS) + "; see docs/data.md."
+        )
     df = frame.reset_index(drop=True).copy()
+    df[_ROW] = np.arange(len(df))
     for col, default in OPTIONAL_DEFAULTS.items():
         if col not in df.columns:
             df[col] = default
@@ -115,7 +127,8 @@ def validate_outcomes(
         if null.any():
             i = int(np.flatnonzero(null.to_numpy())[0])
             raise DataError(
-                f"{_row_ref(source, i)}: column {col!r} is empty. Fix: fill it in or drop the row."
+                f"{_row_ref(source, df, i)}: column {col!r} is empty. Fix: fill it in or drop "
+                "the row."
             )
         df[col] = df[col].astype(str)
     for col in ("query_id", "model"):
@@ -123,32 +136,36 @@ def validate_outcomes(
         if blank.any():
             i = int(np.flatnonzero(blank.to_numpy())[0])
             raise DataError(
-                f"{_row_ref(source, i)}: column {col!r} is blank. Fix: give every row a non-empty "
-                f"{col}."
+                f"{_row_ref(source, df, i)}: column {col!r} is blank. Fix: give every row a "
+                f"non-empty {col}."
             )
 
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
         i = int(np.flatnonzero(bad_split.to_numpy())[0])
         raise DataError(
-            f"{_row_ref(source, i)}: unknown split {df['split'].iloc[i]!r}. Fix: use one of "
-            f"{list(SPLITS)} (e.g. map 'dev'/'val' to 'validation')."
+            f"{_row_ref(source, df, i)}: unknown split {excerpt(df['split'].iloc[i])}. Fix: use "
+            f"one of {list(SPLITS)} (e.g. map 'dev'/'val' to 'validation')."
         )
 
     for col in ("quality", "cost_usd"):
-        try:
-            df[col] = pd.to_numeric(df[col], errors="raise").astype(float)
-        except (ValueError, TypeError) as exc:
+        numeric = pd.to_numeric(df[col], errors="coerce")
+        bad = numeric.isna() & df[col].notna() & ~df[col].map(_is_nan)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{source}: column {col!r} is not numeric ({exc}). Fix: store plain numbers."
-            ) from exc
+                f"{_row_ref(source, df, i)}: {col} is {excerpt(df[col].iloc[i])}, not a number. "
+                "Fix: store plain numbers (e.g. 0.75), or leave the cell empty for a missing value."
+            )
+        df[col] = numeric.astype(float)
 
     cost = df["cost_usd"].to_numpy()
     bad_cost = ~np.isfinite(cost) | (cost < 0)
     if bad_cost.any():
         i = int(np.flatnonzero(bad_cost)[0])
         raise DataError(
-            f"{_row_ref(source, i)}: cost_usd is {cost[i]!r}; it must be a finite number >= 0 "
+            f"{_row_ref(source, df, i)}: cost_usd is {float(cost[i])!r}; it must be a finite "
+            "number >= 0 "
             "(US dollars per call). Fix: fill missing costs from the provider's price table "
             "(tokens x price) and set cost_is_estimate=true, or drop the row."
         )
@@ -159,7 +176,7 @@ def validate_outcomes(
         if not skip_nan_quality:
             i = int(np.flatnonzero(nan_q)[0])
             raise DataError(
-                f"{_row_ref(source, i)}: quality is NaN ({int(nan_q.sum())} such row(s)). Fix: "
+                f"{_row_ref(source, df, i)}: quality is NaN ({int(nan_q.sum())} such row(s)). Fix: "
                 "grade the answer, drop the row, or pass skip_nan_quality=True "
                 "(CLI: --skip-nan-quality) to drop such rows explicitly."
             )
@@ -170,7 +187,8 @@ def validate_outcomes(
     if bad_q.any():
         i = int(np.flatnonzero(bad_q)[0])
         raise DataError(
-            f"{_row_ref(source, i)}: quality {quality[i]!r} is outside [0, 1]. Fix: rescale "
+            f"{_row_ref(source, df, i)}: quality {float(quality[i])!r} is outside [0, 1]. Fix: "
+            "rescale "
             "scores to [0, 1] (e.g. divide percentages by 100)."
         )
 
@@ -179,7 +197,7 @@ def validate_outcomes(
         rows = np.flatnonzero(dup.to_numpy())
         first = df.iloc[rows[0]]
         twins = [
-            int(r) + 1
+            int(df[_ROW].iloc[r]) + 1
             for r in rows
             if df["query_id"].iloc[r] == first["query_id"] and df["model"].iloc[r] == first["model"]
         ]
@@ -189,7 +207,9 @@ def validate_outcomes(
             "gradings first if you have several)."
         )
 
-    df["cost_is_estimate"] = df["cost_is_estimate"].map(_as_bool).astype(bool)
+    pairs = zip(df["cost_is_estimate"], df[_ROW], strict=True)
+    flags = [_as_bool(value, source, int(row)) for value, row in pairs]
+    df["cost_is_estimate"] = pd.Series(flags, index=df.index, dtype=bool)
     df["response"] = df["response"].map(
         lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
     )
@@ -197,14 +217,24 @@ def validate_outcomes(
     return df.reset_index(drop=True)
 
 
-def _as_bool(value: Any) -> bool:
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_bool(value: Any, source: str, row: int) -> bool:
     if isinstance(value, str):
         lowered = value.strip().lower()
         if lowered in {"true", "1", "yes", "y", "t"}:
             return True
         if lowered in {"false", "0", "no", "n", "f", ""}:
             return False
-        raise DataError(f"cost_is_estimate value {value!r} is not a boolean. Fix: use true/false.")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    elif _is_nan(value):
         return False
-    return bool(value)
+    elif isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1)
+    ):
+        return bool(value)
+    raise DataError(
+        f"{source}: data row {row + 1}: cost_is_estimate is {excerpt(value)}, not a boolean. "
+        "Fix: use true or false (or 1/0)."
+    )

@@ -8,8 +8,11 @@ from metarouter.store.export import (
     comparisons_by_user,
     load_comparison_export,
     load_decision_export,
+    load_export_records,
     load_feedback,
 )
+from metarouter.store.maintenance import Retention
+from metarouter.store.pending import StoreHealth
 from metarouter.store.records import (
     ComparisonRecord,
     DecisionRecord,
@@ -27,10 +30,13 @@ __all__ = [
     "DecisionRecord",
     "FeedbackEvent",
     "PreferenceStore",
+    "Retention",
     "SQLStore",
+    "StoreHealth",
     "comparisons_by_user",
     "load_comparison_export",
     "load_decision_export",
+    "load_export_records",
     "load_feedback",
     "new_id",
     "query_hash",

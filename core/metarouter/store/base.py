@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from metarouter.store.records import ComparisonRecord, DecisionRecord, validate_user_id
 
 __all__ = ["PreferenceStore"]
+
+_S = TypeVar("_S", bound="PreferenceStore")
 
 
 class PreferenceStore(ABC):
@@ -83,8 +86,13 @@ class PreferenceStore(ABC):
         """Ids of all users with stored decisions or comparisons."""
 
     # -- optional, with defaults built on the methods above -------------------------------------
-    def iter_records(self) -> Iterator[DecisionRecord | ComparisonRecord]:
+    def iter_records(
+        self, *, skipped: list[str] | None = None
+    ) -> Iterator[DecisionRecord | ComparisonRecord]:
         """Every stored decision, then every comparison, oldest first (for dataset export).
+
+        Args:
+            skipped: Collects a message per stored row that could not be decoded (skipped).
 
         Raises:
             NotImplementedError: The store cannot list all of its rows.
@@ -103,15 +111,20 @@ class PreferenceStore(ABC):
         back with :func:`~metarouter.store.export.load_comparison_export`.
 
         Args:
-            path: Output file (replaced atomically).
+            path: Output file (replaced atomically; never one of the store's own files).
             include_metadata: Also write decisions' run ids and free-form metadata.
 
         Returns:
             Rows written: ``{"decisions": ..., "comparisons": ...}``.
+
+        Raises:
+            ConfigError: ``path`` is one of the store's files, or a folder.
         """
         from metarouter.store.export import write_dataset
+        from metarouter.store.maintenance import check_output_path
 
-        return write_dataset(path, self.iter_records(), include_metadata=include_metadata)
+        target = check_output_path(path, self.files(), force=True)
+        return write_dataset(target, self.iter_records(), include_metadata=include_metadata)
 
     def export_user_jsonl(self, user_id: str, path: str | os.PathLike[str]) -> int:
         """Write everything stored about a user to a JSONL file (data-access requests).
@@ -120,9 +133,15 @@ class PreferenceStore(ABC):
             The number of rows written (header and footer lines not counted).
         """
         from metarouter.store.export import write_user_export
+        from metarouter.store.maintenance import check_output_path
 
         uid = validate_user_id(user_id)
-        return write_user_export(path, uid, self.export_user(uid))
+        target = check_output_path(path, self.files(), force=True)
+        return write_user_export(target, uid, self.export_user(uid))
+
+    def files(self) -> list[Path]:
+        """The files the store lives in (an export or backup may never be written over them)."""
+        return []
 
     def stats(self) -> dict[str, Any]:
         """Row counts and backend details (for ``metarouter store stats``)."""
@@ -131,7 +150,7 @@ class PreferenceStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    def __enter__(self) -> PreferenceStore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:

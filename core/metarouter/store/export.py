@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +46,7 @@ from metarouter.store.records import (
     validate_comparison,
     validate_decision,
 )
+from metarouter.validation import excerpt
 
 if TYPE_CHECKING:
     from metarouter.types import Comparison
@@ -58,7 +60,9 @@ __all__ = [
     "decision_to_json",
     "load_comparison_export",
     "load_decision_export",
+    "load_export_records",
     "load_feedback",
+    "remove_stale_temporaries",
     "write_dataset",
     "write_user_export",
 ]
@@ -119,12 +123,55 @@ def comparison_to_json(record: ComparisonRecord) -> dict[str, Any]:
     }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete temporary files that an export to ``target`` left behind when it was killed.
+
+    They are named ``.<target name>.<pid>.<random>.tmp`` (private to the user, mode 0600) and
+    hold the export's rows; those of a process that no longer runs are removed, those of a
+    running export are left alone.
+
+    Returns:
+        The files removed.
+    """
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp$")
+    removed: list[Path] = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or (match.group(1) is not None and _alive(int(match.group(1)))):
+            continue
+        try:
+            entry.unlink()
+        except OSError as exc:
+            logger.warning("could not remove the stale temporary export %s: %s", entry, exc)
+            continue
+        logger.warning("removed %s, left behind by an export that was interrupted", entry)
+        removed.append(entry)
+    return removed
+
+
 def _write_jsonl(path: str | os.PathLike[str], lines: Iterable[Mapping[str, Any]]) -> int:
     """Write ``lines`` atomically to ``path``; returns the number of lines."""
     target = Path(path).expanduser()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+        )
     except OSError as exc:
         raise StoreError(f"cannot write the export to {target}: {exc}.") from exc
     n = 0
@@ -250,12 +297,19 @@ def _decision_from_json(obj: Mapping[str, Any]) -> DecisionRecord:
 
 
 def _read_dataset(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str], *, user_exports: bool = False
 ) -> tuple[list[DecisionRecord], list[ComparisonRecord]]:
     source = Path(path).expanduser()
     decisions: list[DecisionRecord] = []
     comparisons: list[ComparisonRecord] = []
     footer: Mapping[str, Any] | None = None
+    formats = (DATASET_FORMAT, USER_EXPORT_FORMAT) if user_exports else (DATASET_FORMAT,)
+    versions = {
+        DATASET_FORMAT: DATASET_FORMAT_VERSION,
+        USER_EXPORT_FORMAT: USER_EXPORT_FORMAT_VERSION,
+    }
+    kind_of_file = DATASET_FORMAT
+    other_rows = 0
     try:
         fh = source.open(encoding="utf-8")
     except OSError as exc:
@@ -273,22 +327,30 @@ def _read_dataset(
                 kind = obj.get("type")
                 if not seen_header:
                     seen_header = True
-                    if kind != "header" or obj.get("format") != DATASET_FORMAT:
+                    if kind != "header" or obj.get("format") not in formats:
                         raise DataError(
-                            f"not a {DATASET_FORMAT} export (the first line must be its header; "
-                            "write one with SQLStore.export_comparisons or "
+                            f"not a {' or '.join(formats)} export (the first line must be its "
+                            "header; write one with SQLStore.export_comparisons or "
                             "`metarouter store export`)"
                         )
+                    kind_of_file = obj["format"]
                     version = obj.get("format_version")
-                    if not isinstance(version, int) or version > DATASET_FORMAT_VERSION:
+                    if not isinstance(version, int) or version > versions[kind_of_file]:
                         raise DataError(
-                            f"format version {version!r} is newer than this metarouter reads "
-                            f"({DATASET_FORMAT_VERSION}); upgrade metarouter"
+                            f"format version {excerpt(version)} is newer than this metarouter "
+                            f"reads ({versions[kind_of_file]}); upgrade metarouter"
                         )
                     continue
                 if footer is not None:
                     raise DataError("rows after the footer")
-                if kind == "comparison":
+                if obj.get("unreadable"):
+                    raise DataError(
+                        f"the exported row has unreadable fields {excerpt(obj['unreadable'])} "
+                        "(damaged in the store it came from); remove the line to import the rest"
+                    )
+                if kind in ("user", "preference_cache") and kind_of_file == USER_EXPORT_FORMAT:
+                    other_rows += 1  # versions and caches are rebuilt, not imported
+                elif kind == "comparison":
                     rec_c = _comparison_from_json(obj)
                     validate_comparison(rec_c)
                     comparisons.append(rec_c)
@@ -299,7 +361,7 @@ def _read_dataset(
                 elif kind == "footer":
                     footer = obj
                 else:
-                    raise DataError(f"unknown row type {kind!r}")
+                    raise DataError(f"unknown row type {excerpt(kind)}")
         except UnicodeDecodeError as exc:
             raise DataError(f"{source}: not UTF-8 text ({exc}).") from exc
         except json.JSONDecodeError as exc:
@@ -317,6 +379,13 @@ def _read_dataset(
             len(decisions),
             len(comparisons),
         )
+    elif kind_of_file == USER_EXPORT_FORMAT:
+        if footer.get("rows") != len(decisions) + len(comparisons) + other_rows:
+            raise DataError(
+                f"{source}: the footer announces {excerpt(footer.get('rows'))} rows but the file "
+                f"holds {len(decisions) + len(comparisons) + other_rows}; the file was altered or "
+                "truncated. Fix: export it again."
+            )
     elif footer.get("decisions") != len(decisions) or footer.get("comparisons") != len(comparisons):
         raise DataError(
             f"{source}: the footer announces {footer.get('decisions')} decisions and "
@@ -346,6 +415,20 @@ def load_decision_export(path: str | os.PathLike[str]) -> list[DecisionRecord]:
         DataError: As :func:`load_comparison_export`.
     """
     return _read_dataset(path)[0]
+
+
+def load_export_records(
+    path: str | os.PathLike[str],
+) -> list[DecisionRecord | ComparisonRecord]:
+    """Every decision, then every comparison, of an export (what ``metarouter store import`` reads).
+
+    The file is a ``metarouter-feedback`` dataset or a ``metarouter-user-export``.
+
+    Raises:
+        DataError: As :func:`load_comparison_export`; also a row marked unreadable.
+    """
+    decisions, comparisons = _read_dataset(path, user_exports=True)
+    return [*decisions, *comparisons]
 
 
 def comparisons_by_user(records: Iterable[ComparisonRecord]) -> dict[str, list[Comparison]]:

@@ -237,7 +237,14 @@ def migrate(conn: sa.Connection, *, where: str = "the store") -> tuple[int | Non
         if step.version <= current:
             continue
         if step.version != current + 1:
-            raise StoreError(f"migration steps are not contiguous: {current} -> {step.version}.")
+            raise StoreError(
+                f"{where}: migration steps are not contiguous: {current} -> {step.version}, so "
+                "the store cannot be brought up to date; the store was not changed. This "
+                "metarouter installation is broken (its list of migration steps has a gap). Fix: "
+                "reinstall or upgrade metarouter (pip install --force-reinstall -U metarouter); "
+                "if you added the step yourself, add the missing step in between (see "
+                "metarouter/store/migrations.py)."
+            )
         step.apply(conn)
         _set_version(conn, step.version)
         current = step.version

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import numpy as np
 
 from metarouter.errors import FeedbackError
+from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_number, excerpt
 
 if TYPE_CHECKING:
     from metarouter.types import Comparison
@@ -29,6 +29,7 @@ __all__ = [
     "DecisionRecord",
     "FeedbackEvent",
     "check_text",
+    "check_usd",
     "new_id",
     "query_hash",
     "validate_comparison",
@@ -48,6 +49,8 @@ MAX_MODEL_NAME_CHARS = 256
 MAX_RUN_ID_CHARS = 64
 #: Longest query embedding accepted.
 MAX_EMBEDDING_DIM = 8192
+#: Latest Unix time accepted (the year 2200): a millisecond timestamp is refused, not stored.
+MAX_UNIX_TIME = 7_258_118_400.0
 
 _DECISION_ID = re.compile(r"^[0-9a-f]{32}$")
 _QUERY_HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -95,12 +98,7 @@ def validate_user_id(user_id: object) -> str:
         except UnicodeEncodeError:
             problem = "it contains a lone surrogate (not valid UTF-8). Fix: decode it properly"
     if problem is not None:
-        shown = (
-            repr(user_id[:40]) + ("..." if len(user_id) > 40 else "")
-            if isinstance(user_id, str)
-            else type(user_id).__name__
-        )
-        raise FeedbackError(f"invalid user id {shown}: {problem}.")
+        raise FeedbackError(f"invalid user id {excerpt(user_id)}: {problem}.")
     return cast("str", user_id)
 
 
@@ -110,7 +108,7 @@ def validate_decision_id(decision_id: object) -> str:
         return decision_id.hex
     if not isinstance(decision_id, str) or not _DECISION_ID.match(decision_id.replace("-", "")):
         raise FeedbackError(
-            f"malformed decision id {decision_id!r}: expected the 32-hex-character id from "
+            f"malformed decision id {excerpt(decision_id)}: expected the 32-hex-character id from "
             "response_metadata['metarouter']['decision_id'] (or a run UUID)."
         )
     return decision_id.replace("-", "")
@@ -159,10 +157,12 @@ def check_text(
 def validate_model_name(name: object, what: str = "model name") -> str:
     """Return ``name`` if it is a usable model name, else raise :class:`FeedbackError`."""
     if not isinstance(name, str) or not name.strip():
-        raise FeedbackError(f"{what} must be a non-empty string, got {name!r}.")
+        raise FeedbackError(f"{what} must be a non-empty string, got {excerpt(name)}.")
     check_text(what, name, MAX_MODEL_NAME_CHARS)
     if _CONTROL.search(name):
-        raise FeedbackError(f"{what} {name!r} contains control characters; use a plain name.")
+        raise FeedbackError(
+            f"{what} {excerpt(name)} contains control characters; use a plain name."
+        )
     return name
 
 
@@ -170,7 +170,7 @@ def validate_query_hash(value: object) -> str:
     """Return ``value`` if it is a SHA-256 hex digest (see :func:`query_hash`)."""
     if not isinstance(value, str) or not _QUERY_HASH.match(value):
         raise FeedbackError(
-            f"malformed query hash {value!r}: expected 64 lowercase hex characters, "
+            f"malformed query hash {excerpt(value)}: expected 64 lowercase hex characters, "
             "i.e. metarouter.store.query_hash(query_text)."
         )
     return value
@@ -192,31 +192,35 @@ def validate_embedding(value: object) -> np.ndarray:
     return arr
 
 
-def _check_usd(name: str, value: object, *, optional: bool = False) -> None:
+def check_usd(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse anything but a cost of one call in USD (see :data:`MAX_CALL_COST_USD`).
+
+    Raises:
+        FeedbackError: Not a real number, NaN, negative or beyond the bound.
+    """
     if value is None and optional:
         return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating, np.integer))
-        or not math.isfinite(float(value))
-        or float(value) < 0
-    ):
-        raise FeedbackError(f"{name} must be a finite USD amount >= 0, got {value!r}.")
+    check_number(
+        name,
+        value,
+        error=FeedbackError,
+        maximum=MAX_CALL_COST_USD,
+        fix="Fix: give the cost of one call in US dollars (e.g. 0.0004).",
+    )
 
 
 def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
-        raise FeedbackError(f"{name} must be an integer >= 0, got {value!r}.")
+    check_number(name, value, error=FeedbackError, maximum=MAX_TOKENS, integer=True)
 
 
 def _check_time(value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating, np.integer))
-        or not math.isfinite(float(value))
-        or float(value) < 0
-    ):
-        raise FeedbackError(f"created_at must be a Unix time in seconds, got {value!r}.")
+    check_number(
+        "created_at",
+        value,
+        error=FeedbackError,
+        maximum=MAX_UNIX_TIME,
+        fix="Fix: give a Unix time in seconds (time.time()).",
+    )
 
 
 def encode_json(name: str, value: Mapping[str, Any] | list[Any]) -> str:
@@ -241,7 +245,7 @@ def validate_decision(record: DecisionRecord) -> None:
     """
     if not isinstance(record.decision_id, str) or not _DECISION_ID.match(record.decision_id):
         raise FeedbackError(
-            f"malformed decision id {record.decision_id!r}: expected 32 lowercase hex "
+            f"malformed decision id {excerpt(record.decision_id)}: expected 32 lowercase hex "
             "characters without dashes (metarouter.store.new_id())."
         )
     validate_user_id(record.user_id)
@@ -258,19 +262,16 @@ def validate_decision(record: DecisionRecord) -> None:
         raise FeedbackError("scores must be a mapping of model name to probability.")
     for name, score in record.scores.items():
         validate_model_name(name, "scored model name")
-        if isinstance(score, bool) or not isinstance(score, (int, float, np.floating)):
-            raise FeedbackError(f"score of {name!r} must be a number, got {score!r}.")
-        if not math.isfinite(float(score)):
-            raise FeedbackError(f"score of {name!r} is not finite ({score!r}).")
+        check_number(f"score of {excerpt(name)}", score, error=FeedbackError, maximum=1.0)
     validate_model_name(record.chosen, "chosen model")
-    _check_usd("expected_cost_usd", record.expected_cost_usd)
-    _check_usd("cost_usd", record.cost_usd, optional=True)
+    check_usd("expected_cost_usd", record.expected_cost_usd)
+    check_usd("cost_usd", record.cost_usd, optional=True)
     if record.run_id is not None:
         if not isinstance(record.run_id, str) or not record.run_id:
-            raise FeedbackError(f"run id must be a non-empty string, got {record.run_id!r}.")
+            raise FeedbackError(f"run id must be a non-empty string, got {excerpt(record.run_id)}.")
         check_text("run id", record.run_id, MAX_RUN_ID_CHARS)
     if not isinstance(record.forced, (bool, np.bool_)):
-        raise FeedbackError(f"forced must be a bool, got {record.forced!r}.")
+        raise FeedbackError(f"forced must be a bool, got {excerpt(record.forced)}.")
     for name in record.fallbacks:
         validate_model_name(name, "fallback model name")
     _check_time(record.created_at)
@@ -288,7 +289,7 @@ def validate_comparison(record: ComparisonRecord) -> None:
     """
     if not isinstance(record.comparison_id, str) or not _DECISION_ID.match(record.comparison_id):
         raise FeedbackError(
-            f"malformed comparison id {record.comparison_id!r}: expected 32 lowercase hex "
+            f"malformed comparison id {excerpt(record.comparison_id)}: expected 32 lowercase hex "
             "characters (metarouter.store.new_id())."
         )
     validate_user_id(record.user_id)
@@ -296,17 +297,18 @@ def validate_comparison(record: ComparisonRecord) -> None:
     validate_model_name(record.loser, "loser model name")
     if record.winner == record.loser:
         raise FeedbackError(
-            f"both answers come from {record.winner!r}; a comparison needs two different "
+            f"both answers come from {excerpt(record.winner)}; a comparison needs two different "
             "models. Fix: compare answers of two different candidates."
         )
-    _check_usd("winner_cost_usd", record.winner_cost_usd)
-    _check_usd("loser_cost_usd", record.loser_cost_usd)
+    check_usd("winner_cost_usd", record.winner_cost_usd)
+    check_usd("loser_cost_usd", record.loser_cost_usd)
     validate_query_hash(record.query_hash)
     validate_embedding(record.embedding)
     _check_count("prompt_tokens", record.prompt_tokens)
     if record.source not in COMPARISON_SOURCES:
         raise FeedbackError(
-            f"unknown comparison source {record.source!r}; use one of {list(COMPARISON_SOURCES)}."
+            f"unknown comparison source {excerpt(record.source)}; use one of "
+            f"{list(COMPARISON_SOURCES)}."
         )
     ids = []
     for role in ("winner", "loser"):
@@ -314,8 +316,8 @@ def validate_comparison(record: ComparisonRecord) -> None:
         if did is not None:
             if not isinstance(did, str) or not _DECISION_ID.match(did):
                 raise FeedbackError(
-                    f"malformed {role} decision id {did!r}: expected 32 lowercase hex characters "
-                    "as in response_metadata['metarouter']['decision_id']."
+                    f"malformed {role} decision id {excerpt(did)}: expected 32 lowercase hex "
+                    "characters as in response_metadata['metarouter']['decision_id']."
                 )
             ids.append(did)
     if len(ids) == 2 and ids[0] == ids[1]:

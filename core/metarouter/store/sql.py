@@ -26,10 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,13 +39,30 @@ from typing import Any, TypeVar
 import numpy as np
 import sqlalchemy as sa
 
-from metarouter.errors import ConfigError, DependencyError, FeedbackError, StoreError
+from metarouter.errors import (
+    ConfigError,
+    DependencyError,
+    FeedbackError,
+    MetaRouterError,
+    StoreError,
+    UnreadableRowError,
+)
 from metarouter.store.base import PreferenceStore
-from metarouter.store.migrations import migrate
+from metarouter.store.maintenance import (
+    PRUNE_BATCH,
+    Retention,
+    check_output_path,
+    pg_dump_command,
+    prune_batch,
+    sqlite_backup,
+    store_files,
+)
+from metarouter.store.migrations import migrate, stored_version
 from metarouter.store.records import (
     ComparisonRecord,
     DecisionRecord,
     check_text,
+    check_usd,
     encode_json,
     validate_comparison,
     validate_decision,
@@ -52,6 +71,7 @@ from metarouter.store.records import (
     validate_user_id,
 )
 from metarouter.store.schema import SCHEMA_VERSION, Tables, define_tables
+from metarouter.validation import excerpt
 
 __all__ = ["SQLStore"]
 
@@ -80,6 +100,12 @@ def _normalise_url(target: str | os.PathLike[str]) -> str:
     return text
 
 
+def _read_only_url(path: Path) -> sa.URL:
+    """A URL opening the SQLite file read-only (``mode=ro``: SQLite refuses every write)."""
+    uri = f"file:{urllib.parse.quote(str(path.expanduser().absolute()))}?mode=ro"
+    return sa.URL.create("sqlite", database=uri, query={"uri": "true"})
+
+
 def _sqlite_file(url: sa.URL) -> Path | None:
     db = url.database
     if not db or db == ":memory:" or db.startswith("file:"):
@@ -103,6 +129,13 @@ class SQLStore(PreferenceStore):
         pool_timeout: Seconds to wait for a free pooled connection.
         connect_timeout: Seconds to wait when connecting to PostgreSQL.
         echo: Log every SQL statement (``logging`` at INFO).
+        read_only: Open without ever writing (inspection, export, backup): SQLite opens the file
+            read-only, PostgreSQL sessions are read-only, the schema is neither created nor
+            migrated, and a database that is not a MetaRouter store is refused.
+        create: Create the tables in a database that has none (default). With ``False`` a
+            database without MetaRouter tables is refused instead of being written to.
+        retention: How long routing decisions are kept (see :class:`Retention`); applied by
+            :meth:`prune`, and every ``retention.every`` decisions recorded through this object.
 
     Raises:
         ConfigError: The URL is invalid or names an unsupported database.
@@ -124,6 +157,9 @@ class SQLStore(PreferenceStore):
         pool_timeout: float = 30.0,
         connect_timeout: int = 10,
         echo: bool = False,
+        read_only: bool = False,
+        create: bool = True,
+        retention: Retention | None = None,
     ) -> None:
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ConfigError(f"synchronous={synchronous!r}: use one of {list(_SYNCHRONOUS)}.")
@@ -142,10 +178,20 @@ class SQLStore(PreferenceStore):
                 f"unsupported store database {backend!r}; supported: SQLite (a file path or "
                 "sqlite:///path.db) and PostgreSQL (postgresql+psycopg://user@host/db)."
             )
+        self.read_only = bool(read_only)
+        self.create = bool(create) and not self.read_only
+        self.retention = retention
+        self._since_prune = 0
+        #: The SQLite file (None for PostgreSQL and in-memory databases).
+        self.path: Path | None = _sqlite_file(url) if backend == "sqlite" else None
+        shown_url = self._mask(url)
         kwargs: dict[str, Any] = {"echo": echo}
         if backend == "sqlite":
             kwargs["connect_args"] = {"timeout": self.busy_timeout, "check_same_thread": False}
-            if _sqlite_file(url) is None:
+            if self.read_only and self.path is not None:
+                # mode=ro: SQLite itself refuses every write, whatever runs on the connection
+                url = _read_only_url(self.path)
+            if self.path is None:
                 kwargs["poolclass"] = sa.pool.StaticPool
             else:
                 kwargs.update(
@@ -168,10 +214,12 @@ class SQLStore(PreferenceStore):
             ) from exc
         except (sa.exc.ArgumentError, TypeError) as exc:
             raise ConfigError(f"invalid store URL {self._mask(url)!r}: {exc}") from exc
-        self.url = self._mask(url)
+        self.url = shown_url
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             self._setup_sqlite()
+        elif self.read_only:
+            self._setup_postgres_read_only()
         self._write_engine = self.engine.execution_options(metarouter_write=True)
         self.tables: Tables = define_tables()
         self._ready = False
@@ -194,13 +242,20 @@ class SQLStore(PreferenceStore):
         busy_ms = int(self.busy_timeout * 1000)
         synchronous = self._synchronous
 
+        read_only = self.read_only
+
         @sa.event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # transactions are begun explicitly below
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={synchronous}")
+            if read_only:
+                cur.execute("PRAGMA query_only=ON")
+            else:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute(f"PRAGMA synchronous={synchronous}")
+                # deleted rows are overwritten with zeros, not left in free pages (privacy)
+                cur.execute("PRAGMA secure_delete=ON")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -211,6 +266,14 @@ class SQLStore(PreferenceStore):
             write = conn.get_execution_options().get("metarouter_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
+    def _setup_postgres_read_only(self) -> None:
+        @sa.event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()
+
     def _ensure(self) -> None:
         """Create or migrate the schema on first use (once per process, under a lock)."""
         if self._ready:
@@ -218,7 +281,11 @@ class SQLStore(PreferenceStore):
         with self._init_lock:
             if self._ready:
                 return
-            path = _sqlite_file(self.engine.url)
+            if self.read_only:
+                self._check_existing(self.engine)
+                self._ready = True
+                return
+            path = self.path
             if path is not None:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +294,8 @@ class SQLStore(PreferenceStore):
                         f"cannot create the folder of the SQLite store {path}: {exc}. Fix: "
                         "choose a writable location (or set METAROUTER_STORE)."
                     ) from exc
+            if not self.create:
+                self._check_existing(self.engine, older_ok=True)
             try:
                 with self._write_engine.begin() as conn:
                     found, now = migrate(conn, where=self.url)
@@ -239,6 +308,40 @@ class SQLStore(PreferenceStore):
             if found != now:
                 logger.info("store %s: schema %s -> version %s", self.url, found or "new", now)
             self._ready = True
+
+    def _check_existing(self, engine: sa.Engine, *, older_ok: bool = False) -> None:
+        """Refuse a database that is not a MetaRouter store (or, read-only, not at our version)."""
+        if self.path is not None and not self.read_only:
+            # look without our connection settings: they would switch the file to WAL
+            engine = sa.create_engine(_read_only_url(self.path), poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                found = stored_version(conn)
+        except StoreError:
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(self._explain("open the store", exc)) from exc
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
+        if found is None:
+            raise StoreError(
+                f"{self.url} is not a MetaRouter preference store (it has no metarouter_schema "
+                "table), so it was left untouched. Fix: pass --store with the file or URL your "
+                "application routes with (or set METAROUTER_STORE)."
+            )
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url} has schema version {found}, newer than this metarouter understands "
+                f"({SCHEMA_VERSION}). Fix: upgrade metarouter (pip install -U metarouter)."
+            )
+        if found < SCHEMA_VERSION and not older_ok:
+            raise StoreError(
+                f"{self.url} has schema version {found}; this metarouter reads version "
+                f"{SCHEMA_VERSION} and opened it read-only, so it did not migrate it. Fix: open "
+                "it once read-write (your application, or any `metarouter store` command that "
+                "writes, such as prune) to migrate it, then retry."
+            )
 
     def migrate(self) -> int:
         """Create or migrate the schema now (otherwise done on first use); returns its version.
@@ -263,6 +366,12 @@ class SQLStore(PreferenceStore):
                     "Fix: raise busy_timeout, keep transactions short, or use PostgreSQL for "
                     "many concurrent writers."
                 )
+            elif "full" in lowered:
+                hint = (
+                    f"The disk holding {self.path} is full. Fix: free space on that volume "
+                    "(SQLite also needs room for the -wal file beside it), or move the store "
+                    "to a larger volume; `metarouter store prune` removes old decisions."
+                )
             elif "readonly" in lowered or "unable to open" in lowered or "i/o" in lowered:
                 hint = (
                     "Fix: check the file and its folder exist and are writable by this process "
@@ -272,6 +381,11 @@ class SQLStore(PreferenceStore):
                 hint = "Fix: the file is not an intact SQLite database; restore it from a backup."
             else:
                 hint = ""
+        elif sqlstate in ("53100", "53200"):
+            hint = (
+                "The database server is out of disk space or memory. Fix: free space on the "
+                "server's data volume (or prune old decisions: metarouter store prune), then retry."
+            )
         elif sqlstate == "42501":
             hint = (
                 "Fix: grant the database user CREATE on the schema (first use and migrations) "
@@ -295,6 +409,11 @@ class SQLStore(PreferenceStore):
 
     def _write(self, action: str, fn: Callable[[sa.Connection], T]) -> T:
         """Run ``fn`` in one write transaction; all or nothing."""
+        if self.read_only:
+            raise StoreError(
+                f"{self.url} was opened read-only: cannot {action}. Nothing was written. Fix: "
+                "open it without read_only=True."
+            )
         self._ensure()
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
@@ -349,42 +468,64 @@ class SQLStore(PreferenceStore):
 
     @staticmethod
     def _vec(raw: bytes) -> np.ndarray:
-        return np.frombuffer(bytes(raw), dtype="<f4").copy()
+        data = bytes(raw)
+        if not data or len(data) % 4:
+            raise ValueError(f"an embedding of {len(data)} bytes is not a float32 vector")
+        return np.frombuffer(data, dtype="<f4").copy()
+
+    @staticmethod
+    def _json(row: Any, column: str) -> Any:
+        return json.loads(getattr(row, column))
 
     def _decision_from_row(self, row: Any) -> DecisionRecord:
-        return DecisionRecord(
-            decision_id=row.decision_id,
-            user_id=row.user_id,
-            query_hash=row.query_hash,
-            embedding=self._vec(row.embedding),
-            prompt_tokens=row.prompt_tokens,
-            candidates=tuple(json.loads(row.candidates)),
-            scores=json.loads(row.scores),
-            chosen=row.chosen,
-            expected_cost_usd=row.expected_cost_usd,
-            cost_usd=row.cost_usd,
-            run_id=row.run_id,
-            forced=bool(row.forced),
-            fallbacks=tuple(json.loads(row.fallbacks)),
-            created_at=row.created_at,
-            metadata=json.loads(row.metadata),
-        )
+        try:
+            return DecisionRecord(
+                decision_id=row.decision_id,
+                user_id=row.user_id,
+                query_hash=row.query_hash,
+                embedding=self._vec(row.embedding),
+                prompt_tokens=row.prompt_tokens,
+                candidates=tuple(self._json(row, "candidates")),
+                scores=self._json(row, "scores"),
+                chosen=row.chosen,
+                expected_cost_usd=row.expected_cost_usd,
+                cost_usd=row.cost_usd,
+                run_id=row.run_id,
+                forced=bool(row.forced),
+                fallbacks=tuple(self._json(row, "fallbacks")),
+                created_at=row.created_at,
+                metadata=self._json(row, "metadata"),
+            )
+        except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise UnreadableRowError(self._unreadable("decision", row.decision_id, exc)) from exc
 
     def _comparison_from_row(self, row: Any) -> ComparisonRecord:
-        return ComparisonRecord(
-            comparison_id=row.comparison_id,
-            user_id=row.user_id,
-            winner=row.winner,
-            loser=row.loser,
-            winner_cost_usd=row.winner_cost_usd,
-            loser_cost_usd=row.loser_cost_usd,
-            query_hash=row.query_hash,
-            embedding=self._vec(row.embedding),
-            prompt_tokens=row.prompt_tokens,
-            source=row.source,
-            winner_decision_id=row.winner_decision_id,
-            loser_decision_id=row.loser_decision_id,
-            created_at=row.created_at,
+        try:
+            return ComparisonRecord(
+                comparison_id=row.comparison_id,
+                user_id=row.user_id,
+                winner=row.winner,
+                loser=row.loser,
+                winner_cost_usd=row.winner_cost_usd,
+                loser_cost_usd=row.loser_cost_usd,
+                query_hash=row.query_hash,
+                embedding=self._vec(row.embedding),
+                prompt_tokens=row.prompt_tokens,
+                source=row.source,
+                winner_decision_id=row.winner_decision_id,
+                loser_decision_id=row.loser_decision_id,
+                created_at=row.created_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise UnreadableRowError(
+                self._unreadable("comparison", row.comparison_id, exc)
+            ) from exc
+
+    def _unreadable(self, kind: str, row_id: str, exc: Exception) -> str:
+        return (
+            f"{self.url}: the stored {kind} {excerpt(row_id)} is unreadable ({exc}); it was "
+            "altered outside metarouter or written by an incompatible version. Fix: restore the "
+            "store from a backup, or delete that row."
         )
 
     def _tick(self, conn: sa.Connection) -> int:
@@ -403,7 +544,24 @@ class SQLStore(PreferenceStore):
         """
         validate_decision(record)
         t = self.tables.decisions
-        values = {
+        values = self._decision_values(record)
+
+        def insert(conn: sa.Connection) -> None:
+            clash = sa.or_(t.c.decision_id == record.decision_id)
+            if record.run_id is not None:
+                clash = sa.or_(clash, t.c.run_id == record.run_id)
+            if conn.execute(sa.select(t.c.decision_id).where(clash).limit(1)).first():
+                raise StoreError(
+                    f"decision {record.decision_id} (run id {record.run_id}) is already stored; "
+                    "decision ids and run ids must be unique (use new_id()). Nothing was written."
+                )
+            conn.execute(t.insert().values(**values))
+
+        self._write(f"record decision {record.decision_id}", insert)
+        self._maybe_prune()
+
+    def _decision_values(self, record: DecisionRecord) -> dict[str, Any]:
+        return {
             "decision_id": record.decision_id,
             "user_id": record.user_id,
             "created_at": float(record.created_at),
@@ -421,18 +579,25 @@ class SQLStore(PreferenceStore):
             "metadata": encode_json("decision metadata", dict(record.metadata)),
         }
 
-        def insert(conn: sa.Connection) -> None:
-            clash = sa.or_(t.c.decision_id == record.decision_id)
-            if record.run_id is not None:
-                clash = sa.or_(clash, t.c.run_id == record.run_id)
-            if conn.execute(sa.select(t.c.decision_id).where(clash).limit(1)).first():
-                raise StoreError(
-                    f"decision {record.decision_id} (run id {record.run_id}) is already stored; "
-                    "decision ids and run ids must be unique (use new_id()). Nothing was written."
-                )
-            conn.execute(t.insert().values(**values))
-
-        self._write(f"record decision {record.decision_id}", insert)
+    def _maybe_prune(self) -> None:
+        """Apply the retention every ``retention.every`` decisions (one batch; never raises)."""
+        retention = self.retention
+        if retention is None or retention.every <= 0:
+            return
+        with self._init_lock:
+            self._since_prune += 1
+            if self._since_prune < retention.every:
+                return
+            self._since_prune = 0
+        try:
+            n = self._write(
+                "prune old decisions", lambda conn: prune_batch(conn, self.tables, retention)
+            )
+        except MetaRouterError as exc:
+            logger.warning("automatic pruning failed (it is retried later): %s", exc)
+            return
+        if n:
+            logger.info("pruned %d old decisions from %s", n, self.url)
 
     def get_decision(self, decision_id: str) -> DecisionRecord:
         """The decision with this id.
@@ -481,13 +646,7 @@ class SQLStore(PreferenceStore):
         validate_model_name(chosen, "chosen model")
         for name in fallbacks:
             validate_model_name(name, "fallback model name")
-        if cost_usd is not None and (
-            isinstance(cost_usd, bool)
-            or not isinstance(cost_usd, (int, float, np.floating))
-            or not np.isfinite(cost_usd)
-            or cost_usd < 0
-        ):
-            raise FeedbackError(f"cost_usd must be a finite USD amount >= 0, got {cost_usd!r}.")
+        check_usd("cost_usd", cost_usd, optional=True)
         t = self.tables.decisions
         values = {
             "chosen": chosen,
@@ -509,6 +668,12 @@ class SQLStore(PreferenceStore):
     def record_comparison(self, record: ComparisonRecord) -> int:
         """Store a comparison after checking the decisions it references.
 
+        A comparison is one judgement per user and pair of answers: when the user already
+        compared the same two routed answers (the same two decision ids, or the same decision
+        and the same model's outside answer), the new comparison **replaces** the earlier one,
+        in the same transaction. Comparisons of two answers the router did not produce are
+        all kept (nothing identifies the answers).
+
         Returns:
             The user's new version.
 
@@ -518,8 +683,35 @@ class SQLStore(PreferenceStore):
             StoreError: The comparison id is already stored, or the database failed.
         """
         validate_comparison(record)
-        d, c, users = self.tables.decisions, self.tables.comparisons, self.tables.users
-        values = {
+        c = self.tables.comparisons
+
+        def insert(conn: sa.Connection) -> int:
+            version = self._tick(conn)  # first: serialises writers, so a repeat is always seen
+            self._check_references(conn, record)
+            if conn.execute(
+                sa.select(c.c.comparison_id).where(c.c.comparison_id == record.comparison_id)
+            ).first():
+                raise StoreError(
+                    f"comparison {record.comparison_id} is already stored; comparison ids must "
+                    "be unique (use new_id()). Nothing was written."
+                )
+            earlier = self._same_judgement(conn, record)
+            if earlier:
+                conn.execute(c.delete().where(c.c.comparison_id.in_(earlier)))
+                logger.info(
+                    "user %s compared the same answers again: comparison %s replaces %s",
+                    excerpt(record.user_id),
+                    record.comparison_id,
+                    ", ".join(earlier),
+                )
+            conn.execute(c.insert().values(**self._comparison_values(record)))
+            self._set_user_version(conn, record.user_id, version)
+            return version
+
+        return self._write("record a comparison", insert)
+
+    def _comparison_values(self, record: ComparisonRecord) -> dict[str, Any]:
+        return {
             "comparison_id": record.comparison_id,
             "user_id": record.user_id,
             "created_at": float(record.created_at),
@@ -535,52 +727,70 @@ class SQLStore(PreferenceStore):
             "loser_decision_id": record.loser_decision_id,
         }
 
-        def insert(conn: sa.Connection) -> int:
-            for role in ("winner", "loser"):
-                did = getattr(record, f"{role}_decision_id")
-                if did is None:
-                    continue
-                row = conn.execute(
-                    sa.select(d.c.user_id, d.c.query_hash).where(d.c.decision_id == did)
-                ).first()
-                if row is None:
-                    raise FeedbackError(
-                        f"unknown decision id {did!r} for the {role}: no such routing decision "
-                        "is stored. Fix: use the decision_id from the response metadata of a "
-                        "call routed with this store."
-                    )
-                if row.user_id != record.user_id:
-                    raise FeedbackError(
-                        f"decision {did} (the {role}) belongs to another user; a comparison for "
-                        f"user {record.user_id!r} may only reference that user's decisions."
-                    )
-                if row.query_hash != record.query_hash:
-                    raise FeedbackError(
-                        f"decision {did} (the {role}) answered another query; a comparison is "
-                        "between two answers to the same query."
-                    )
-            if conn.execute(
-                sa.select(c.c.comparison_id).where(c.c.comparison_id == record.comparison_id)
-            ).first():
-                raise StoreError(
-                    f"comparison {record.comparison_id} is already stored; comparison ids must "
-                    "be unique (use new_id()). Nothing was written."
+    def _check_references(self, conn: sa.Connection, record: ComparisonRecord) -> None:
+        """Refuse a comparison whose decisions are unknown, another user's, or another query's."""
+        d = self.tables.decisions
+        for role in ("winner", "loser"):
+            did = getattr(record, f"{role}_decision_id")
+            if did is None:
+                continue
+            row = conn.execute(
+                sa.select(d.c.user_id, d.c.query_hash).where(d.c.decision_id == did)
+            ).first()
+            if row is None:
+                raise FeedbackError(
+                    f"unknown decision id {did!r} for the {role}: no such routing decision "
+                    "is stored. Fix: use the decision_id from the response metadata of a "
+                    "call routed with this store."
                 )
-            conn.execute(c.insert().values(**values))
-            version = self._tick(conn)
-            now = time.time()
-            done = conn.execute(
-                users.update()
-                .where(users.c.user_id == record.user_id)
-                .values(version=version, updated_at=now)
-            )
-            if done.rowcount == 0:
-                conn.execute(
-                    users.insert().values(user_id=record.user_id, version=version, updated_at=now)
+            if row.user_id != record.user_id:
+                raise FeedbackError(
+                    f"decision {did} (the {role}) belongs to another user; a comparison for "
+                    f"user {excerpt(record.user_id)} may only reference that user's decisions."
                 )
-            return version
+            if row.query_hash != record.query_hash:
+                raise FeedbackError(
+                    f"decision {did} (the {role}) answered another query; a comparison is "
+                    "between two answers to the same query."
+                )
 
-        return self._write("record a comparison", insert)
+    def _same_judgement(self, conn: sa.Connection, record: ComparisonRecord) -> list[str]:
+        """Ids of the user's earlier comparisons of the same two answers (see record_comparison)."""
+        if record.winner_decision_id is None and record.loser_decision_id is None:
+            return []
+        c = self.tables.comparisons
+
+        def sides(w_id: str | None, w: str, l_id: str | None, lose: str) -> frozenset[str]:
+            return frozenset(
+                (f"d:{w_id}" if w_id else f"m:{w}", f"d:{l_id}" if l_id else f"m:{lose}")
+            )
+
+        wanted = sides(
+            record.winner_decision_id, record.winner, record.loser_decision_id, record.loser
+        )
+        rows = conn.execute(
+            sa.select(
+                c.c.comparison_id,
+                c.c.winner,
+                c.c.loser,
+                c.c.winner_decision_id,
+                c.c.loser_decision_id,
+            ).where(c.c.user_id == record.user_id, c.c.query_hash == record.query_hash)
+        ).all()
+        return [
+            r.comparison_id
+            for r in rows
+            if sides(r.winner_decision_id, r.winner, r.loser_decision_id, r.loser) == wanted
+        ]
+
+    def _set_user_version(self, conn: sa.Connection, user_id: str, version: int) -> None:
+        users = self.tables.users
+        now = time.time()
+        done = conn.execute(
+            users.update().where(users.c.user_id == user_id).values(version=version, updated_at=now)
+        )
+        if done.rowcount == 0:
+            conn.execute(users.insert().values(user_id=user_id, version=version, updated_at=now))
 
     def comparisons(self, user_id: str) -> list[ComparisonRecord]:
         """A user's comparisons, oldest first."""
@@ -592,7 +802,7 @@ class SQLStore(PreferenceStore):
                 sa.select(c).where(c.c.user_id == uid).order_by(c.c.created_at, c.c.comparison_id)
             ).all(),
         )
-        return [self._comparison_from_row(r) for r in rows]
+        return [rec for rec in map(self._readable(self._comparison_from_row), rows) if rec]
 
     # -- versions and cache ---------------------------------------------------------------------
     def user_version(self, user_id: str) -> int:
@@ -610,7 +820,7 @@ class SQLStore(PreferenceStore):
     @staticmethod
     def _router_id(router_id: str) -> str:
         if not isinstance(router_id, str) or not 0 < len(router_id) <= 64:
-            raise FeedbackError(f"router id must be 1-64 characters, got {router_id!r}.")
+            raise FeedbackError(f"router id must be 1-64 characters, got {excerpt(router_id)}.")
         return router_id
 
     def cached_preference(self, user_id: str, router_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -694,11 +904,21 @@ class SQLStore(PreferenceStore):
         def converter(kind: str) -> Callable[[Any], dict[str, Any]]:
             def convert(row: Any) -> dict[str, Any]:
                 data = dict(row._mapping)
+                unreadable = []  # a data-access export carries every row, even a damaged one
                 if "embedding" in data:
-                    data["embedding"] = [float(v) for v in self._vec(data["embedding"])]
+                    try:
+                        data["embedding"] = [float(v) for v in self._vec(data["embedding"])]
+                    except ValueError:
+                        data["embedding"] = bytes(data["embedding"]).hex()
+                        unreadable.append("embedding")
                 for key in ("candidates", "scores", "fallbacks", "metadata", "state"):
                     if isinstance(data.get(key), str):
-                        data[key] = json.loads(data[key])
+                        try:
+                            data[key] = json.loads(data[key])
+                        except ValueError:
+                            unreadable.append(key)  # kept as the stored text
+                if unreadable:
+                    data["unreadable"] = unreadable
                 if "forced" in data:
                     data["forced"] = bool(data["forced"])
                 return {"type": kind, **data}
@@ -710,17 +930,47 @@ class SQLStore(PreferenceStore):
             order = [table.c.created_at] if "created_at" in table.c else []
             query = sa.select(table).where(table.c.user_id == uid).order_by(*order)
             queries.append((query, converter(kind)))
-        yield from self._stream(f"export user {uid!r}", queries)
+        yield from self._stream(f"export user {excerpt(uid)}", queries)
 
-    def iter_records(self) -> Iterator[DecisionRecord | ComparisonRecord]:
-        """Every decision, then every comparison, oldest first, from one snapshot (streamed)."""
+    def _readable(
+        self, convert: Callable[[Any], T], skipped: list[str] | None = None
+    ) -> Callable[[Any], T | None]:
+        """``convert``, but an unreadable row is logged, noted in ``skipped`` and gives None."""
+
+        def safe(row: Any) -> T | None:
+            try:
+                return convert(row)
+            except UnreadableRowError as exc:
+                logger.warning("skipping a row: %s", exc)
+                if skipped is not None:
+                    skipped.append(str(exc))
+                return None
+
+        return safe
+
+    def iter_records(
+        self, *, skipped: list[str] | None = None
+    ) -> Iterator[DecisionRecord | ComparisonRecord]:
+        """Every decision, then every comparison, oldest first, from one snapshot (streamed).
+
+        Args:
+            skipped: Collects a message per row that could not be decoded (such rows are
+                skipped with a logged warning, never fatal).
+        """
         d, c = self.tables.decisions, self.tables.comparisons
-        queries: list[tuple[sa.Select[Any], Callable[[Any], DecisionRecord | ComparisonRecord]]]
-        queries = [
-            (sa.select(d).order_by(d.c.created_at, d.c.decision_id), self._decision_from_row),
-            (sa.select(c).order_by(c.c.created_at, c.c.comparison_id), self._comparison_from_row),
+        queries: list[tuple[sa.Select[Any], Callable[[Any], Any]]] = [
+            (
+                sa.select(d).order_by(d.c.created_at, d.c.decision_id),
+                self._readable(self._decision_from_row, skipped),
+            ),
+            (
+                sa.select(c).order_by(c.c.created_at, c.c.comparison_id),
+                self._readable(self._comparison_from_row, skipped),
+            ),
         ]
-        yield from self._stream("export the dataset", queries)
+        for rec in self._stream("export the dataset", queries):
+            if rec is not None:
+                yield rec
 
     def export_comparisons(
         self, path: str | os.PathLike[str], *, include_metadata: bool = False
@@ -735,16 +985,20 @@ class SQLStore(PreferenceStore):
             include_metadata: Also write decisions' run ids and free-form metadata.
 
         Returns:
-            Rows written: ``{"decisions": ..., "comparisons": ...}``.
+            Rows written: ``{"decisions": ..., "comparisons": ..., "unreadable": ...}``; rows
+            that could not be decoded are left out, each with a logged warning.
         """
         from metarouter.store.export import write_dataset
 
-        return write_dataset(
-            path,
-            self.iter_records(),
+        target = check_output_path(path, self.files(), force=True)
+        skipped: list[str] = []
+        counts = write_dataset(
+            target,
+            self.iter_records(skipped=skipped),
             schema_version=SCHEMA_VERSION,
             include_metadata=include_metadata,
         )
+        return {**counts, "unreadable": len(skipped)}
 
     def delete_user(self, user_id: str) -> int:
         """Delete everything about a user in one transaction (right to be forgotten).
@@ -762,9 +1016,223 @@ class SQLStore(PreferenceStore):
                 n += conn.execute(table.delete().where(table.c.user_id == uid)).rowcount
             return n
 
-        deleted = self._write(f"delete user {uid!r}", delete)
-        logger.info("deleted %d rows of user %s from %s", deleted, uid, self.url)
+        deleted = self._write(f"delete user {excerpt(uid)}", delete)
+        if self.dialect == "sqlite" and self.path is not None:
+            self.checkpoint()
+        logger.info("deleted %d rows of user %s from %s", deleted, excerpt(uid), self.url)
         return deleted
+
+    def files(self) -> list[Path]:
+        """The SQLite database file and its ``-wal``, ``-shm`` and ``-journal`` files."""
+        return store_files(self.path) if self.path is not None else []
+
+    def checkpoint(self, attempts: int = 10) -> bool:
+        """SQLite: copy the write-ahead log into the database file and empty it.
+
+        Called after :meth:`delete_user`: with ``secure_delete`` on (always, in this store) the
+        deleted rows are zeroed in the database pages, and emptying the ``-wal`` file removes
+        the older copies of those pages, so no trace of the user is left in any store file.
+        A reader in another process can hold the log open; then this retries for a moment and
+        logs a warning if it still cannot finish (the next checkpoint completes it).
+
+        Returns:
+            Whether the log is now empty (always True on PostgreSQL, which has no such file).
+        """
+        if self.dialect != "sqlite" or self.path is None:
+            return True
+        self._ensure()
+        for attempt in range(attempts):
+            raw = self.engine.raw_connection()  # no transaction: a checkpoint runs outside one
+            try:
+                cursor = raw.cursor()
+                busy = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                cursor.close()
+            except sqlite3.Error as exc:
+                logger.warning("%s: could not checkpoint the write-ahead log: %s", self.url, exc)
+                return False
+            finally:
+                raw.close()
+            if busy is not None and busy[0] == 0:
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        logger.warning(
+            "%s: another connection kept the write-ahead log busy; deleted rows may stay in "
+            "its -wal file until the next checkpoint (SQLStore.checkpoint(), run by every "
+            "delete).",
+            self.url,
+        )
+        return False
+
+    # -- maintenance ----------------------------------------------------------------------------
+    def prune(self, retention: Retention | None = None, *, now: float | None = None) -> int:
+        """Delete the routing decisions ``retention`` (default: the store's) no longer keeps.
+
+        Comparisons are kept, and so is every decision a comparison references. Deletes in
+        batches of short transactions, so routing in other processes goes on meanwhile.
+
+        Returns:
+            The number of decisions deleted.
+
+        Raises:
+            ConfigError: No retention given and none set on the store.
+            StoreError: The database failed (batches already done stay done).
+        """
+        retention = retention or self.retention
+        if retention is None:
+            raise ConfigError(
+                "no retention setting: pass prune(Retention(max_age_days=...)) or create the "
+                "store with SQLStore(..., retention=Retention(...))."
+            )
+        total = 0
+        while True:
+            n = self._write(
+                "prune old decisions",
+                lambda conn: prune_batch(conn, self.tables, retention, now=now),
+            )
+            total += n
+            if n < PRUNE_BATCH:
+                break
+        logger.info("pruned %d decisions from %s", total, self.url)
+        return total
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back (SQLite ``VACUUM``; PostgreSQL ``VACUUM``).
+
+        Takes a while on a large store, and SQLite holds the write lock meanwhile.
+
+        Raises:
+            StoreError: The database failed (or is busy).
+        """
+        self._ensure()
+        try:
+            if self.dialect == "sqlite":
+                raw = self.engine.raw_connection()
+                try:
+                    raw.cursor().execute("VACUUM")
+                finally:
+                    raw.close()
+                self.checkpoint()
+                return
+            with self.engine.connect() as conn:
+                auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+                for table in self.tables.metadata.sorted_tables:
+                    auto.exec_driver_sql(f"VACUUM {table.name}")
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(self._explain("vacuum the store", exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: could not vacuum the store: {exc}.") from exc
+
+    def backup(self, out: str | os.PathLike[str], *, force: bool = False) -> int:
+        """Write a consistent copy of a SQLite store to ``out`` while it is in use.
+
+        Uses SQLite's online backup API, so commits still in the write-ahead log are included
+        (a plain ``cp`` of the database file misses them). The copy is a single self-contained
+        file; open it with ``SQLStore(out)``.
+
+        Args:
+            out: The backup file (written to a temporary name, then renamed into place).
+            force: Replace ``out`` if it exists.
+
+        Returns:
+            The size of the backup in bytes.
+
+        Raises:
+            ConfigError: ``out`` is the store itself, exists (without ``force``), or the store is
+                on PostgreSQL (the message gives the ``pg_dump`` command to use instead).
+            StoreError: The copy failed; nothing was written.
+        """
+        if self.dialect != "sqlite" or self.path is None:
+            if self.dialect == "postgresql":
+                raise ConfigError(
+                    "a PostgreSQL store is backed up with PostgreSQL's own tools, e.g.: "
+                    f"{pg_dump_command(self.engine.url, out)} (the password comes from "
+                    "PGPASSWORD or ~/.pgpass); restore with pg_restore. See docs/store.md."
+                )
+            raise ConfigError("an in-memory store has nothing to back up.")
+        target = check_output_path(out, self.files(), force=force)
+        self._ensure()
+        raw = self.engine.raw_connection()
+        try:
+            size = sqlite_backup(raw.driver_connection, target)  # type: ignore[arg-type]
+        finally:
+            raw.close()
+        logger.info("backed %s up to %s (%d bytes)", self.url, target, size)
+        return size
+
+    def import_records(
+        self, records: Iterable[DecisionRecord | ComparisonRecord]
+    ) -> dict[str, int]:
+        """Store exported decisions and comparisons (rebuilding a store from an export).
+
+        All in one transaction: if any row is refused, nothing is imported. Rows whose id is
+        already stored are skipped (so importing the same file twice changes nothing);
+        comparisons keep their ids, times and sources, and each user with imported comparisons
+        gets a new version (cached preferences are recomputed).
+
+        Returns:
+            ``{"decisions": ..., "comparisons": ..., "skipped": ...}`` (rows stored, rows
+            already present).
+
+        Raises:
+            FeedbackError: A row is invalid or a comparison references an unknown decision.
+            StoreError: A run id clashes with another stored decision, or the database failed.
+        """
+        decisions: list[DecisionRecord] = []
+        comparisons: list[ComparisonRecord] = []
+        for rec in records:
+            if isinstance(rec, DecisionRecord):
+                validate_decision(rec)
+                decisions.append(rec)
+            else:
+                validate_comparison(rec)
+                comparisons.append(rec)
+        d, c = self.tables.decisions, self.tables.comparisons
+
+        def existing(conn: sa.Connection, column: sa.Column[Any], ids: list[str]) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                found.update(conn.execute(sa.select(column).where(column.in_(chunk))).scalars())
+            return found
+
+        def load(conn: sa.Connection) -> dict[str, int]:
+            counts = {"decisions": 0, "comparisons": 0, "skipped": 0}
+            have = existing(conn, d.c.decision_id, [r.decision_id for r in decisions])
+            for rec in decisions:
+                if rec.decision_id in have:
+                    counts["skipped"] += 1
+                    continue
+                if (
+                    rec.run_id is not None
+                    and conn.execute(
+                        sa.select(d.c.decision_id).where(d.c.run_id == rec.run_id)
+                    ).first()
+                ):
+                    raise StoreError(
+                        f"decision {rec.decision_id}: its run id {excerpt(rec.run_id)} belongs "
+                        "to another stored decision. Nothing was imported."
+                    )
+                conn.execute(d.insert().values(**self._decision_values(rec)))
+                have.add(rec.decision_id)
+                counts["decisions"] += 1
+            have_c = existing(conn, c.c.comparison_id, [r.comparison_id for r in comparisons])
+            users: set[str] = set()
+            for rec_c in comparisons:
+                if rec_c.comparison_id in have_c:
+                    counts["skipped"] += 1
+                    continue
+                self._check_references(conn, rec_c)
+                conn.execute(c.insert().values(**self._comparison_values(rec_c)))
+                have_c.add(rec_c.comparison_id)
+                users.add(rec_c.user_id)
+                counts["comparisons"] += 1
+            for user in sorted(users):
+                self._set_user_version(conn, user, self._tick(conn))
+            return counts
+
+        counts = self._write("import records", load)
+        logger.info("imported %s into %s", counts, self.url)
+        return counts
 
     # -- inspection -----------------------------------------------------------------------------
     def users(self) -> list[str]:

@@ -97,3 +97,15 @@ def test_filter_rejects_unknown_names_and_lists_valid_ones(shared_data):
     )
     with pytest.raises(ConfigError, match=r"unknown task \['code'\]. Valid tasks"):
         table.filter(tasks=["code"])
+
+
+def test_data_summary_on_a_folder_without_datasets_is_an_error(tmp_path):
+    from metarouter.cli import app
+    from metarouter.errors import ConfigError
+    from typer.testing import CliRunner
+
+    (tmp_path / "notes.txt").write_text("nothing here", encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "summary", "--data", str(tmp_path)])
+    assert isinstance(result.exception, ConfigError)
+    assert "holds none of the datasets" in str(result.exception)
+    assert "llmrouter" not in result.output  # the bundled data is not shown instead

@@ -137,3 +137,43 @@ def test_matrix_drops_queries_missing_a_model():
     matrix = OutcomeTable.from_frame(df).to_matrix()
     assert list(matrix.query_ids) == ["q0", "q1"]
     assert matrix.quality.shape == (2, 2)
+
+
+# -- messages that point at the right place (issue 15, item 13) --------------------------------
+def test_row_numbers_stay_those_of_the_file_when_nan_rows_are_skipped():
+    df = _rows(4)
+    df.loc[[0, 1], "quality"] = math.nan  # data rows 1 and 2
+    df.loc[5, "quality"] = 7.0  # data row 6 of the file
+    with pytest.raises(DataError, match=r"f: data row 6: quality 7\.0 is outside"):
+        validate_outcomes(df, source="f", skip_nan_quality=True)
+
+
+def test_a_non_numeric_quality_names_the_data_row_and_the_value():
+    df = _rows(8)
+    df["quality"] = df["quality"].astype(object)
+    df.loc[14, "quality"] = "good"
+    with pytest.raises(DataError, match=r"f: data row 15: quality is 'good', not a number"):
+        validate_outcomes(df, source="f")
+
+
+def test_a_bad_cost_is_estimate_names_file_and_row():
+    df = _rows()
+    df["cost_is_estimate"] = ["true", "false", "maybe", "1", "0", "no"]
+    with pytest.raises(DataError, match=r"f: data row 3: cost_is_estimate is 'maybe'"):
+        validate_outcomes(df, source="f")
+
+
+def test_a_header_only_file_says_it_has_no_rows(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("query_id,query,model,quality,cost_usd\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: no data rows"):
+        load_outcomes(path)
+
+
+def test_a_malformed_jsonl_line_is_reported_by_line_number(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    lines = _rows(2).to_json(orient="records", lines=True).splitlines()
+    lines.insert(2, '{"query_id": "q9", "query": ')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}, line 3: invalid JSON"):
+        load_outcomes(path)

@@ -233,3 +233,74 @@ def record_population(store, embeddings, users, per_user=6):
             for rec in pair:
                 store.record_decision(rec)
             store.record_comparison(make_comparison(user, *pair))
+
+
+# -- faults -----------------------------------------------------------------------------------
+def impatient_url(url: str) -> str:
+    """The same database, but a writer gives up on a held lock after ~0.3 s (PostgreSQL)."""
+    import sqlalchemy as sa
+
+    if url.startswith("sqlite"):
+        return url
+    parsed = sa.make_url(url)
+    options = parsed.query.get("options", "")
+    parsed = parsed.update_query_dict({"options": f"{options} -clock_timeout=300".strip()})
+    return parsed.render_as_string(hide_password=False)
+
+
+def impatient_store(url: str) -> SQLStore:
+    """A store on ``url`` whose writes fail fast while another connection holds the lock."""
+    return SQLStore(impatient_url(url), busy_timeout=0.3)
+
+
+class WriteLock:
+    """Holds the store's write lock from another connection, as a stuck process would.
+
+    SQLite: an open ``BEGIN IMMEDIATE`` transaction; PostgreSQL: ``LOCK TABLE ... IN EXCLUSIVE
+    MODE`` on the decisions and comparisons (reads go on, writes wait). Writers of a store from
+    :func:`impatient_store` then fail with the database's own lock error.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+
+    def __enter__(self) -> WriteLock:
+        import sqlite3
+
+        import sqlalchemy as sa
+
+        if self.url.startswith("sqlite"):
+            self._conn = sqlite3.connect(sa.make_url(self.url).database, isolation_level=None)
+            self._conn.execute("BEGIN IMMEDIATE")
+        else:
+            engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+            self._conn = engine.connect()
+            self._conn.begin()
+            self._conn.exec_driver_sql(
+                "LOCK TABLE metarouter_decisions, metarouter_comparisons IN EXCLUSIVE MODE"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.url.startswith("sqlite"):
+            self._conn.execute("ROLLBACK")
+        else:
+            self._conn.rollback()
+        self._conn.close()
+
+
+def stalled_export(url: str, out: str, started: Any) -> None:
+    """Export the dataset, but stall for good after the first rows (to be killed there)."""
+    store = SQLStore(url)
+    records = store.iter_records
+
+    def stalling(**kwargs: Any) -> Any:
+        for i, rec in enumerate(records(**kwargs)):
+            yield rec
+            if i == 1:
+                started.set()
+                time.sleep(600)
+
+    store.iter_records = stalling  # type: ignore[method-assign]
+    store.export_comparisons(out)

@@ -85,3 +85,38 @@ def store(store_url):
 
     with SQLStore(store_url) as opened:
         yield opened
+
+
+@pytest.fixture
+def another_store_url(store_url, tmp_path, request):
+    """Makes URLs of more empty databases on the same backend as ``store_url``."""
+    schemas: list[str] = []
+
+    def make() -> str:
+        if store_url.startswith("sqlite"):
+            return f"sqlite:///{tmp_path / f'another-{len(schemas)}-{uuid.uuid4().hex[:6]}.db'}"
+        admin = request.getfixturevalue("_postgres_admin")
+        url, schema = fresh_postgres_url(admin)
+        schemas.append(schema)
+        return url
+
+    yield make
+    if schemas:
+        admin = request.getfixturevalue("_postgres_admin")
+        for schema in schemas:
+            drop_postgres_schema(admin, schema)
+
+
+@pytest.fixture
+def postgres_store_url(request) -> str:
+    """A fresh PostgreSQL schema's URL, for tests of what only PostgreSQL does."""
+    admin = request.getfixturevalue("_postgres_admin")
+    url, schema = fresh_postgres_url(admin)
+    yield url
+    drop_postgres_schema(admin, schema)
+
+
+@pytest.fixture(scope="session")
+def router(default_router):
+    """The bundled router (with the session's embedder), for tests that route."""
+    return default_router

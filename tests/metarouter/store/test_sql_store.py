@@ -137,18 +137,21 @@ def test_a_failed_write_midway_rolls_back_and_the_store_stays_usable(store, monk
     store.record_comparison(make_comparison("alice", a, b))
     before = snapshot(store)
 
-    def broken_tick(conn):
-        raise sa.exc.OperationalError("UPDATE metarouter_clock", {}, RuntimeError("disk full"))
+    def broken(*args):
+        raise sa.exc.OperationalError("UPDATE metarouter_users", {}, RuntimeError("disk full"))
 
-    monkeypatch.setattr(store, "_tick", broken_tick)
+    # fails after the earlier judgement of the pair was deleted and the new one inserted
+    monkeypatch.setattr(store, "_set_user_version", broken)
     with pytest.raises(StoreError, match="Nothing was written"):
         store.record_comparison(make_comparison("alice", b, a))
+    monkeypatch.setattr(store, "_tick", broken)
     with pytest.raises(StoreError, match="Nothing was written"):
         store.delete_user("alice")
     assert snapshot(store) == before
     monkeypatch.undo()
     store.record_comparison(make_comparison("alice", b, a))
-    assert len(store.comparisons("alice")) == 2
+    (kept,) = store.comparisons("alice")  # the new judgement of the pair replaced the old one
+    assert (kept.winner_decision_id, kept.loser_decision_id) == (b.decision_id, a.decision_id)
 
 
 def test_delete_user_removes_everything_of_that_user_only(store):

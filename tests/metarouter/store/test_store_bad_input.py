@@ -47,7 +47,7 @@ BAD_DECISIONS = {
     "lone surrogate in metadata": ({"metadata": {"note": "bad \udc80 text"}}, "lone surrogate"),
     "NaN in metadata": ({"metadata": {"x": float("nan")}}, "not JSON-serialisable"),
     "oversized run id": ({"run_id": "r" * 65}, "at most 64"),
-    "NaN score": ({"scores": {MODELS[0]: float("nan")}}, "not finite"),
+    "NaN score": ({"scores": {MODELS[0]: float("nan")}}, "finite number"),
     "negative time": ({"created_at": -5.0}, "created_at"),
 }
 

@@ -71,3 +71,19 @@ def test_the_store_commands_run(prefs_db, short_finetuning):
     assert Path("alice.jsonl").is_file() and Path("feedback.jsonl").is_file()
     assert "alice" not in SQLStore(prefs_db).users()
     assert MetaRouter.from_pretrained("my_router/").config.catalog
+
+
+def test_the_sizes_quoted_are_those_the_load_benchmark_measured():
+    import json
+
+    measured = json.loads((PAGE.parent / "benchmarks" / "store_load.json").read_text())
+    block = PAGE.read_text(encoding="utf-8").split("<!-- store-sizes:start -->", 1)[1]
+    block = block.split("<!-- store-sizes:end -->", 1)[0]
+    size, prune = measured["size"], measured["prune"]
+    assert f"| {size['bytes_per_decision']:,} bytes |" in block
+    assert f"| {size['bytes_checkpointed'] / 1e6:.1f} MB |" in block
+    assert f"| {prune['bytes_after_vacuum'] / 1e6:.1f} MB |" in block
+    assert f"{size['decisions']:,} decisions" in block
+    assert measured["errors"] == 0 and measured["missing"] == 0
+    bench = (PAGE.parent / "benchmarks.md").read_text(encoding="utf-8")
+    assert f"**p99 {measured['latency_ms']['p99']}**" in bench

@@ -45,7 +45,7 @@ def _lines(path):
 def test_dataset_export_round_trips_every_comparison_and_decision(filled, tmp_path):
     store, decisions, comparisons = filled
     out = tmp_path / "feedback.jsonl"
-    assert store.export_comparisons(out) == {"decisions": 6, "comparisons": 4}
+    assert store.export_comparisons(out) == {"decisions": 6, "comparisons": 4, "unreadable": 0}
     loaded = load_comparison_export(out)
     assert sorted(c.comparison_id for c in loaded) == sorted(c.comparison_id for c in comparisons)
     by_id = {c.comparison_id: c for c in comparisons}
@@ -130,7 +130,7 @@ def test_the_loader_rejects_truncated_altered_or_foreign_files(filled, tmp_path)
 
 def test_an_export_of_an_empty_store_loads_as_empty(store, tmp_path):
     out = tmp_path / "empty.jsonl"
-    assert store.export_comparisons(out) == {"decisions": 0, "comparisons": 0}
+    assert store.export_comparisons(out) == {"decisions": 0, "comparisons": 0, "unreadable": 0}
     assert load_comparison_export(out) == []
 
 
@@ -160,7 +160,7 @@ def test_user_export_then_delete_round_trip(filled, tmp_path):
     assert store.export_user_jsonl("alice", tmp_path / "gone.jsonl") == 0
     assert list(store.export_user("bob")) == bob_before
     dataset = tmp_path / "after.jsonl"
-    assert store.export_comparisons(dataset) == {"decisions": 2, "comparisons": 1}
+    assert store.export_comparisons(dataset) == {"decisions": 2, "comparisons": 1, "unreadable": 0}
     assert {c.user_id for c in load_comparison_export(dataset)} == {"bob"}
 
 
@@ -171,7 +171,7 @@ def test_a_failed_export_leaves_no_partial_file(filled, tmp_path, monkeypatch):
 
     first_rows = list(store.iter_records())[:2]
 
-    def failing_records():
+    def failing_records(**kwargs):
         yield from first_rows
         raise RuntimeError("connection lost")
 
@@ -180,3 +180,32 @@ def test_a_failed_export_leaves_no_partial_file(filled, tmp_path, monkeypatch):
         store.export_comparisons(out)
     assert out.read_text(encoding="utf-8") == "previous export\n"
     assert [p.name for p in tmp_path.iterdir() if "jsonl" in p.name] == ["feedback.jsonl"]
+
+
+def test_an_export_killed_part_way_leaves_no_temporary_file_behind(filled, store_url, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+
+    from _store_helpers import stalled_export
+
+    store, _, _ = filled
+    out = tmp_path / "feedback.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    child = ctx.Process(target=stalled_export, args=(store_url, str(out), started))
+    child.start()
+    assert started.wait(120), "the export did not start"
+    temporaries = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(temporaries) == 1 and temporaries[0].stat().st_mode & 0o077 == 0  # private
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+    assert temporaries[0].exists()  # what a killed export leaves
+
+    running = tmp_path / f".{out.name}.{os.getpid()}.abcdefgh.tmp"  # a live export's file
+    running.write_text("in progress", encoding="utf-8")
+    store.export_comparisons(out)
+    assert not temporaries[0].exists()
+    assert running.exists()
+    left = sorted(p.name for p in tmp_path.iterdir() if "jsonl" in p.name)
+    assert left == sorted([out.name, running.name])

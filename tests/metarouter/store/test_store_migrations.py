@@ -195,3 +195,15 @@ def test_processes_opening_a_new_store_at_once_create_it_once(store_url, tmp_pat
         rows = conn.execute(sa.text("SELECT version FROM metarouter_schema")).all()
     engine.dispose()
     assert rows == [(SCHEMA_VERSION,)]
+
+
+def test_a_gap_in_the_migration_steps_says_how_to_fix_it(store_url, monkeypatch):
+    from metarouter.store.migrations import Migration
+
+    _build_v1_store(store_url)
+    gap = (Migration(3, "skips version 2", lambda conn: None),)
+    monkeypatch.setattr(migrations, "MIGRATIONS", gap)
+    with pytest.raises(StoreError, match=r"not contiguous: 1 -> 3.*Fix: .*metarouter") as raised:
+        SQLStore(store_url).migrate()
+    assert "store was not changed" in str(raised.value)
+    assert _version(store_url) == 1
