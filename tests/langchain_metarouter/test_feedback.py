@@ -94,7 +94,9 @@ def test_compare_answers_with_two_candidates_and_records_the_choice(router, serv
     )
     # one rule in both adapters (metarouter.feedback.Pair): True and 1.0 are not positions
     for bad in ("gpt-17", 2, True, False, 1.0, None):
-        with pytest.raises(FeedbackError, match=r"prefer\(\) takes the position of the better answer"):
+        with pytest.raises(
+            FeedbackError, match=r"prefer\(\) takes the position of the better answer"
+        ):
             pair.prefer(bad)
     assert pair.prefer(pair.answers[0]).winner == pair.models[0]
 

@@ -154,7 +154,9 @@ def test_prefer_rejects_anything_but_one_of_the_two(make_router, recorded_candid
     pair = make_router(recorded_candidates()).compare(routerbench.prompts[5])
     # one rule in both adapters (metarouter.feedback.Pair): True and 1.0 are not positions
     for bad in (2, True, False, 1.0, "claude-v2", None):
-        with pytest.raises(FeedbackError, match=r"prefer\(\) takes the position of the better answer"):
+        with pytest.raises(
+            FeedbackError, match=r"prefer\(\) takes the position of the better answer"
+        ):
             pair.prefer(bad)
     assert pair.prefer(pair.decision_ids[1]).winner == pair.models[1]
 
