@@ -657,8 +657,6 @@ class MetaRouterChat(BaseChatModel):
             run_id=run.run_id,
         )
         call = self.flow.start(request)
-        if run.run_id is not None:
-            call.data["run_id"] = str(run.run_id)
         return _Dispatch(
             call, messages, tools, kwargs, stop if stop is not None else self.stop, run
         )

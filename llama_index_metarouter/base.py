@@ -472,7 +472,7 @@ class MetaRouterLLM(FunctionCallingLLM):
             }
         request = CallRequest(
             text=text,
-            user_id=user_id or self._resolve_user(given_user, scopes),
+            user_id=user_id if compare is not None else self._resolve_user(given_user, scopes),
             model=compare or model,
             lacking=lacking,
             needs=("tool_calling",) if tools is not None else (),
@@ -850,21 +850,20 @@ class MetaRouterLLM(FunctionCallingLLM):
             f"compare() takes a prompt string or a list of ChatMessage, got {type(query).__name__}."
         )
 
-    def _pair_plans(
-        self,
-        query: str | Sequence[ChatMessage],
-        user_id: str | None,
-        kwargs: Mapping[str, Any],
-    ) -> tuple[Sequence[ChatMessage] | None, str, list[_Plan]]:
+    def _pair_user(self, user_id: str | None, kwargs: Mapping[str, Any]) -> str | None:
+        """The user of a ``compare()`` (resolved in the caller's thread, where its scope is)."""
         if MODEL_KWARG in kwargs:
             raise ConfigError(
                 "compare() picks the two models itself; to run one model, call "
                 "chat(..., model=...)."
             )
+        return self._resolve_user(user_id or kwargs.get(USER_KWARG), active_scopes(self._service))
+
+    def _pair_plans(
+        self, query: str | Sequence[ChatMessage], uid: str | None, kwargs: Mapping[str, Any]
+    ) -> tuple[Sequence[ChatMessage] | None, str, list[_Plan]]:
         messages, text = self._comparison_input(query)
         rest = {k: v for k, v in kwargs.items() if k != USER_KWARG}
-        scopes = active_scopes(self._service)
-        uid = self._resolve_user(user_id or kwargs.get(USER_KWARG), scopes)
         pair = self.flow.pair(text, uid)
         plans = [self._plan(rest, text, messages, compare=name, user_id=uid) for name in pair]
         return messages, text, plans
@@ -898,7 +897,7 @@ class MetaRouterLLM(FunctionCallingLLM):
         Returns:
             The two answers; call ``.prefer(0 or 1)`` with the better one.
         """
-        messages, text, plans = self._pair_plans(query, user_id, kwargs)
+        messages, text, plans = self._pair_plans(query, self._pair_user(user_id, kwargs), kwargs)
         answers = []
         for plan in plans:
             route = self._route(plan)
@@ -915,7 +914,8 @@ class MetaRouterLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> ComparePair:
         """Async :meth:`compare`: both candidates run concurrently."""
-        messages, text, plans = await asyncio.to_thread(self._pair_plans, query, user_id, kwargs)
+        uid = self._pair_user(user_id, kwargs)
+        messages, text, plans = await asyncio.to_thread(self._pair_plans, query, uid, kwargs)
 
         async def one(plan: _Plan) -> RoutedCall:
             route = await self._aroute(plan)

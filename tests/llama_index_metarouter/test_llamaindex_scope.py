@@ -83,3 +83,24 @@ def test_a_worker_thread_without_the_scope_is_refused_rather_than_booked_to_anot
     with ThreadPoolExecutor(1) as pool:  # no scope open anywhere: the default user, as before
         alone = pool.submit(router.complete, "Hi").result()
     assert alone.additional_kwargs[ROUTING_KEY]["user_id"] == "default"
+
+
+async def test_a_scope_in_another_task_of_the_loop_does_not_refuse_an_async_call(
+    make_router, mock_candidates
+):
+    router = make_router(mock_candidates(), user_id=None)
+    entered, done = asyncio.Event(), asyncio.Event()
+
+    async def request_with_a_scope() -> None:
+        with router.scope(user_id="carol"):
+            entered.set()
+            await done.wait()
+
+    task = asyncio.create_task(request_with_a_scope())
+    await entered.wait()
+    pair = await router.acompare("Hi")  # plans in a worker thread, user resolved here
+    answer = await router.acomplete("Hi")
+    done.set()
+    await task
+    assert pair.user_id == "default"
+    assert answer.additional_kwargs[ROUTING_KEY]["user_id"] == "default"

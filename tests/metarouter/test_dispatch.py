@@ -171,13 +171,14 @@ def test_a_stream_failing_after_its_first_chunk_is_a_dispatch_error(flow):
     assert received == ["first"] and isinstance(caught.value.__cause__, ConnectionError)
 
 
-def test_an_outcome_the_store_cannot_record_is_logged_not_raised(
-    flow, service, monkeypatch, caplog
+@pytest.mark.parametrize("error", [StoreError("database is locked"), FeedbackError("unknown id")])
+def test_an_outcome_that_cannot_be_booked_is_logged_not_raised(
+    flow, service, monkeypatch, caplog, error
 ):
-    def full(*args, **kwargs):
-        raise StoreError("database or disk is full")
+    def refuse(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(service.store, "complete_decision", full)
+    monkeypatch.setattr(service, "complete", refuse)
     call = flow.start(CallRequest(QUERY))
     with caplog.at_level(logging.WARNING, logger="metarouter.dispatch"):
         data = flow.finish(call, call.decision.model, input_tokens=10, output_tokens=10)
