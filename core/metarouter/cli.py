@@ -211,8 +211,16 @@ def train(
     best = min(result.history["val_regret"])
     console.print(
         f"saved to {out} in {result.seconds:.0f}s; best validation regret {best:.4f} "
-        f"at step {result.best_step}; read-out: {result.readout}; report {paths['plot']}"
+        f"at step {result.best_step}; report {paths['plot']}"
     )
+    if result.adaptation is not None:
+        fam, nov = result.adaptation.familiar, result.adaptation.novel
+        console.print(
+            f"adaptation prior (from {result.adaptation.groups} task groups): familiar traffic "
+            f"shift/arm sd {fam['shared_sd']:.2f}/{fam['arm_sd']:.2f}, novel traffic "
+            f"{nov['shared_sd']:.2f}/{nov['arm_sd']:.2f}, outcome coupling "
+            f"{result.adaptation.coupling:.2f}"
+        )
 
 
 #: Queries ``train_router`` holds out for early stopping, at least.

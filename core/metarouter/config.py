@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metarouter.errors import ConfigError
+from metarouter.novelty import NoveltyModel
+from metarouter.posterior import PosteriorConfig
 
 __all__ = ["FORMAT_VERSION", "MetaRouterConfig", "TrainingConfig"]
 
 #: Version of the saved-router layout (config.json + model.safetensors). Bump on breaking change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _check_positive(obj: Any, names: tuple[str, ...]) -> None:
@@ -42,12 +44,16 @@ class MetaRouterConfig:
         policy: ``structured`` (expected utility under the inferred alpha + residual) or
             ``mlp`` (residual only; an ablation).
         residual_scale: Bound on the structured policy's learned residual, in utility units
-            (0: the plug-in read-out, expected utility under the inferred alpha alone; training
-            sets it to 0 when that routes better on the validation users, see
-            ``TrainingConfig.select_readout``).
+            (used in meta-training; routing uses the user posterior, see docs/model.md).
         cost_scale_usd: tau, the pool's cost scale in USD: normalised cost is min(cost/tau, 1).
         catalog: Names of the arms known at training time (their descriptors are saved too).
         training_data: Free-text provenance (dataset, splits, seed, command).
+        reference_size: Rows of the stored sample of training-query embeddings that tells how
+            familiar a user's traffic is (0: none stored; every user counts as familiar).
+        posterior: The user posterior's grids and meta-learned priors
+            (:meth:`metarouter.posterior.PosteriorConfig.to_dict`; empty: the defaults).
+        novelty: The fitted familiarity -> P(novel traffic) mapping
+            (:meth:`metarouter.novelty.NoveltyModel.to_dict`; empty: a low flat prior).
     """
 
     embedding_dim: int = 384
@@ -64,8 +70,13 @@ class MetaRouterConfig:
     cost_scale_usd: float = 0.01
     catalog: tuple[str, ...] = ()
     training_data: str = ""
+    reference_size: int = 0
+    posterior: dict[str, Any] = field(default_factory=dict)
+    novelty: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.reference_size < 0:
+            raise ConfigError("MetaRouterConfig.reference_size must be >= 0.")
         _check_positive(
             self,
             (
@@ -89,6 +100,14 @@ class MetaRouterConfig:
         out = dataclasses.asdict(self)
         out["catalog"] = list(self.catalog)
         return out
+
+    def posterior_config(self) -> PosteriorConfig:
+        """The user posterior's settings (:class:`~metarouter.posterior.PosteriorConfig`)."""
+        return PosteriorConfig.from_dict(self.posterior) if self.posterior else PosteriorConfig()
+
+    def novelty_model(self) -> NoveltyModel:
+        """The novelty model (:class:`~metarouter.novelty.NoveltyModel`)."""
+        return NoveltyModel.from_dict(self.novelty) if self.novelty else NoveltyModel()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetaRouterConfig:
@@ -143,9 +162,6 @@ class TrainingConfig:
         patience: Validation runs without improvement before stopping.
         seed: Seed for every random draw.
         threads: torch intra-op threads (0 = leave torch's default).
-        select_readout: After training (structured policy only), route the validation users
-            with and without the policy's learned residual and keep the one with the lower
-            utility regret (without it: ``residual_scale`` 0 in the saved config).
     """
 
     steps: int = 3000
@@ -173,7 +189,6 @@ class TrainingConfig:
     patience: int = 8
     seed: int = 0
     threads: int = 0
-    select_readout: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -1,11 +1,12 @@
 """``metarouter demo``: three simulated users with hidden tastes teach the bundled router.
 
-Each user answers six "which answer was worth it?" comparisons on queries the router never
-trained on (the bundled LLMRouter test split); as with the adapters' ``compare()``, the
-router picks which two answers to show (the most informative pair, see
-``MetaRouter.suggest_pair``). The router infers a preference from them (one encoder pass),
-then routes the rest of those held-out queries for that user; we compare the
-result with always-cheapest, always-strongest and the per-query oracle for that user.
+Each user answers six "which answer was worth it?" comparisons about queries from their own
+recent traffic (100 queries of the bundled LLMRouter test split, which the router never trained
+on); as with the adapters' ``compare()``, the router picks which query and which two answers to
+show (the comparison worth most to this user's routing, see ``MetaRouter.comparison_values``).
+The router infers the user's posterior from them, then routes the rest of those held-out
+queries for that user; we compare the result with always-cheapest, always-strongest, the best
+single model for that user in hindsight, and the per-query oracle for that user.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def run_demo(
         out: Folder for the plot.
         seed: Random seed (queries, the users' noisy answers).
         n_comparisons: Comparisons per user.
-        active: Let the router pick each compared pair (as ``compare()`` does), instead of a
-            random pair.
+        active: Let the router pick each compared query and pair (as ``compare()`` does),
+            instead of a random query and pair.
     """
     router = router or MetaRouter.default()
     test = load_dataset("llmrouter").to_matrix().split("test").select_models(DEMO_CANDIDATES)
@@ -103,14 +104,23 @@ def run_demo(
     for name, alpha in DEMO_USERS.items():
         profile = LinearProfile(alpha)
         util_all = profile.utility(test.quality, test.cost, tau)
-        rows = rng.choice(pool, n_comparisons, replace=False)
-        comps, shown = [], []
-        pref = router.prior()
-        for r in rows:
-            if active:  # ask the question the router learns most from (compare()'s choice)
-                pair = router.suggest_pair(str(test.queries[r]), DEMO_CANDIDATES, pref)
-                a, b = (DEMO_CANDIDATES.index(n) for n in pair)
+        comps: list[Comparison] = []
+        shown: list[tuple[str, str, str, float, float]] = []
+        pref = router.prior(router.novelty(emb[pool]))
+        asked: set[int] = set()
+        for _ in range(n_comparisons):
+            if active:  # the comparison worth most to this user's routing (compare()'s choice)
+                values, pairs = router.comparison_values(
+                    emb[pool], tokens[pool], DEMO_CANDIDATES, pref, seed=len(comps)
+                )
+                values[sorted(asked)] = -np.inf  # ask about each query once
+                q_i, p_i = np.unravel_index(int(np.argmax(values)), values.shape)
+                r = int(pool[q_i])
+                a, b = pairs[int(p_i)]
+                asked.add(int(q_i))
             else:
+                r = int(rng.choice(np.setdiff1d(pool, pool[sorted(asked)])))
+                asked.add(int(np.flatnonzero(pool == r)[0]))
                 a, b = rng.choice(len(DEMO_CANDIDATES), 2, replace=False)
             a_wins = bool(
                 simulate_preferences(util_all[r, a], util_all[r, b], temperature=0.05, rng=rng)
@@ -141,6 +151,7 @@ def run_demo(
         u = profile.utility(q, c, tau)
         cheap = int(np.argmin(c.mean(0)))
         strong = int(np.argmax(q.mean(0)))
+        best = int(np.argmax(u.mean(0)))
         oracle = (u - 1e-9 * c).argmax(axis=1)
         users.append(
             UserResult(
@@ -156,6 +167,8 @@ def run_demo(
                     f"always {DEMO_CANDIDATES[strong]} (strongest)": _outcome(
                         np.full(len(q), strong), q, c, u
                     ),
+                    f"always {DEMO_CANDIDATES[best]} (best single model for this user, in "
+                    "hindsight)": _outcome(np.full(len(q), best), q, c, u),
                     "oracle for this user": _outcome(oracle, q, c, u),
                 },
                 traffic={m: float((choice == k).mean()) for k, m in enumerate(DEMO_CANDIDATES)},

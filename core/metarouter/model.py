@@ -42,6 +42,7 @@ class MetaRouterModel(nn.Module):
     prototypes: torch.Tensor
     catalog_capability: torch.Tensor
     catalog_cost: torch.Tensor
+    reference: torch.Tensor
 
     def __init__(self, config: MetaRouterConfig) -> None:
         super().__init__()
@@ -55,6 +56,10 @@ class MetaRouterModel(nn.Module):
         n = len(config.catalog)
         self.register_buffer("catalog_capability", torch.zeros(n, p))
         self.register_buffer("catalog_cost", torch.zeros(n, 2, dtype=torch.float64))
+        # a sample of training-query embeddings: how familiar a user's traffic is
+        self.register_buffer(
+            "reference", torch.zeros(config.reference_size, d, dtype=torch.float16)
+        )
 
     # -- data buffers ---------------------------------------------------------------------------
     def set_prototypes(self, prototypes: Prototypes) -> None:
@@ -160,6 +165,26 @@ class MetaRouterModel(nn.Module):
             z = z + latent_noise * torch.randn_like(z)
         scores, q_logit = self.score(queries, tokens, arms, z, ev, weights)
         return ModelOutput(scores, q_logit, z, alpha)
+
+    def quality_logits(
+        self, queries: torch.Tensor, cost_usd: torch.Tensor, capability: torch.Tensor
+    ) -> torch.Tensor:
+        """The quality head's logits (B, M, K) for a user with no comparisons yet.
+
+        This is the router's per-query quality estimate that the user posterior
+        (:mod:`metarouter.posterior`) corrects with the user's comparisons.
+
+        Args:
+            queries: (B, M, D) embeddings.
+            cost_usd: (B, M, K) the arms' cost for each query, in USD.
+            capability: (B, K, P) the arms' capability profiles.
+        """
+        w = self.region_weights(queries)
+        feats = self.features(w.unsqueeze(2), capability.unsqueeze(1), cost_usd.to(w.dtype))
+        qx = self.query_proj(queries).unsqueeze(2).expand(*feats.shape[:3], -1)
+        ev = self.encoder.prior_evidence().expand(*feats.shape[:3], -1)
+        logits: torch.Tensor = self.policy.quality_head(torch.cat([qx, ev, feats], -1)).squeeze(-1)
+        return logits
 
     def catalog_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The catalog's profiles (n, P) and cost terms (n, 2) as numpy arrays."""

@@ -32,8 +32,16 @@ def write_training_report(
         "best_step": result.best_step,
         "seconds": round(result.seconds, 1),
         "best_validation_regret": min(h["val_regret"]) if h.get("val_regret") else None,
-        "readout": result.readout,
-        "readout_validation_regret": result.readout_regret,
+        "adaptation_prior": (
+            {
+                "familiar": result.adaptation.familiar,
+                "novel": result.adaptation.novel,
+                "outcome_coupling": result.adaptation.coupling,
+                "task_groups": result.adaptation.groups,
+            }
+            if result.adaptation is not None
+            else None
+        ),
         "history": h,
         **(extra or {}),
     }

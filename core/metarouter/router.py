@@ -36,16 +36,24 @@ import numpy as np
 
 from metarouter._version import __version__
 from metarouter.arms import ArmDescriptor, CostModel
+from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError, ModelLoadError, UnknownArmError
+from metarouter.posterior import (
+    REGIME_FLOOR,
+    ComparisonData,
+    PosteriorConfig,
+    UserPosterior,
+    comparison_value,
+    infer_posterior,
+)
 from metarouter.pricing import Price, estimate_tokens
 from metarouter.types import Comparison, Preference, RoutingDecision
 
 if TYPE_CHECKING:
     import torch
 
-    from metarouter.encoder import SupportBatch
     from metarouter.model import MetaRouterModel
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Candidate", "MetaRouter", "default_router_dir"]
@@ -64,26 +72,65 @@ _TENSOR_CACHE_SIZE = 64
 
 @dataclass(frozen=True)
 class _ArmTensors:
-    """Tensors of one candidate set, built once (the descriptors are kept alive with them)."""
+    """Arrays of one candidate set, built once (the descriptors are kept alive with them)."""
 
     arms: tuple[ArmDescriptor, ...]
     cap: torch.Tensor  # (1, K, P)
-    cost: torch.Tensor  # (1, K, 2) float64
-    ids: torch.Tensor  # (1, K)
-    mask: torch.Tensor  # (1, K) bool
     cost_terms: np.ndarray  # (K, 2)
+    base: np.ndarray  # (K,) query-blind base logits
 
 
-@dataclass(frozen=True)
-class _PreferenceTensors:
-    """A preference's tensors for one candidate set."""
+def _base_logits(arms: Sequence[ArmDescriptor]) -> np.ndarray:
+    """Query-blind base logit of each arm: its capability profile's mean quality."""
+    return base_logit(np.asarray([float(np.mean(a.capability)) for a in arms]))
 
-    preference: Preference
-    arms: tuple[ArmDescriptor, ...]
-    z: torch.Tensor  # (1, L)
-    evidence: torch.Tensor  # (1, K, E)
-    cost_factor: torch.Tensor  # (1, K)
-    factor: np.ndarray  # (K,)
+
+def _no_comparisons() -> ComparisonData:
+    empty = np.zeros(0)
+    idx = np.zeros(0, np.int64)
+    return ComparisonData((), empty, idx, idx, empty, empty, empty, empty)
+
+
+def _cost_factors(
+    comparisons: Sequence[Comparison],
+    win: np.ndarray,
+    lose: np.ndarray,
+    expected: np.ndarray,
+    known: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """Per compared arm, the calibration of its cost model on this user's traffic.
+
+    The log ratio of observed to expected cost: traffic-wide (shrunk to 0 with one
+    pseudo-observation), and per arm its own ratios shrunk towards that traffic-wide value with
+    one pseudo-observation (:func:`metarouter.encoder.cost_log_factors`, the same estimate the
+    meta-training episodes use). Arms whose cost model is unknown get the traffic-wide value.
+    """
+    import torch
+
+    from metarouter.encoder import cost_log_factors
+
+    n = len(comparisons)
+    rows = np.arange(n)
+    ok = known[win] & known[lose]
+    observed_w = np.asarray([c.winner_cost_usd for c in comparisons])
+    observed_l = np.asarray([c.loser_cost_usd for c in comparisons])
+    support = {
+        "mask": torch.as_tensor(ok).unsqueeze(0),
+        "win_cost": torch.as_tensor(observed_w).unsqueeze(0),
+        "lose_cost": torch.as_tensor(observed_l).unsqueeze(0),
+        "win_est": torch.as_tensor(expected[rows, win]).unsqueeze(0),
+        "lose_est": torch.as_tensor(expected[rows, lose]).unsqueeze(0),
+        "win_id": torch.as_tensor(win).unsqueeze(0),
+        "lose_id": torch.as_tensor(lose).unsqueeze(0),
+    }
+    ids = torch.arange(expected.shape[1] + 1).unsqueeze(0)  # last id: never compared
+    log_f = cost_log_factors(support, ids)[0].double().numpy()  # type: ignore[arg-type]
+    factors = np.exp(log_f)
+    return np.where(known, factors[:-1], factors[-1]), float(factors[-1])
+
+
+#: Temperature (utility units) of the softmax that turns expected utilities into scores.
+DECISION_TEMPERATURE = 0.01
 
 
 def _write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
@@ -185,10 +232,11 @@ class MetaRouter:
         self.config: MetaRouterConfig = model.config
         self.catalog: dict[str, ArmDescriptor] = {a.name: a for a in catalog}
         self._embedder = embedder
-        self._prior: Preference | None = None
         self._cache_lock = threading.Lock()
         self._arm_tensors: OrderedDict[tuple[int, ...], _ArmTensors] = OrderedDict()
-        self._pref_tensors: OrderedDict[tuple[int, ...], _PreferenceTensors] = OrderedDict()
+        self._priors: dict[float, Preference] = {}
+        self._posterior_config: PosteriorConfig | None = None
+        self._reference: np.ndarray | None = None
         self._neutral_profile = (
             np.mean([a.capability for a in catalog], axis=0).astype(np.float32)
             if catalog
@@ -397,99 +445,124 @@ class MetaRouter:
         return arms
 
     # -- adaptation -----------------------------------------------------------------------------
-    def prior(self) -> Preference:
-        """The preference of a user with no comparisons yet."""
-        if self._prior is None:
-            self._prior = self.adapt([])
-        return self._prior
+    @property
+    def posterior_config(self) -> PosteriorConfig:
+        """The user posterior's settings (meta-learned priors, saved with the router)."""
+        if self._posterior_config is None:
+            self._posterior_config = self.config.posterior_config()
+        return self._posterior_config
+
+    def novelty(self, embeddings: np.ndarray) -> float:
+        """How unlike the training queries these queries are, in [0, 1] (see :mod:`.novelty`)."""
+        if self._reference is None:
+            self._reference = self.model.reference.detach().float().cpu().numpy()
+        if len(self._reference) == 0:
+            return 0.0
+        return self.config.novelty_model().traffic_novelty(embeddings, self._reference)
+
+    def prior(self, novelty: float = 0.0) -> Preference:
+        """The preference of a user with no comparisons yet.
+
+        Args:
+            novelty: Prior probability that the user's traffic is unlike the training queries
+                (routing a new user's queries uses their own novelty).
+        """
+        key = round(float(np.clip(novelty, 0.0, 1.0)), 2)
+        with self._cache_lock:
+            hit = self._priors.get(key)
+        if hit is None:
+            hit = self._preference(
+                infer_posterior(_no_comparisons(), self.posterior_config, novelty=key),
+                0,
+                {},
+                1.0,
+                key,
+            )
+            with self._cache_lock:
+                self._priors[key] = hit
+        return hit
 
     def adapt(
-        self,
-        comparisons: Sequence[Comparison],
-        *,
-        arms: Iterable[Candidate] = (),
-        refine_steps: int = 0,
+        self, comparisons: Sequence[Comparison], *, arms: Iterable[Candidate] = ()
     ) -> Preference:
-        """Infer a user's preference from their comparisons (an encoder forward pass).
+        """Infer a user's preference from their comparisons (the user posterior).
 
         Args:
             comparisons: The user's pairwise feedback (any number, including none).
             arms: Descriptors of compared models that are not in the catalog; models known
                 neither way are treated as an average catalog model.
-            refine_steps: Optional gradient steps on z alone that raise the Bradley-Terry
-                likelihood of the comparisons under the policy's scores (0 = pure forward).
         """
-        import torch
-
-        from metarouter.encoder import cost_log_factors
-
+        if not comparisons:
+            return self.prior()
         known = {a.name: a for a in self.resolve(arms)} if arms else {}
         names = sorted({c.winner for c in comparisons} | {c.loser for c in comparisons})
-        ids = {n: i for i, n in enumerate(names)}
-        refine = refine_steps > 0 and bool(comparisons)
-        # inference_mode is faster than no_grad, but its tensors cannot enter the autograd
-        # graph that the refinement steps build
-        no_grad = torch.no_grad if refine else torch.inference_mode
-        with no_grad():
-            support = self._support(comparisons, known, ids)
-            arm_ids = torch.arange(len(names) + 1).unsqueeze(0)  # last id: never compared
-            # per-comparison features, the quality head's beliefs and the posterior are
-            # computed once, not once per read-out
-            items = self.model.encoder.item_features(support)
-            item_quality = self.model.item_quality(support, items)
-            posterior_b = self.model.encoder.posterior(support, item_quality)
-            z = self.model.encoder(support, item_quality, posterior=posterior_b, items=items)
-            ev = self.model.evidence(support, arm_ids, z, items)[0]
-            factors = torch.exp(cost_log_factors(support, arm_ids))[0]
-            posterior = posterior_b[0]
-        if refine:
-            z = self._refine(z, ev, support, refine_steps)
-        with no_grad():
-            alpha = float(self.model.policy.alpha(z)[0])
-        return Preference(
-            z=z[0].detach().numpy().astype(np.float32),
-            evidence={n: ev[i].numpy().astype(np.float32) for n, i in ids.items()},
-            default_evidence=ev[len(names)].numpy().astype(np.float32),
-            n_comparisons=len(comparisons),
-            quality_weight=alpha,
-            cost_factors={n: float(factors[i]) for n, i in ids.items()},
-            default_cost_factor=float(factors[len(names)]),
-            alpha_posterior=tuple(float(v) for v in posterior),
+        slot = {n: i for i, n in enumerate(names)}
+        descs = [self._descriptor(n, known) for n in names]
+        emb, tokens = self._comparison_inputs(comparisons)
+        n = len(comparisons)
+        win = np.asarray([slot[c.winner] for c in comparisons])
+        lose = np.asarray([slot[c.loser] for c in comparisons])
+        terms = np.asarray([[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in descs])
+        expected = terms[None, :, 0] + terms[None, :, 1] * tokens[:, None]  # (N, A)
+        usd = expected.copy()  # the compared answers' logits see what they really cost
+        rows = np.arange(n)
+        usd[rows, win] = [c.winner_cost_usd for c in comparisons]
+        usd[rows, lose] = [c.loser_cost_usd for c in comparisons]
+        logits = self._logits(emb, usd, descs)
+        tau = self.config.cost_scale_usd
+        data = ComparisonData(
+            arms=tuple(names),
+            base=_base_logits(descs),
+            win=win,
+            lose=lose,
+            win_logit=logits[rows, win],
+            lose_logit=logits[rows, lose],
+            win_cost=np.minimum([c.winner_cost_usd / tau for c in comparisons], 1.0),
+            lose_cost=np.minimum([c.loser_cost_usd / tau for c in comparisons], 1.0),
+        )
+        novelty = self.novelty(emb)
+        posterior = infer_posterior(data, self.posterior_config, novelty=novelty)
+        known_cost = np.asarray([a.name in self.catalog or a.name in known for a in descs])
+        factors, default = _cost_factors(comparisons, win, lose, expected, known_cost)
+        return self._preference(
+            posterior, n, dict(zip(names, factors.tolist(), strict=True)), default, novelty
         )
 
-    def _profile_of(self, name: str, known: Mapping[str, ArmDescriptor]) -> np.ndarray:
-        if name in known:
-            return known[name].capability
-        if name in self.catalog:
-            return self.catalog[name].capability
-        return self._neutral_profile
-
-    def _expected_cost(
-        self, c: Comparison, name: str, observed: float, known: Mapping[str, ArmDescriptor]
-    ) -> float:
-        """What the arm's cost model expected for the comparison's query (observed if unknown)."""
-        arm = known.get(name) or self.catalog.get(name)
-        tokens = (
-            c.tokens
-            if c.tokens is not None
-            else (estimate_tokens(c.query) if c.query is not None else None)
-        )
-        if arm is None or tokens is None:
-            return observed
-        return float(arm.cost.estimate(tokens))
-
-    def _support(
+    def _preference(
         self,
-        comparisons: Sequence[Comparison],
-        known: Mapping[str, ArmDescriptor],
-        ids: Mapping[str, int],
-    ) -> SupportBatch:
-        import torch
+        posterior: UserPosterior,
+        n: int,
+        factors: dict[str, float],
+        default_factor: float,
+        novelty: float,
+    ) -> Preference:
+        cfg = self.posterior_config
+        return Preference(
+            posterior=posterior,
+            n_comparisons=n,
+            quality_weight=posterior.alpha_mean,
+            cost_factors=factors,
+            default_cost_factor=default_factor,
+            alpha_posterior=tuple(posterior.alpha_distribution(cfg.alpha_grid).tolist()),
+            novelty=float(novelty),
+            novel_share=float(posterior.regime_distribution(len(cfg.regimes))[-1])
+            if len(cfg.regimes) > 1
+            else 0.0,
+        )
 
-        from metarouter.encoder import SupportBatch
+    def _descriptor(self, name: str, known: Mapping[str, ArmDescriptor]) -> ArmDescriptor:
+        """A compared model's descriptor (an average catalog model when it is unknown)."""
+        arm = known.get(name) or self.catalog.get(name)
+        if arm is not None:
+            return arm
+        return ArmDescriptor(name, CostModel(0.0, 0.0), self._neutral_profile, "unknown")
 
-        n, d, p = len(comparisons), self.config.embedding_dim, self.config.n_prototypes
-        emb = np.zeros((max(n, 1), d), np.float32)
+    def _comparison_inputs(
+        self, comparisons: Sequence[Comparison]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Query embeddings (N, D) and prompt token counts (N,) of the comparisons."""
+        d = self.config.embedding_dim
+        emb = np.zeros((len(comparisons), d), np.float32)
         todo = [i for i, c in enumerate(comparisons) if c.embedding is None]
         if todo:
             emb[todo] = self.embedder.encode([comparisons[i].query or "" for i in todo])
@@ -500,75 +573,29 @@ class MetaRouter:
                         f"comparison {i}: embedding has shape {c.embedding.shape}, expected ({d},)."
                     )
                 emb[i] = c.embedding
-        q = torch.as_tensor(emb).unsqueeze(0)
-        win_cap = np.zeros((max(n, 1), p), np.float32)
-        lose_cap = np.zeros_like(win_cap)
-        for i, c in enumerate(comparisons):
-            win_cap[i] = self._profile_of(c.winner, known)
-            lose_cap[i] = self._profile_of(c.loser, known)
-        mask = torch.zeros(1, max(n, 1), dtype=torch.bool)
-        mask[0, :n] = True
-
-        def col(values: list[float]) -> torch.Tensor:
-            out = torch.zeros(1, max(n, 1))
-            out[0, :n] = torch.as_tensor(values, dtype=torch.float32)
-            return out
-
-        def idcol(values: list[int]) -> torch.Tensor:
-            out = torch.full((1, max(n, 1)), -1, dtype=torch.long)
-            out[0, :n] = torch.as_tensor(values, dtype=torch.long)
-            return out
-
-        w = self.model.region_weights(q)  # the caller holds no_grad or inference_mode
-        return SupportBatch(
-            q=q,
-            w=w,
-            mask=mask,
-            win_cap=torch.as_tensor(win_cap).unsqueeze(0),
-            lose_cap=torch.as_tensor(lose_cap).unsqueeze(0),
-            win_cost=col([c.winner_cost_usd for c in comparisons]),
-            lose_cost=col([c.loser_cost_usd for c in comparisons]),
-            win_est=col(
-                [self._expected_cost(c, c.winner, c.winner_cost_usd, known) for c in comparisons]
-            ),
-            lose_est=col(
-                [self._expected_cost(c, c.loser, c.loser_cost_usd, known) for c in comparisons]
-            ),
-            win_id=idcol([ids[c.winner] for c in comparisons]),
-            lose_id=idcol([ids[c.loser] for c in comparisons]),
+        tokens = np.asarray(
+            [
+                c.tokens if c.tokens is not None else (estimate_tokens(c.query) if c.query else 0)
+                for c in comparisons
+            ],
+            np.float64,
         )
+        return emb, tokens
 
-    def _refine(
-        self, z0: torch.Tensor, ev: torch.Tensor, support: SupportBatch, steps: int
-    ) -> torch.Tensor:
-        """Gradient steps on z only: maximise the BT likelihood of the comparisons."""
+    def _logits(
+        self, embeddings: np.ndarray, usd: np.ndarray, arms: Sequence[ArmDescriptor]
+    ) -> np.ndarray:
+        """The quality head's logits (M, K) of ``arms`` on the queries, at these costs (M, K)."""
         import torch
 
-        from metarouter.model import CandidateBatch
-
-        n = int(support["mask"].sum())
-        win_ids, lose_ids = support["win_id"][0, :n], support["lose_id"][0, :n]
-        arms = CandidateBatch(
-            cap=torch.stack([support["win_cap"][0, :n], support["lose_cap"][0, :n]], 1),
-            cost=torch.zeros(n, 2, 2, dtype=torch.float64),
-            ids=torch.stack([win_ids, lose_ids], 1),
-            mask=torch.ones(n, 2, dtype=torch.bool),
-        )
-        # observed costs enter as the per-call term of a zero-slope cost model
-        arms["cost"][:, 0, 0] = support["win_cost"][0, :n].double()
-        arms["cost"][:, 1, 0] = support["lose_cost"][0, :n].double()
-        evid = torch.stack([ev[win_ids], ev[lose_ids]], 1)
-        z = z0.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=0.05)
-        q = support["q"][0, :n].unsqueeze(1)
-        for _ in range(steps):
-            scores, _ = self.model.score(q, torch.zeros(n, 1), arms, z.expand(n, -1), evid)
-            margin = scores[:, 0, 0] - scores[:, 0, 1]
-            loss = torch.nn.functional.softplus(-margin).mean() + 0.1 * ((z - z0) ** 2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return z.detach()
+        at = self._candidate_tensors(arms)
+        with torch.inference_mode():
+            out = self.model.quality_logits(
+                torch.tensor(np.asarray(embeddings, np.float32)).unsqueeze(0),
+                torch.tensor(np.asarray(usd, np.float64)).unsqueeze(0),
+                at.cap,
+            )
+        return out[0].double().numpy()
 
     # -- routing --------------------------------------------------------------------------------
     def score_embeddings(
@@ -577,6 +604,8 @@ class MetaRouter:
         tokens: np.ndarray,
         candidates: Sequence[Candidate],
         preference: Preference | None = None,
+        *,
+        cost_penalty: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Batched scoring from precomputed embeddings.
 
@@ -584,34 +613,66 @@ class MetaRouter:
             embeddings: (n, 384) query embeddings.
             tokens: (n,) prompt token counts.
             candidates: The candidate arms (names or descriptors).
-            preference: The user's preference (default: the prior).
+            preference: The user's preference (default: the prior, with the queries' own
+                novelty).
+            cost_penalty: Extra weight on normalised cost on top of the user's own (>= 0; e.g.
+                a budget's pacing multiplier): the decision maximises
+                ``E[alpha q] - (E[1 - alpha] + cost_penalty) c``.
 
         Returns:
-            ``(probabilities (n, K), predicted quality (n, K), expected cost USD (n, K))``.
+            ``(scores (n, K), expected quality (n, K), expected cost USD (n, K))``: scores are a
+            softmax of the posterior expected utilities (their argmax is the Bayes decision).
         """
-        import torch
-
-        from metarouter.model import CandidateBatch
-
         arms = self.resolve(candidates)
-        pref = preference or self.prior()
+        emb = np.asarray(embeddings, np.float32).reshape(-1, self.config.embedding_dim)
         at = self._candidate_tensors(arms)
-        pt = self._preference_tensors(pref, at)
-        with torch.inference_mode():
-            emb = torch.tensor(np.asarray(embeddings, np.float32)).unsqueeze(0)
-            tok = torch.tensor(np.asarray(tokens, np.float32)).unsqueeze(0)
-            batch = CandidateBatch(
-                cap=at.cap, cost=at.cost, ids=at.ids, mask=at.mask, cost_factor=pt.cost_factor
-            )
-            scores, q_logit = self.model.score(emb, tok, batch, pt.z, pt.evidence)
-            probs = torch.softmax(scores[0], -1).numpy()
-            quality = torch.sigmoid(q_logit[0]).numpy()
-        cost_terms = at.cost_terms
-        costs = (
-            cost_terms[:, 0][None, :]
-            + cost_terms[:, 1][None, :] * np.asarray(tokens, float)[:, None]
-        ) * pt.factor[None, :]
-        return probs, quality, costs
+        names = [a.name for a in arms]
+        pref = preference if preference is not None else self.prior()
+        factor = np.asarray([pref.cost_factor_for(n) for n in names])
+        tok = np.asarray(tokens, np.float64).reshape(-1)
+        usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * tok[:, None]) * factor[None]
+        logits = self._logits(emb, usd, arms)
+        cost = np.minimum(usd / self.config.cost_scale_usd, 1.0)
+        if preference is not None:
+            util, quality = pref.posterior.expected_utility(logits, at.base, cost, names)
+        else:  # a new user: each query's own novelty sets the regime odds
+            util, quality = self._prior_utility(emb, logits, at.base, cost, names)
+        if cost_penalty:
+            if not (np.isfinite(cost_penalty) and cost_penalty >= 0):
+                raise ConfigError(
+                    f"cost_penalty must be a finite number >= 0, got {cost_penalty!r}."
+                )
+            util = util - cost_penalty * cost
+        z = util / DECISION_TEMPERATURE
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        return probs / probs.sum(axis=1, keepdims=True), quality, usd
+
+    def _prior_utility(
+        self,
+        emb: np.ndarray,
+        logits: np.ndarray,
+        base: np.ndarray,
+        cost: np.ndarray,
+        names: Sequence[str],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected utility and quality under the prior, with per-query regime odds.
+
+        Without comparisons the posterior is the prior, linear in the regime odds: the
+        expected utility at a query's own novelty interpolates the familiar and novel priors,
+        so a query is routed the same whether it comes alone or in a batch.
+        """
+        familiar, novel = self.prior(0.0), self.prior(1.0)
+        u0, q0 = familiar.posterior.expected_utility(logits, base, cost, names)
+        u1, q1 = novel.posterior.expected_utility(logits, base, cost, names)
+        if self._reference is None:
+            self._reference = self.model.reference.detach().float().cpu().numpy()
+        if len(self._reference) == 0:
+            return u0, q0
+        model = self.config.novelty_model()
+        w0, w1 = familiar.novel_share, novel.novel_share
+        share = np.clip(model.probability(emb, self._reference), REGIME_FLOOR, 1 - REGIME_FLOOR)
+        t = ((share - w0) / (w1 - w0))[:, None]
+        return u0 + t * (u1 - u0), q0 + t * (q1 - q0)
 
     def _candidate_tensors(self, arms: Sequence[ArmDescriptor]) -> _ArmTensors:
         """The candidate set's tensors, built on first use and kept (LRU)."""
@@ -623,46 +684,19 @@ class MetaRouter:
             if hit is not None:
                 self._arm_tensors.move_to_end(key)
                 return hit
-        cost_terms = np.asarray([[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in arms])
+        cost_terms = np.asarray(
+            [[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in arms], np.float64
+        ).reshape(-1, 2)
         entry = _ArmTensors(
             arms=tuple(arms),
             cap=torch.as_tensor(np.stack([a.capability for a in arms])).unsqueeze(0),
-            cost=torch.as_tensor(cost_terms, dtype=torch.float64).unsqueeze(0),
-            ids=torch.arange(len(arms)).unsqueeze(0),
-            mask=torch.ones(1, len(arms), dtype=torch.bool),
             cost_terms=cost_terms,
+            base=_base_logits(arms),
         )
         with self._cache_lock:
             self._arm_tensors[key] = entry
             while len(self._arm_tensors) > _TENSOR_CACHE_SIZE:
                 self._arm_tensors.popitem(last=False)
-        return entry
-
-    def _preference_tensors(self, pref: Preference, at: _ArmTensors) -> _PreferenceTensors:
-        """The preference's tensors for a candidate set, built on first use and kept (LRU)."""
-        import torch
-
-        key = (id(pref), *(id(a) for a in at.arms))  # the entry keeps pref and arms alive
-        with self._cache_lock:
-            hit = self._pref_tensors.get(key)
-            if hit is not None:
-                self._pref_tensors.move_to_end(key)
-                return hit
-        arms = at.arms
-        entry = _PreferenceTensors(
-            preference=pref,
-            arms=arms,
-            z=torch.as_tensor(pref.z).unsqueeze(0),
-            evidence=torch.as_tensor(np.stack([pref.evidence_for(a.name) for a in arms])).unsqueeze(
-                0
-            ),
-            cost_factor=torch.as_tensor([[pref.cost_factor_for(a.name) for a in arms]]),
-            factor=np.asarray([pref.cost_factor_for(a.name) for a in arms]),
-        )
-        with self._cache_lock:
-            self._pref_tensors[key] = entry
-            while len(self._pref_tensors) > _TENSOR_CACHE_SIZE:
-                self._pref_tensors.popitem(last=False)
         return entry
 
     def route_embeddings(
@@ -671,12 +705,21 @@ class MetaRouter:
         tokens: np.ndarray,
         candidates: Sequence[Candidate],
         preference: Preference | None = None,
+        *,
+        cost_penalty: float = 0.0,
     ) -> list[RoutingDecision]:
-        """Route a batch of queries given their embeddings and token counts."""
+        """Route a batch of queries given their embeddings and token counts.
+
+        ``cost_penalty``: see :meth:`score_embeddings`.
+        """
         arms = self.resolve(candidates)
         names = [a.name for a in arms]
-        probs, quality, costs = self.score_embeddings(embeddings, tokens, arms, preference)
-        pref = preference or self.prior()
+        probs, quality, costs = self.score_embeddings(
+            embeddings, tokens, arms, preference, cost_penalty=cost_penalty
+        )
+        weight = (
+            preference.quality_weight if preference is not None else self.prior().quality_weight
+        )
         # one conversion to Python floats per array (not per element): same values
         orders = np.argsort(-probs, axis=1, kind="stable").tolist()
         p_rows, q_rows, c_rows = probs.tolist(), quality.tolist(), costs.tolist()
@@ -687,7 +730,7 @@ class MetaRouter:
                 ranking=tuple(names[j] for j in order),
                 expected_costs_usd=dict(zip(names, c_row, strict=True)),
                 predicted_quality=dict(zip(names, q_row, strict=True)),
-                quality_weight=pref.quality_weight,
+                quality_weight=weight,
             )
             for order, p_row, q_row, c_row in zip(orders, p_rows, q_rows, c_rows, strict=True)
         ]
@@ -716,41 +759,118 @@ class MetaRouter:
             emb, np.asarray([estimate_tokens(query)], float), candidates, preference
         )[0]
 
+    # -- choosing what to ask -------------------------------------------------------------------
+    def comparison_values(
+        self,
+        embeddings: np.ndarray,
+        tokens: np.ndarray,
+        candidates: Sequence[Candidate],
+        preference: Preference | None = None,
+        *,
+        traffic: tuple[np.ndarray, np.ndarray] | None = None,
+        n_particles: int = 256,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Expected value of asking the user about each candidate query and pair.
+
+        The value of a comparison is the expected rise in the utility of this user's routing
+        decisions once their answer is known (:func:`metarouter.posterior.comparison_value`),
+        valued on a sample of their traffic.
+
+        Args:
+            embeddings: (Q, 384) embeddings of the candidate queries.
+            tokens: (Q,) their prompt token counts.
+            candidates: At least two candidates.
+            preference: The user's current preference (default: the prior).
+            traffic: ``(embeddings, tokens)`` of the traffic the decisions are valued on
+                (default: the candidate queries themselves).
+            n_particles: Posterior particles.
+            seed: Seed of the particle draw (the result is deterministic for a seed).
+
+        Returns:
+            ``(values (Q, n_pairs), pairs)``: pairs are candidate index pairs.
+        """
+        arms = self.resolve(candidates)
+        if len(arms) < 2:
+            raise ConfigError("choosing a comparison needs at least two candidates.")
+        emb = np.asarray(embeddings, np.float32).reshape(-1, self.config.embedding_dim)
+        tok = np.asarray(tokens, np.float64).reshape(-1)
+        t_emb, t_tok = traffic if traffic is not None else (emb, tok)
+        t_emb = np.asarray(t_emb, np.float32).reshape(-1, self.config.embedding_dim)
+        pref = preference if preference is not None else self.prior(self.novelty(t_emb))
+        at = self._candidate_tensors(arms)
+        names = [a.name for a in arms]
+        factor = np.asarray([pref.cost_factor_for(n) for n in names])
+        tau = self.config.cost_scale_usd
+
+        def estimates(e: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * t[:, None]) * factor
+            return self._logits(e, usd, arms), np.minimum(usd / tau, 1.0)
+
+        c_logits, c_cost = estimates(emb, tok)
+        t_logits, t_cost = estimates(t_emb, np.asarray(t_tok, np.float64).reshape(-1))
+        pairs = [(i, j) for i in range(len(arms)) for j in range(i + 1, len(arms))]
+        values = comparison_value(
+            pref.posterior,
+            names,
+            c_logits,
+            c_cost,
+            t_logits,
+            t_cost,
+            at.base,
+            self.posterior_config,
+            pairs=pairs,
+            n_particles=n_particles,
+            rng=np.random.default_rng(seed),
+        )
+        return values, pairs
+
+    def suggest_comparison(
+        self,
+        queries: Sequence[str],
+        candidates: Sequence[Candidate],
+        preference: Preference | None = None,
+    ) -> tuple[int, tuple[str, str]]:
+        """The query and the two candidates' answers worth showing this user next.
+
+        Among ``queries`` (e.g. the user's recent traffic), the comparison with the highest
+        expected value of information for their routing.
+
+        Args:
+            queries: Candidate queries (at least one).
+            candidates: At least two candidates.
+            preference: The user's current preference (default: the prior).
+
+        Returns:
+            ``(index into queries, (model a, model b))``.
+        """
+        if isinstance(queries, str) or not queries:
+            raise ConfigError("suggest_comparison() takes a non-empty list of query texts.")
+        emb = self.embedder.encode(list(queries))
+        tokens = np.asarray([estimate_tokens(q) for q in queries], float)
+        values, pairs = self.comparison_values(emb, tokens, candidates, preference)
+        names = [a.name for a in self.resolve(candidates)]
+        q, p = np.unravel_index(int(np.argmax(values)), values.shape)
+        a, b = pairs[int(p)]
+        return int(q), (names[a], names[b])
+
     def suggest_pair(
         self, query: str, candidates: Sequence[Candidate], preference: Preference | None = None
     ) -> tuple[str, str]:
-        """The two candidates whose comparison on ``query`` says most about this user.
+        """The two candidates whose comparison on ``query`` is worth most to this user's routing.
 
-        Bayesian experimental design: for every pair, the expected information gain about the
-        user's quality weight from their answer, under the preference's current posterior, the
-        router's quality estimates for this query and the candidates' expected costs (the same
-        Bradley-Terry model the encoder uses). Ties are broken towards the routed choice.
+        Bayesian experimental design: the pair whose answer is expected to improve the user's
+        routing decisions most (expected value of information under the current posterior; see
+        :meth:`suggest_comparison`).
 
         Args:
             query: The query both candidates would answer.
             candidates: At least two candidates.
             preference: The user's current preference (default: the prior).
         """
-        from metarouter.encoder import pair_information
-
-        arms = self.resolve(candidates)
-        if len(arms) < 2:
-            raise ConfigError("suggest_pair() needs at least two candidates.")
-        pref = preference or self.prior()
-        emb = self.embedder.encode_one(query)[None, :]
-        probs, quality, costs = self.score_embeddings(
-            emb, np.asarray([estimate_tokens(query)], float), arms, pref
-        )
-        post = np.asarray(pref.alpha_posterior or self.prior().alpha_posterior, np.float64)
-        cn = np.minimum(costs[0] / self.config.cost_scale_usd, 1.0)
-        best, pair = -1.0, (0, 1)
-        for i in range(len(arms)):
-            for j in range(i + 1, len(arms)):
-                gain = pair_information(post, quality[0, i], quality[0, j], cn[i], cn[j])
-                gain += 1e-6 * (probs[0, i] + probs[0, j])
-                if gain > best:
-                    best, pair = gain, (i, j)
-        return arms[pair[0]].name, arms[pair[1]].name
+        if not isinstance(query, str):
+            raise ConfigError(f"suggest_pair() takes the query text, got {type(query).__name__}.")
+        return self.suggest_comparison([query], candidates, preference)[1]
 
     def __repr__(self) -> str:
         return (

@@ -63,6 +63,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Queries of a user's last comparisons that stand for their traffic when choosing a pair.
+_TRAFFIC_SAMPLE = 32
+
 #: Environment variable overriding the default SQLite store location.
 STORE_ENV = "METAROUTER_STORE"
 
@@ -215,7 +218,6 @@ class RoutingService:
         router: The router (default: :meth:`MetaRouter.default`).
         store: The preference store (default: SQLite at :func:`default_store_path`).
         default_user_id: User for calls that name none.
-        refine_steps: Gradient steps on z when re-estimating preferences (0 = forward only).
         cache_size: Users whose preference is kept in memory.
         max_pending: Decisions kept in memory while the store cannot be written (see
             :mod:`metarouter.store.pending`: calls are still routed and answered meanwhile).
@@ -228,7 +230,6 @@ class RoutingService:
         router: MetaRouter | None = None,
         store: PreferenceStore | None = None,
         default_user_id: str = "default",
-        refine_steps: int = 0,
         cache_size: int = 10_000,
         max_pending: int = 10_000,
     ) -> None:
@@ -241,7 +242,6 @@ class RoutingService:
             store = SQLStore(default_store_path())
         self.store = store
         self.default_user_id = validate_user_id(default_user_id)
-        self.refine_steps = refine_steps
         self.specs: dict[str, ArmSpec] = {}
         self.descriptors: dict[str, ArmDescriptor] = {}
         for arm in arms:
@@ -408,9 +408,7 @@ class RoutingService:
             return None, 0
         comparisons = self._usable(uid, rows)
         try:
-            pref = self.router.adapt(
-                comparisons, arms=list(self.descriptors.values()), refine_steps=self.refine_steps
-            )
+            pref = self.router.adapt(comparisons, arms=list(self.descriptors.values()))
             pref.check()
         except (
             ArithmeticError,
@@ -754,12 +752,40 @@ class RoutingService:
     ) -> tuple[str, str]:
         """Two candidates worth comparing on ``query`` for this user.
 
-        The pair whose answer is expected to tell most about the user's cost-vs-quality
-        trade-off (see :meth:`MetaRouter.suggest_pair`).
+        The pair whose answer is expected to improve this user's routing most (expected value
+        of information under their posterior, :meth:`MetaRouter.comparison_values`), valued on
+        their traffic: this query and the queries of their last comparisons.
         """
+        return self.suggest_comparison([query], user_id, exclude=exclude)[1]
+
+    def suggest_comparison(
+        self, queries: Sequence[str], user_id: str | None = None, *, exclude: Iterable[str] = ()
+    ) -> tuple[int, tuple[str, str]]:
+        """Which of ``queries`` (e.g. the user's recent ones) and which two candidates to compare.
+
+        The comparison with the highest expected value of information for this user's routing,
+        valued on their traffic: these queries and the queries of their last comparisons.
+
+        Returns:
+            ``(index into queries, (model a, model b))``.
+        """
+        if isinstance(queries, str) or not queries:
+            raise ConfigError("suggest_comparison() takes a non-empty list of query texts.")
         names = self.eligible(exclude=exclude)
         if len(names) < 2:
             raise ConfigError("comparing needs at least two eligible candidates.")
-        return self.router.suggest_pair(
-            query, [self.descriptors[n] for n in names], self.preference(user_id)
+        uid = self.user(user_id)
+        pref = self.preference(uid)
+        emb = self.router.embedder.encode(list(queries))
+        tokens = np.asarray([estimate_tokens(q) for q in queries], float)
+        recent = self.store.comparisons(uid)[-_TRAFFIC_SAMPLE:]
+        traffic = (
+            np.vstack([emb, *[r.embedding[None, :] for r in recent]]),
+            np.concatenate([tokens, [float(r.prompt_tokens) for r in recent]]),
         )
+        values, pairs = self.router.comparison_values(
+            emb, tokens, [self.descriptors[n] for n in names], pref, traffic=traffic
+        )
+        q, p = np.unravel_index(int(np.argmax(values)), values.shape)
+        a, b = pairs[int(p)]
+        return int(q), (names[a], names[b])

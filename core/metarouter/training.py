@@ -9,8 +9,11 @@ Loss per step, over a batch of episodes (see :mod:`metarouter.episodes`):
 * an auxiliary regression of the profile's alpha from z (an interpretable read-out);
 * noise: Gaussian noise on z and label flips in the comparisons.
 
-Early stopping keeps the weights with the lowest utility regret on validation queries held out
-from the training split, for fixed validation users (alpha grid, 6 comparisons).
+Early stopping keeps the weights whose quality head routes fixed validation users (alpha grid)
+best on validation queries held out from the training split, given their true alpha: routing
+reads the quality head through the user posterior. After training, the posterior's prior and
+the novelty model are fitted on the training data's task groups (:mod:`metarouter.calibration`,
+:mod:`metarouter.novelty`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,11 +32,13 @@ import numpy as np
 import torch
 
 from metarouter.arms import ArmDescriptor, CostModel, Prototypes, fit_cost_model
+from metarouter.calibration import AdaptationFit
 from metarouter.config import MetaRouterConfig, TrainingConfig
 from metarouter.data.table import OutcomeMatrix
 from metarouter.episodes import Episode, EpisodeData, EpisodeSampler
 from metarouter.errors import ConfigError
 from metarouter.model import MetaRouterModel
+from metarouter.posterior import PosteriorConfig
 from metarouter.pricing import Price, estimate_tokens
 
 if TYPE_CHECKING:
@@ -67,17 +73,15 @@ class TrainingResult:
         history: Per logged step: loss, mean reward, entropy; per validation: regret.
         best_step: Step of the kept weights.
         seconds: Wall-clock training time.
-        readout: ``policy`` (the trained policy) or ``plug-in`` (its learned residual switched
-            off), whichever had the lower validation regret (``TrainingConfig.select_readout``).
-        readout_regret: Validation utility regret of each read-out that was compared.
+        adaptation: The meta-learned prior of the user posterior and the figures it was fitted
+            from (None for a fine-tuned router, which keeps its prior).
     """
 
     router: MetaRouter
     history: dict[str, list[float]] = field(default_factory=dict)
     best_step: int = 0
     seconds: float = 0.0
-    readout: str = "policy"
-    readout_regret: dict[str, float] = field(default_factory=dict)
+    adaptation: AdaptationFit | None = None
 
 
 def _groupings(matrix: OutcomeMatrix, embeddings: np.ndarray, seed: int) -> np.ndarray:
@@ -171,15 +175,28 @@ def _loss(
 
 @torch.no_grad()
 def _regret(model: MetaRouterModel, episodes: Sequence[Episode]) -> float:
+    """Utility regret of routing the episodes' users with the quality head and their true alpha.
+
+    Routing reads the quality head (through the user posterior, :mod:`metarouter.posterior`),
+    so early stopping keeps the weights whose quality estimates route known users best: the
+    plug-in decision ``alpha * sigmoid(logit) - (1 - alpha) * expected cost``.
+    """
     model.eval()
     total, count = 0.0, 0
-    for ep in episodes:
-        out = model(ep.queries, ep.tokens, ep.arms, ep.support, weights=ep.weights)
-        chosen = out.scores.argmax(-1)
-        got = ep.utility.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-        best = ep.utility.max(-1).values
-        total += float((best - got).sum())
-        count += got.numel()
+    with torch.no_grad():
+        for ep in episodes:
+            out = model(ep.queries, ep.tokens, ep.arms, ep.support, weights=ep.weights)
+            terms = ep.arms["cost"].unsqueeze(1)  # (B,1,K,2)
+            usd = terms[..., 0] + terms[..., 1] * ep.tokens.unsqueeze(-1).to(terms.dtype)
+            cost = torch.clamp(usd / model.config.cost_scale_usd, max=1.0).to(out.scores.dtype)
+            alpha = ep.alpha.view(-1, 1, 1).to(out.scores.dtype)
+            score = alpha * torch.sigmoid(out.quality_logits) - (1 - alpha) * cost
+            score = score.masked_fill(~ep.arms["mask"].unsqueeze(1), float("-inf"))
+            chosen = score.argmax(-1)
+            got = ep.utility.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            best = ep.utility.max(-1).values
+            total += float((best - got).sum())
+            count += got.numel()
     model.train()
     return total / max(count, 1)
 
@@ -235,10 +252,7 @@ def train_router(
             "training_data": description,
         }
     )
-    n = len(matrix)
-    order = rng.permutation(n)
-    n_val = max(round(cfg.validation_share * n), 16)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    val_idx, train_idx = _validation_split(len(matrix), cfg, rng)
     train_m, val_m = matrix.rows(train_idx), matrix.rows(val_idx)
     h_train, h_val = embeddings[train_idx], embeddings[val_idx]
 
@@ -347,8 +361,17 @@ def train_router(
                     logger.info("early stop at step %d (best %d)", step, best[1])
                     break
     model.load_state_dict(best[2])
-    readout, readout_regret = _select_readout(model, val_episodes, cfg)
     model.eval()
+    model, fit = _fit_adaptation(
+        model,
+        train_m,
+        h_train,
+        val_m,
+        h_val,
+        profiles=full_profiles,
+        cost_models=cost_models,
+        cfg=cfg,
+    )
     descriptors = [
         ArmDescriptor(name, cost_models[k], full_profiles[k], "outcomes")
         for k, name in enumerate(matrix.models)
@@ -358,34 +381,117 @@ def train_router(
     logger.info(
         "trained in %.1fs; best validation regret %.4f at step %d", seconds, best[0], best[1]
     )
-    return TrainingResult(router, history, best[1], seconds, readout, readout_regret)
+    return TrainingResult(router, history, best[1], seconds, fit)
 
 
-def _select_readout(
-    model: MetaRouterModel, episodes: Sequence[Episode], cfg: TrainingConfig
-) -> tuple[str, dict[str, float]]:
-    """Keep or switch off the policy's learned residual, by validation regret (model selection).
+def _validation_split(
+    n: int, cfg: TrainingConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and training row indices (the first draw of the training generator)."""
+    order = rng.permutation(n)
+    n_val = max(round(cfg.validation_share * n), 16)
+    return np.sort(order[:n_val]), np.sort(order[n_val:])
 
-    The structured policy scores ``beta * (a(z) q - (1 - a(z)) c + residual)``. Without the
-    residual it is the plug-in expected utility under the inferred alpha; on held-out users that
-    read-out is sometimes the better router (docs/evaluation.md). Ties keep the trained policy.
+
+def refit_adaptation(
+    router: MetaRouter,
+    matrix: OutcomeMatrix,
+    embeddings: np.ndarray,
+    *,
+    training: TrainingConfig | None = None,
+) -> tuple[MetaRouter, AdaptationFit]:
+    """Refit a trained router's adaptation prior and novelty model, keeping its network.
+
+    Uses the same validation split as :func:`train_router` with the same ``training`` config
+    (seed and validation share), so the quality head is measured on queries it never trained
+    on. Useful when the prior's fitting changes, without a new meta-training run.
+
+    Args:
+        router: A router trained by :func:`train_router` on ``matrix``.
+        matrix: Its training outcomes.
+        embeddings: Their embeddings.
+        training: The training config it was trained with (default: the defaults).
     """
-    regret = {"policy": _regret(model, episodes)}
-    if not cfg.select_readout or model.config.policy != "structured":
-        return "policy", regret
-    kept = model.policy.residual_scale
-    model.policy.residual_scale = 0.0
-    regret["plug-in"] = _regret(model, episodes)
-    if regret["plug-in"] < regret["policy"]:
-        model.config = dataclasses.replace(model.config, residual_scale=0.0)
-        logger.info(
-            "plug-in read-out kept (validation regret %.4f vs %.4f with the residual)",
-            regret["plug-in"],
-            regret["policy"],
+    from metarouter.router import MetaRouter
+
+    cfg = training or TrainingConfig()
+    if tuple(matrix.models) != tuple(router.config.catalog):
+        raise ConfigError(
+            f"refit_adaptation needs the router's training table: its models "
+            f"{list(router.config.catalog)}, got {list(matrix.models)}."
         )
-        return "plug-in", regret
-    model.policy.residual_scale = kept
-    return "policy", regret
+    val_idx, train_idx = _validation_split(len(matrix), cfg, np.random.default_rng(cfg.seed))
+    arms = [router.catalog[m] for m in matrix.models]
+    model, fit = _fit_adaptation(
+        router.model,
+        matrix.rows(train_idx),
+        embeddings[train_idx],
+        matrix.rows(val_idx),
+        embeddings[val_idx],
+        profiles=np.stack([a.capability for a in arms]),
+        cost_models=[a.cost for a in arms],
+        cfg=cfg,
+    )
+    return MetaRouter(model, arms, embedder=router._embedder), fit
+
+
+#: Rows of the stored sample of training-query embeddings (novelty reference).
+REFERENCE_SIZE = 2048
+
+
+def _fit_adaptation(
+    model: MetaRouterModel,
+    train_m: OutcomeMatrix,
+    h_train: np.ndarray,
+    val_m: OutcomeMatrix,
+    h_val: np.ndarray,
+    *,
+    profiles: np.ndarray,
+    cost_models: Sequence[CostModel],
+    cfg: TrainingConfig,
+) -> tuple[MetaRouterModel, AdaptationFit]:
+    """Meta-learn the user posterior's prior and the novelty model from the training data.
+
+    See :mod:`metarouter.calibration` and :mod:`metarouter.novelty`. Returns a model whose
+    config carries the fitted prior and whose ``reference`` buffer holds the reference sample.
+    """
+    from metarouter.calibration import fit_posterior_config, task_groups
+    from metarouter.novelty import fit_novelty
+
+    rng = np.random.default_rng(cfg.seed + 3)
+    n_train = len(h_train)
+    groups_all = task_groups(
+        np.concatenate([train_m.tasks, val_m.tasks]), np.vstack([h_train, h_val]), seed=cfg.seed
+    )
+    groups, val_groups = groups_all[:n_train], groups_all[n_train:]
+    tokens = np.asarray([estimate_tokens(q) for q in val_m.queries], float)
+    terms = np.asarray([[c.per_call_usd, c.per_input_token_usd] for c in cost_models])
+    usd = terms[None, :, 0] + terms[None, :, 1] * tokens[:, None]
+    with torch.inference_mode():
+        logits = (
+            model.quality_logits(
+                torch.as_tensor(h_val, dtype=torch.float32).unsqueeze(0),
+                torch.as_tensor(usd).unsqueeze(0),
+                torch.as_tensor(profiles, dtype=torch.float32).unsqueeze(0),
+            )[0]
+            .double()
+            .numpy()
+        )
+    prob = 1.0 / (1.0 + np.exp(-logits))
+    fit = fit_posterior_config(train_m.quality, groups, val_m.quality, prob, val_groups)
+    keep = rng.permutation(len(h_train))[:REFERENCE_SIZE]
+    novelty = fit_novelty(h_train[keep], groups[keep], h_val)
+    config = dataclasses.replace(
+        model.config,
+        reference_size=len(keep),
+        posterior=fit.config.to_dict(),
+        novelty=novelty.to_dict(),
+    )
+    fitted = MetaRouterModel(config)
+    state = {k: v for k, v in model.state_dict().items() if k != "reference"}
+    fitted.load_state_dict(state, strict=False)
+    fitted.reference.copy_(torch.as_tensor(h_train[keep], dtype=torch.float16))
+    return fitted.eval(), fit
 
 
 @contextmanager
@@ -413,39 +519,60 @@ def _feedback_episode(
     max_support: int,
     max_targets: int,
 ) -> tuple[torch.Tensor, float]:
-    """Bradley-Terry loss of a user's held-out comparisons given the rest as support.
+    """How well the router's quality head explains one user's comparisons.
+
+    The comparisons' marginal likelihood under the user posterior's model with the user's
+    trade-off and temperature marginalised on their grids (the offsets at zero): the quantity
+    the posterior's evidence is built from, differentiable in the quality head. Also the share
+    of the comparisons whose winner the posterior from the user's *other* comparisons predicts
+    (leave one out).
 
     Returns:
-        The mean loss over the targets and the share of them the router ranks right.
+        Minus the log marginal likelihood per comparison, and the leave-one-out accuracy.
     """
-    from metarouter.model import CandidateBatch
+    order = rng.permutation(len(comparisons))[: max_support + max_targets]
+    chosen = [comparisons[i] for i in order]
+    cfg = router.posterior_config
+    descs = {c.winner: router._descriptor(c.winner, known) for c in chosen}
+    descs.update({c.loser: router._descriptor(c.loser, known) for c in chosen})
+    emb, _ = router._comparison_inputs(chosen)
+    caps = torch.as_tensor(
+        np.stack([[descs[c.winner].capability, descs[c.loser].capability] for c in chosen])
+    )  # (N, 2, P)
+    usd = torch.as_tensor([[c.winner_cost_usd, c.loser_cost_usd] for c in chosen]).unsqueeze(1)
+    logits = model.quality_logits(torch.as_tensor(emb).unsqueeze(1), usd, caps)[:, 0]  # (N, 2)
+    p = torch.sigmoid(logits).unsqueeze(-1)  # (N, 2, 1)
+    tau = router.config.cost_scale_usd
+    cost = torch.clamp(usd[:, 0] / tau, max=1.0)
+    grid = cfg.alpha_grid
+    alpha = torch.as_tensor(np.repeat(grid, len(cfg.temperatures)))
+    temp = torch.as_tensor(np.tile(cfg.temperatures, len(grid)))
+    like = _win_probability_torch(p[:, 0], p[:, 1], cost[:, :1] - cost[:, 1:], alpha, temp, cfg)
+    logl = torch.log(like.clamp(min=1e-9))  # (N, G)
+    total = logl.sum(0)  # (G,)
+    marginal = torch.logsumexp(total, 0) - math.log(len(alpha))
+    with torch.no_grad():
+        loo = total.unsqueeze(0) - logl  # (N, G): every comparison but one
+        post = torch.softmax(loo, -1)
+        accuracy = float(((post * like).sum(-1) > 0.5).double().mean())
+    return -marginal / len(chosen), accuracy
 
-    order = rng.permutation(len(comparisons))
-    n_support = int(rng.integers(0, min(len(comparisons) - 1, max_support) + 1))
-    support_set = [comparisons[i] for i in order[:n_support]]
-    targets = [comparisons[i] for i in order[n_support:][:max_targets]]
-    names = sorted({c.winner for c in comparisons} | {c.loser for c in comparisons})
-    ids = {name: i for i, name in enumerate(names)}
-    support = router._support(support_set, known, ids)
-    tgt = router._support(targets, known, ids)
-    z = model.encode(support)
-    ev = model.evidence(support, torch.arange(len(names)).unsqueeze(0), z)[0]
-    n = len(targets)
-    win_ids, lose_ids = tgt["win_id"][0, :n], tgt["lose_id"][0, :n]
-    arms = CandidateBatch(
-        cap=torch.stack([tgt["win_cap"][0, :n], tgt["lose_cap"][0, :n]], 1),
-        cost=torch.zeros(n, 2, 2, dtype=torch.float64),
-        ids=torch.stack([win_ids, lose_ids], 1),
-        mask=torch.ones(n, 2, dtype=torch.bool),
-    )
-    # the costs the user saw enter as the per-call term of a zero-slope cost model
-    arms["cost"][:, 0, 0] = tgt["win_cost"][0, :n].double()
-    arms["cost"][:, 1, 0] = tgt["lose_cost"][0, :n].double()
-    evidence = torch.stack([ev[win_ids], ev[lose_ids]], 1)
-    q = tgt["q"][0, :n].unsqueeze(1)
-    scores, _ = model.score(q, torch.zeros(n, 1), arms, z.expand(n, -1), evidence)
-    margin = scores[:, 0, 0] - scores[:, 0, 1]
-    return torch.nn.functional.softplus(-margin).mean(), float((margin > 0).float().mean())
+
+def _win_probability_torch(
+    pw: torch.Tensor,
+    pl: torch.Tensor,
+    dc: torch.Tensor,
+    alpha: torch.Tensor,
+    temp: torch.Tensor,
+    cfg: PosteriorConfig,
+) -> torch.Tensor:
+    """:func:`metarouter.posterior.win_probability` on torch tensors (for gradients)."""
+    from metarouter.posterior import bt_terms, coupled_outcomes
+
+    base, d_plus, d_minus = bt_terms(dc, alpha, temp, cfg.flip_rate, sigmoid=torch.sigmoid)
+    p10, p01 = coupled_outcomes(pw, pl, cfg.outcome_coupling, softplus=torch.nn.functional.softplus)
+    out: torch.Tensor = base + p10 * d_plus + p01 * d_minus
+    return out
 
 
 def finetune_on_comparisons(

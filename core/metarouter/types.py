@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metarouter.errors import ConfigError, FeedbackError
 from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_fields, excerpt
+
+if TYPE_CHECKING:
+    from metarouter.posterior import UserPosterior
 
 __all__ = ["Comparison", "Preference", "RoutingDecision"]
 
@@ -84,50 +87,50 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Preference:
-    """A user's inferred preference: the encoder's output for their comparisons.
+    """A user's inferred preference: what their comparisons say (see docs/model.md).
 
     Attributes:
-        z: Latent preference, shape (latent_dim,).
-        evidence: Per-model evidence vectors for models that appear in the comparisons.
-        default_evidence: Evidence vector for models not compared yet.
+        posterior: The joint posterior over the user's trade-off and how the arms do on their
+            traffic (:class:`~metarouter.posterior.UserPosterior`); routing uses it.
         n_comparisons: How many comparisons it was computed from.
-        quality_weight: Read-out of the weight the user puts on quality vs cost, in [0, 1]
-            (0 = only cost matters, 1 = only quality). For display; routing uses z.
+        quality_weight: Posterior mean of the weight the user puts on quality vs cost, in
+            [0, 1] (0 = only cost matters, 1 = only quality). For display.
         cost_factors: Per-model calibration of expected costs on this user's traffic
             (observed / expected cost, from the comparisons).
         default_cost_factor: Calibration for models not compared yet (traffic-wide).
-        alpha_posterior: The encoder's Bradley-Terry posterior over a grid of quality weights
-            (0, 0.05, ..., 1); used to pick informative comparisons.
+        alpha_posterior: Posterior probability of each quality weight on the grid
+            0, 1/(G-1), ..., 1 (G = ``len(alpha_posterior)``).
+        novelty: Prior probability that the user's traffic is unlike the router's training
+            queries (from the compared queries; 0 without comparisons).
+        novel_share: Posterior probability of the novel-traffic regime (the router then trusts
+            each arm's overall ability, corrected by the comparisons, over its per-query
+            estimates).
     """
 
-    z: np.ndarray = field(repr=False)
-    evidence: Mapping[str, np.ndarray] = field(repr=False)
-    default_evidence: np.ndarray = field(repr=False)
+    posterior: UserPosterior = field(repr=False)
     n_comparisons: int
     quality_weight: float
     cost_factors: Mapping[str, float] = field(default_factory=dict)
     default_cost_factor: float = 1.0
     alpha_posterior: tuple[float, ...] = ()
+    novelty: float = 0.0
+    novel_share: float = 0.0
 
     def cost_factor_for(self, model: str) -> float:
         """Cost calibration of ``model`` on this user's traffic."""
         return float(self.cost_factors.get(model, self.default_cost_factor))
 
-    def evidence_for(self, model: str) -> np.ndarray:
-        """Evidence vector of ``model`` (the default when it was never compared)."""
-        return self.evidence.get(model, self.default_evidence)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for the preference store's cache)."""
         return {
-            "z": [float(v) for v in self.z],
-            "evidence": {k: [float(x) for x in v] for k, v in self.evidence.items()},
-            "default_evidence": [float(v) for v in self.default_evidence],
+            "posterior": self.posterior.to_dict(),
             "n_comparisons": int(self.n_comparisons),
             "quality_weight": float(self.quality_weight),
             "cost_factors": {k: float(v) for k, v in self.cost_factors.items()},
             "default_cost_factor": float(self.default_cost_factor),
             "alpha_posterior": [float(v) for v in self.alpha_posterior],
+            "novelty": float(self.novelty),
+            "novel_share": float(self.novel_share),
         }
 
     @classmethod
@@ -137,26 +140,29 @@ class Preference:
         Args:
             data: What :meth:`to_dict` returned (e.g. read back from the store's cache).
             like: A preference of the same router (e.g. its prior): the result must have the
-                same shapes, else it is refused.
+                same alpha grid, else it is refused.
 
         Raises:
-            ConfigError: Missing or malformed fields, values that are not finite, or shapes
-                that differ from ``like``'s.
+            ConfigError: Missing or malformed fields, values that are not finite, or a grid
+                that differs from ``like``'s (a state of another router or version): recompute
+                it from the comparisons.
         """
+        from metarouter.posterior import UserPosterior
+
         if not isinstance(data, Mapping):
             raise ConfigError(
                 f"malformed preference state: expected a mapping, got {excerpt(data)}."
             )
         try:
             pref = cls(
-                z=np.asarray(data["z"], dtype=np.float32),
-                evidence={k: np.asarray(v, dtype=np.float32) for k, v in data["evidence"].items()},
-                default_evidence=np.asarray(data["default_evidence"], dtype=np.float32),
+                posterior=UserPosterior.from_dict(data["posterior"]),
                 n_comparisons=int(data["n_comparisons"]),
                 quality_weight=float(data["quality_weight"]),
                 cost_factors={k: float(v) for k, v in data.get("cost_factors", {}).items()},
                 default_cost_factor=float(data.get("default_cost_factor", 1.0)),
                 alpha_posterior=tuple(float(v) for v in data.get("alpha_posterior", ())),
+                novelty=float(data.get("novelty", 0.0)),
+                novel_share=float(data.get("novel_share", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed preference state: {excerpt(exc, 200)}") from exc
@@ -164,30 +170,30 @@ class Preference:
         return pref
 
     def check(self, like: Preference | None = None) -> None:
-        """Refuse a preference with non-finite values, or shaped unlike ``like``.
+        """Refuse a preference with non-finite values, or a grid unlike ``like``'s.
 
         Raises:
             ConfigError: Saying which field is wrong.
         """
-        vectors = {"z": self.z, "default_evidence": self.default_evidence}
-        vectors.update({f"evidence[{k!r}]": v for k, v in self.evidence.items()})
-        for name, vec in vectors.items():
-            if vec.ndim != 1 or not np.isfinite(vec).all():
-                raise ConfigError(f"preference state: {name} is not a finite vector.")
-        numbers = [self.quality_weight, self.default_cost_factor, *self.cost_factors.values()]
+        numbers = [
+            self.quality_weight,
+            self.default_cost_factor,
+            self.novelty,
+            self.novel_share,
+            *self.cost_factors.values(),
+        ]
         if not all(np.isfinite(numbers)) or not all(np.isfinite(self.alpha_posterior)):
             raise ConfigError("preference state: a weight or cost factor is not finite.")
+        if not all(v > 0 for v in (self.default_cost_factor, *self.cost_factors.values())):
+            raise ConfigError("preference state: a cost factor is not positive.")
         if self.n_comparisons < 0:
             raise ConfigError("preference state: n_comparisons is negative.")
-        if like is not None:
-            shapes = {"z": like.z.shape, "default_evidence": like.default_evidence.shape}
-            for name, vec in vectors.items():
-                want = shapes["z" if name == "z" else "default_evidence"]
-                if vec.shape != want:
-                    raise ConfigError(
-                        f"preference state: {name} has shape {vec.shape}, this router's has "
-                        f"{want} (a state of another router or version)."
-                    )
+        if like is not None and len(self.alpha_posterior) != len(like.alpha_posterior):
+            raise ConfigError(
+                f"preference state: a grid of {len(self.alpha_posterior)} quality weights, this "
+                f"router's has {len(like.alpha_posterior)} (a state of another router or "
+                "version)."
+            )
 
 
 @dataclass(frozen=True)
@@ -196,10 +202,11 @@ class RoutingDecision:
 
     Attributes:
         model: The chosen candidate.
-        scores: Policy probability of each candidate (sums to 1).
+        scores: Softmax of the candidates' posterior expected utilities (sums to 1).
         ranking: Candidates best first (the fallback order).
         expected_costs_usd: Expected cost of each candidate for this query.
-        predicted_quality: The router's quality estimate of each candidate for this query.
+        predicted_quality: The router's quality estimate of each candidate for this query, for
+            this user (posterior mean).
         quality_weight: The preference's quality-vs-cost read-out used for this decision.
     """
 

@@ -121,38 +121,6 @@ def test_thread_setting_rejects_a_bad_value_with_a_fix(monkeypatch, value):
         _apply_thread_setting()
 
 
-def test_fused_adaptation_equals_the_separate_encoder_passes(default_router, llmrouter_heldout):
-    from metarouter.encoder import cost_log_factors
-
-    comps = llmrouter_heldout.comparisons(CANDS, 8)
-    pref = default_router.adapt(comps)
-    names = sorted({c.winner for c in comps} | {c.loser for c in comps})
-    ids = {n: i for i, n in enumerate(names)}
-    model = default_router.model
-    with torch.no_grad():
-        support = default_router._support(comps, {}, ids)
-        arm_ids = torch.arange(len(names) + 1).unsqueeze(0)
-        z = model.encode(support)
-        ev = model.evidence(support, arm_ids, z)[0]
-        factors = torch.exp(cost_log_factors(support, arm_ids))[0]
-        posterior = model.alpha_posterior(support)[0]
-        alpha = float(model.policy.alpha(z)[0])
-    np.testing.assert_array_equal(pref.z, z[0].numpy())
-    for name, i in ids.items():
-        np.testing.assert_array_equal(pref.evidence[name], ev[i].numpy())
-        assert pref.cost_factors[name] == float(factors[i])
-    assert pref.alpha_posterior == tuple(float(v) for v in posterior)
-    assert pref.quality_weight == alpha
-
-
-def test_refined_adaptation_still_takes_gradient_steps(default_router, llmrouter_heldout):
-    comps = llmrouter_heldout.comparisons(CANDS, 6, seed=3)
-    plain = default_router.adapt(comps)
-    refined = default_router.adapt(comps, refine_steps=5)
-    assert not np.array_equal(plain.z, refined.z)
-    assert np.isfinite(refined.z).all()
-
-
 def test_cached_candidate_and_preference_tensors_give_the_same_scores_as_a_fresh_router(
     default_router, llmrouter_heldout, embedder
 ):
@@ -176,7 +144,6 @@ def test_tensor_caches_are_bounded(default_router):
         arms = [*base[:2], default_router.describe(f"new-{i}", _price(), quality=0.5)]
         default_router.score_embeddings(np.zeros((1, 384), np.float32), np.ones(1), arms, prior)
     assert len(default_router._arm_tensors) == _TENSOR_CACHE_SIZE
-    assert len(default_router._pref_tensors) == _TENSOR_CACHE_SIZE
 
 
 def _price():

@@ -151,3 +151,26 @@ def test_decide_refuses_text_that_cannot_be_sent_and_stores_nothing(service):
     with pytest.raises(FeedbackError, match="invalid user id"):
         service.decide(QUERY, "bad\nuser")
     assert _state(service) == before
+
+
+def test_suggest_comparison_picks_one_of_the_queries_and_a_pair_it_values(service, router):
+    queries = [QUERY, "What is 2 + 2?", "Write a Python function that reverses a linked list."]
+    index, pair = service.suggest_comparison(queries, "carol")
+    assert 0 <= index < len(queries)
+    assert len(set(pair)) == 2 and set(pair) <= set(ARMS)
+    # the choice is the argmax of the router's value of information over every query and pair
+    pref = service.preference("carol")
+    emb = router.embedder.encode(queries)
+    from metarouter.pricing import estimate_tokens
+
+    tokens = [estimate_tokens(q) for q in queries]
+    values, pairs = router.comparison_values(emb, tokens, ARMS, pref, traffic=(emb, tokens))
+    best = max(
+        ((values[q, p], q, p) for q in range(len(queries)) for p in range(len(pairs))),
+        key=lambda t: t[0],
+    )
+    assert index == best[1] and pair == tuple(ARMS[i] for i in pairs[best[2]])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        service.suggest_comparison("a single string", "carol")
+    with pytest.raises(ConfigError, match="two eligible"):
+        service.suggest_comparison(queries, "carol", exclude=ARMS[1:])

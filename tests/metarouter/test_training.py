@@ -122,44 +122,31 @@ def test_train_command_writes_router_and_report(small_train, tmp_path):
     report = json.loads((out / "training.json").read_text())
     assert report["dataset"] == "my_logs" and report["queries"] == 150 and report["seed"] == 1
     assert (out / "training_curve.png").stat().st_size > 10_000
-    assert report["readout"] in ("policy", "plug-in")
-    assert set(report["readout_validation_regret"]) == {"policy", "plug-in"}
-    assert f"read-out: {report['readout']}" in result.output
+    prior = report["adaptation_prior"]
+    assert (
+        prior["familiar"]["arm_sd"] > 0 and prior["novel"]["arm_sd"] >= prior["familiar"]["arm_sd"]
+    )
+    assert "adaptation prior (from" in result.output
 
 
-@pytest.mark.parametrize("plug_in_better", [True, False])
-def test_read_out_selection_keeps_the_lower_validation_regret(
-    small_train, tmp_path, monkeypatch, plug_in_better
-):
-    """The residual is switched off (and saved so) only when that routes validation users better."""
-    import metarouter.training as training
-
-    def fake_regret(model, episodes):
-        with_residual = model.policy.residual_scale > 0
-        return 0.2 if with_residual == plug_in_better else 0.1
-
-    monkeypatch.setattr(training, "_regret", fake_regret)
+def test_training_fits_the_adaptation_prior_and_a_novelty_reference(small_train, tmp_path):
+    """The saved router carries the meta-learned posterior prior and the reference sample, and
+    queries unlike any training query count as more novel than training queries."""
     matrix, emb = small_train
     cfg = TrainingConfig(steps=10, eval_every=10, episodes_per_step=8, seed=0)
     result = train_router(matrix, emb, training=cfg, progress=False)
-    expected = "plug-in" if plug_in_better else "policy"
-    assert result.readout == expected
-    assert result.readout_regret == (
-        {"policy": 0.2, "plug-in": 0.1} if plug_in_better else {"policy": 0.1, "plug-in": 0.2}
-    )
-    scale = 0.0 if plug_in_better else 0.1
-    assert result.router.config.residual_scale == scale
-    assert result.router.model.policy.residual_scale == scale
-    assert not result.router.model.training  # left in eval mode after the comparison
-    result.router.save_pretrained(tmp_path / "r")
+    router = result.router
+    assert result.adaptation is not None and result.adaptation.groups >= 2
+    regimes = router.posterior_config.regimes
+    assert [r.name for r in regimes] == ["familiar", "novel"]
+    assert regimes[0].query_weight == 1.0 and regimes[1].query_weight == 0.0
+    assert 0 <= router.posterior_config.outcome_coupling <= 0.8
+    assert router.config.reference_size == len(router.model.reference) > 0
+    rng = np.random.default_rng(1)
+    strange = rng.normal(size=(20, emb.shape[1])).astype(np.float32)
+    strange /= np.linalg.norm(strange, axis=1, keepdims=True)
+    assert router.novelty(strange) > router.novelty(emb[:20]) + 0.3
+    router.save_pretrained(tmp_path / "r")
     loaded = MetaRouter.from_pretrained(tmp_path / "r")
-    assert loaded.config.residual_scale == scale
-    assert loaded.model.policy.residual_scale == scale
-
-
-def test_read_out_selection_can_be_switched_off(small_train):
-    matrix, emb = small_train
-    cfg = TrainingConfig(steps=10, eval_every=10, episodes_per_step=8, select_readout=False)
-    result = train_router(matrix, emb, training=cfg, progress=False)
-    assert result.readout == "policy" and set(result.readout_regret) == {"policy"}
-    assert result.router.config.residual_scale == 0.1
+    assert loaded.posterior_config == router.posterior_config
+    assert loaded.novelty(strange) == pytest.approx(router.novelty(strange), abs=1e-3)

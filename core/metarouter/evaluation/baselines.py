@@ -505,25 +505,25 @@ class FromScratch(Method):
 
 
 class MetaRouterMethod(Method):
-    """The meta-trained router: encoder forward pass on the comparisons, then the policy.
+    """The meta-trained router: the user posterior from the comparisons, then the Bayes decision.
 
     ``readout`` selects how a decision is made:
 
-    * ``"policy"``: the trained policy's greedy choice (the method as shipped);
-    * ``"plug-in"``: an ablation that skips the policy's learned residual: the alpha head's
-      read-out of the inferred preference plugged into the linear utility over the router's
-      quality and (user-calibrated) cost estimates;
+    * ``"posterior"``: the method as shipped (:meth:`MetaRouter.adapt` then
+      :meth:`MetaRouter.score_embeddings`);
+    * ``"encoder"``: an ablation, the meta-trained neural context encoder and policy network
+      (latent preference z, per-arm evidence, learned read-out) instead of the posterior;
     * ``"true alpha"``: an upper reference that isolates preference inference: the router's
       estimates with no comparisons and the user's true alpha plugged in.
     """
 
     READOUTS: ClassVar[dict[str, str]] = {
-        "policy": "MetaRouter",
-        "plug-in": "MetaRouter (plug-in read-out)",
+        "posterior": "MetaRouter",
+        "encoder": "MetaRouter (encoder read-out)",
         "true alpha": "MetaRouter (true alpha)",
     }
 
-    def __init__(self, routers: dict[str, Any], readout: str = "policy") -> None:
+    def __init__(self, routers: dict[str, Any], readout: str = "posterior") -> None:
         if readout not in self.READOUTS:
             raise ConfigError(f"unknown read-out {readout!r}; use one of {sorted(self.READOUTS)}.")
         self.routers = routers  # train_key -> MetaRouter
@@ -572,11 +572,12 @@ class MetaRouterMethod(Method):
         s = ctx.setting
         router = self.routers[s.train_key]
         arms = ctx.data["meta_arms"]
+        if self.readout == "encoder":
+            from metarouter.evaluation.encoder_readout import encoder_scores
+
+            return encoder_scores(
+                router, fb.comparisons(s), arms, s.test_emb[scored], s.test_tok[scored]
+            ).argmax(axis=1)
         pref = router.adapt(fb.comparisons(s), arms=arms)
-        probs, quality, cost = router.score_embeddings(
-            s.test_emb[scored], s.test_tok[scored], arms, pref
-        )
-        if self.readout == "policy":
-            return probs.argmax(axis=1)
-        w = pref.quality_weight
-        return (w * quality - (1 - w) * normalised_cost(cost, s.tau)).argmax(axis=1)
+        scores, _, _ = router.score_embeddings(s.test_emb[scored], s.test_tok[scored], arms, pref)
+        return scores.argmax(axis=1)

@@ -11,14 +11,14 @@ gap recovered are reported for linear and non-linear profiles.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from metarouter.evaluation.baselines import Context, Method
-from metarouter.evaluation.feedback import draw_feedback
+from metarouter.evaluation.feedback import Feedback, draw_feedback
 from metarouter.evaluation.metrics import hypervolume, igd, normalise_costs
 from metarouter.evaluation.settings import Setting
 from metarouter.profiles import (
@@ -28,9 +28,19 @@ from metarouter.profiles import (
     QualityFloorProfile,
 )
 
-__all__ = ["ALPHA_GRID", "N_SWEEP", "EvalRun", "nonlinear_profiles", "run_setting"]
+__all__ = [
+    "ALPHA_GRID",
+    "N_SWEEP",
+    "EvalRun",
+    "FeedbackSource",
+    "nonlinear_profiles",
+    "run_setting",
+]
 
 logger = logging.getLogger(__name__)
+
+#: ``(context, profile, n, adaptation pool, rng, temperature) -> Feedback``: who picks comparisons.
+FeedbackSource = Callable[[Context, Profile, int, np.ndarray, np.random.Generator, float], Feedback]
 
 ALPHA_GRID = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))
 N_SWEEP = (0, 1, 2, 4, 6, 8, 12, 20, 50)
@@ -150,6 +160,7 @@ def run_setting(
     pool_share: float = 0.25,
     temperature: float = 0.05,
     progress: bool = True,
+    feedback: FeedbackSource | None = None,
 ) -> EvalRun:
     """Evaluate methods on one setting.
 
@@ -163,6 +174,9 @@ def run_setting(
         pool_share: Share of test queries in the adaptation pool.
         temperature: Bradley-Terry temperature of the simulated users.
         progress: Show a progress bar.
+        feedback: Who picks the comparisons (default: random queries of the adaptation pool
+            and random pairs, :func:`draw_feedback`); e.g. :class:`ActiveFeedback`, where the
+            router picks them. Every method gets the same comparisons.
     """
     from tqdm.auto import tqdm
 
@@ -202,9 +216,18 @@ def run_setting(
             arrays = {name: np.full((len(profiles), 3), np.nan) for name in run.points}
             for p_i, profile in enumerate(profiles):
                 fb_rng = np.random.default_rng([seed, n, p_i])
-                fb = draw_feedback(
-                    setting, profile, n, pool, rng=fb_rng, temperature=temperature, source=source
-                )
+                if feedback is None:
+                    fb = draw_feedback(
+                        setting,
+                        profile,
+                        n,
+                        pool,
+                        rng=fb_rng,
+                        temperature=temperature,
+                        source=source,
+                    )
+                else:
+                    fb = feedback(ctx, profile, n, pool, fb_rng, temperature)
                 util = profile.utility(q, c, setting.tau)
                 arrays["_best_single"][p_i] = (np.nan, np.nan, util.mean(0).max())
                 for method in usable:

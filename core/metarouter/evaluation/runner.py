@@ -16,6 +16,7 @@ from metarouter.config import TrainingConfig
 from metarouter.data import OutcomeMatrix, llmrouter_prices, load_dataset, load_outcomes
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError
+from metarouter.evaluation.active import ActiveFeedback
 from metarouter.evaluation.baselines import (
     AvengersPro,
     BaRP,
@@ -62,6 +63,9 @@ class EvalConfig:
             (N = 6, K2 and K5).
         ood_tasks: For a user's outcome file in ``datasets``: task families left out of
             training for the OOD split (empty: ID only).
+        active: Also run the active track (N = 6): MetaRouter picks its comparisons from the
+            adaptation pool (:class:`~metarouter.evaluation.active.ActiveFeedback`), and every
+            method is scored on those comparisons too.
         threads: torch intra-op threads while scoring the methods (0: leave torch's setting).
             Per-user routing works on small tensors, where one thread is about 1.5x faster
             than two on this project's 2-core reference machine; router training keeps
@@ -79,6 +83,7 @@ class EvalConfig:
     train_variant: bool = True
     ood_tasks: tuple[str, ...] = ()
     threads: int = 1
+    active: bool = True
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -101,7 +106,7 @@ def _methods(routers: dict[str, MetaRouter]) -> list[Method]:
         Oracle(),
         RandomRouter(),
         MetaRouterMethod(routers),
-        MetaRouterMethod(routers, readout="plug-in"),
+        MetaRouterMethod(routers, readout="encoder"),
         MetaRouterMethod(routers, readout="true alpha"),
         KNNRouter(true_alpha=False),
         KNNRouter(true_alpha=True),
@@ -133,7 +138,7 @@ def _train_routers(
             "models": list(s.train.models),
             "tau": s.tau,
             "steps": cfg.train_steps,
-            "readout_selection": True,  # routers saved before read-out selection are retrained
+            "format": 3,  # routers of earlier training code retrain
         }
         stamp_file = folder / "eval_stamp.json"
         if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
@@ -245,7 +250,7 @@ def run_evaluation(
 
     scoring_start = time.perf_counter()
     runs: list[EvalRun] = []
-    results: dict[str, Any] = {"settings": {}, "variant_train_comparisons": {}}
+    results: dict[str, Any] = {"settings": {}, "variant_train_comparisons": {}, "active": {}}
     with torch_threads(cfg.threads):
         for s in settings:
             methods = _methods(routers) + [SingleModel(k, m) for k, m in enumerate(s.models)]
@@ -262,6 +267,16 @@ def run_evaluation(
                     progress=progress,
                 )
                 results["variant_train_comparisons"][s.name] = _setting_entry(s, variant)
+            if cfg.active:
+                active = run_setting(
+                    s,
+                    methods,
+                    seeds=cfg.seeds,
+                    n_values=(6,),
+                    progress=progress,
+                    feedback=ActiveFeedback(routers),
+                )
+                results["active"][s.name] = _setting_entry(s, active)
     scoring_seconds = time.perf_counter() - scoring_start
     results["config"] = {
         "datasets": list(cfg.datasets),
@@ -271,6 +286,7 @@ def run_evaluation(
         "bt_temperature": 0.05,
         "label_flips": 0.0,
         "adaptation_pool_share": 0.25,
+        "active_track": cfg.active,
         "train_steps": cfg.train_steps,
         "max_train": cfg.max_train,
         "max_test": cfg.max_test,

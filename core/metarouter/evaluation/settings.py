@@ -241,6 +241,8 @@ def build_settings(
     train_models = tuple(m for m in matrix.models if m != plan.held_out)
     if plan.held_out is None:
         ksets = tuple(k for k in ksets if k != "swap")
+    if set(plan.k5) == set(plan.k2):  # a two-model table: K5 would repeat K2
+        ksets = tuple(k for k in ksets if k != "K5")
     if not plan.ood_tasks:
         splits = tuple(s for s in splits if s != "OOD")
     for split in splits:

@@ -1,4 +1,4 @@
-"""Evaluation methods: MetaRouter's read-outs (policy, plug-in ablation, true-alpha reference)."""
+"""Evaluation methods: MetaRouter's read-outs (posterior, encoder ablation, true-alpha reference)."""
 
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ def test_true_alpha_reference_ignores_the_comparisons(setting, router):
     np.testing.assert_array_equal(*choices)
 
 
-def test_plug_in_read_out_uses_the_inferred_quality_weight_and_calibrated_costs(setting, router):
-    method = MetaRouterMethod({setting.train_key: router}, readout="plug-in")
-    assert not method.uses_true_preference and method.name == "MetaRouter (plug-in read-out)"
+def test_metarouter_routes_by_the_posterior_it_infers_from_the_comparisons(setting, router):
+    method = MetaRouterMethod({setting.train_key: router})
+    assert not method.uses_true_preference and method.name == "MetaRouter"
     ctx = Context(setting)
     method.prepare(ctx)
     arms = ctx.data["meta_arms"]
@@ -82,16 +82,33 @@ def test_plug_in_read_out_uses_the_inferred_quality_weight_and_calibrated_costs(
             setting, LinearProfile(alpha), 8, np.arange(10), rng=np.random.default_rng(1)
         )
         pref = router.adapt(fb.comparisons(setting), arms=arms)
-        _, quality, cost = router.score_embeddings(
+        scores, _, _ = router.score_embeddings(
             setting.test_emb[scored], setting.test_tok[scored], arms, pref
         )
-        w = pref.quality_weight
-        expected = (w * quality - (1 - w) * normalised_cost(cost, setting.tau)).argmax(axis=1)
         np.testing.assert_array_equal(
-            method.choose(ctx, fb, scored, LinearProfile(alpha)), expected
+            method.choose(ctx, fb, scored, LinearProfile(alpha)), scores.argmax(axis=1)
         )
+
+
+def test_encoder_read_out_ablation_routes_with_the_neural_encoder(setting, router):
+    """The ablation uses the network's own read-out: it differs from the posterior's choices
+    somewhere, and it reacts to the comparisons."""
+    method = MetaRouterMethod({setting.train_key: router}, readout="encoder")
+    assert method.name == "MetaRouter (encoder read-out)"
+    ctx = Context(setting)
+    method.prepare(ctx)
+    scored = np.arange(10, 60)
+    pool = np.arange(10)
+    fbs = [
+        draw_feedback(setting, LinearProfile(a), 12, pool, rng=np.random.default_rng(2))
+        for a in (0.0, 1.0)
+    ]
+    cheap, dear = (method.choose(ctx, fb, scored, LinearProfile(0.5)) for fb in fbs)
+    assert cheap.shape == (len(scored),) and set(np.unique(cheap)) <= set(range(5))
+    costs = setting.test.cost[scored]
+    assert costs[np.arange(len(scored)), cheap].mean() <= costs[np.arange(len(scored)), dear].mean()
 
 
 def test_unknown_read_out_is_refused_with_the_choices(router):
-    with pytest.raises(ConfigError, match="plug-in"):
+    with pytest.raises(ConfigError, match="posterior"):
         MetaRouterMethod({}, readout="greedy")

@@ -29,7 +29,7 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
         # the inference-free reference: told the true alpha, so linear users only
         reference = met["MetaRouter (true alpha)"]["6"]
         assert reference["hv"]["n"] == 2 and reference["regret_nonlinear"] is None
-        ablation = met["MetaRouter (plug-in read-out)"]["6"]
+        ablation = met["MetaRouter (encoder read-out)"]["6"]
         assert ablation["hv"]["n"] == 2 and ablation["regret_nonlinear"] is not None
         for method in (
             "kNN (fitted alpha)",
@@ -49,7 +49,13 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
             continue  # quick mode has no OOD split
         assert (out / png).stat().st_size > 10_000
     text = report.read_text()
-    assert "## Target check (N = 6)" in text and "llmrouter/ID/K5" in text
+    assert "llmrouter/ID/K5" in text
+    assert "## Active track: MetaRouter picks its comparisons (N = 6)" in text
+    assert set(results["active"]) == set(results["settings"])
+    for entry in results["active"].values():  # every method scored on MetaRouter's comparisons
+        assert entry["metrics"]["MetaRouter"]["6"]["regret"]["n"] == 2
+        assert entry["metrics"]["kNN (fitted alpha)"]["6"]["regret"] is not None
+    assert "issue" not in text.lower()  # written for users, not for the tracker
     assert "## Where MetaRouter wins and where it loses" in text
     assert "## What limits MetaRouter (N = 6)" in text
     assert "| MetaRouter (true alpha) † |" in text

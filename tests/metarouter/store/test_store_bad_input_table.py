@@ -194,7 +194,9 @@ def unusable_cache(c: Ctx) -> None:
     service = c.service()
     service.store.record_comparison(make_comparison("ann", MODELS[0], MODELS[2]))
     state = service.preference("ann").to_dict()
-    for bad in ("{broken", json.dumps({**state, "z": [float("nan")] * len(state["z"])})):
+    weights = state["posterior"]["weight"]
+    nan = {**state, "posterior": {**state["posterior"], "weight": [float("nan")] * len(weights)}}
+    for bad in ("{broken", json.dumps(nan)):
         _sql(c.tmp / "s.db", "UPDATE metarouter_preference_cache SET state = :s", s=bad)
         fresh = c.service()
         with c.caplog.at_level(logging.WARNING):

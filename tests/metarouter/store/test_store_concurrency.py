@@ -98,7 +98,9 @@ def test_concurrent_writers_lose_nothing_and_preferences_match_recomputation(
         for svc in (service, RoutingService(list(MODELS), router=router, store=store)):
             got = svc.preference(user)
             assert got.n_comparisons == len(stored) > primed[user].n_comparisons
-            np.testing.assert_allclose(got.z, fresh.z, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                got.alpha_posterior, fresh.alpha_posterior, rtol=1e-5, atol=1e-6
+            )
             assert got.quality_weight == pytest.approx(fresh.quality_weight, rel=1e-5)
     store.close()
 

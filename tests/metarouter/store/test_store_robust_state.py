@@ -42,7 +42,9 @@ def _fresh(service, user):
 
 
 def _same(p, q) -> bool:
-    return p.n_comparisons == q.n_comparisons and np.allclose(p.z, q.z, rtol=1e-5, atol=1e-6)
+    return p.n_comparisons == q.n_comparisons and np.allclose(
+        p.alpha_posterior, q.alpha_posterior, rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("cost", [HUGE, 1e300, float("inf"), float("nan"), -0.01, True])
@@ -81,7 +83,7 @@ def test_a_stored_comparison_the_router_cannot_use_is_skipped_not_fatal(service,
         decision = service.decide(QUERY)  # the shared id keeps routing
     assert decision.model in MODELS
     assert pref.n_comparisons == 1  # only the usable comparison
-    assert np.isfinite(pref.z).all()
+    assert np.isfinite(pref.alpha_posterior).all() and np.isfinite(pref.quality_weight)
     skipped = " ".join(r.getMessage() for r in caplog.records)
     assert bad.comparison_id in skipped and short.comparison_id in skipped
     # new valid feedback still works for that user, in a new process too
@@ -92,11 +94,17 @@ def test_a_stored_comparison_the_router_cannot_use_is_skipped_not_fatal(service,
 
 
 TAMPERED = {
-    "z of the wrong length": lambda s: {**s, "z": s["z"][:-1]},
+    "posterior arrays of the wrong length": lambda s: {
+        **s,
+        "posterior": {**s["posterior"], "alpha": s["posterior"]["alpha"][:-1]},
+    },
     "broken JSON": lambda s: "{not json",
-    "NaN in z": lambda s: {**s, "z": [float("nan")] * len(s["z"])},
+    "NaN in the posterior": lambda s: {
+        **s,
+        "posterior": {**s["posterior"], "weight": [float("nan")] * len(s["posterior"]["weight"])},
+    },
     "another version's fields": lambda s: {"format": 2, "theta": [0.1, 0.2]},
-    "evidence of the wrong shape": lambda s: {**s, "default_evidence": [0.0] * 3},
+    "an alpha grid of another router": lambda s: {**s, "alpha_posterior": [0.5, 0.5]},
     "not an object": lambda s: [1, 2, 3],
 }
 

@@ -46,7 +46,9 @@ def _fresh(router, service, user):
 
 
 def _same(p, q):
-    return p.n_comparisons == q.n_comparisons and np.allclose(p.z, q.z, rtol=1e-5, atol=1e-6)
+    return p.n_comparisons == q.n_comparisons and np.allclose(
+        p.alpha_posterior, q.alpha_posterior, rtol=1e-5, atol=1e-6
+    )
 
 
 def _scores(service, user):
@@ -109,7 +111,7 @@ def test_a_preference_cached_by_another_process_is_recomputed_after_new_feedback
     second = a.preference("alice")
     assert second.n_comparisons == 3
     assert _same(second, _fresh(router, a, "alice"))
-    assert not np.allclose(second.z, first.z)
+    assert not np.allclose(second.alpha_posterior, first.alpha_posterior)
 
 
 def test_a_stored_cache_row_of_an_older_version_is_never_served(services, router):
@@ -144,4 +146,4 @@ def test_a_user_deleted_and_recreated_never_gets_the_old_cached_preference(servi
     b.store.record_comparison(make_comparison("alice", MODELS[2], MODELS[0], embedding=emb[1]))
     new = a.preference("alice")
     assert _same(new, _fresh(router, a, "alice"))
-    assert not np.allclose(new.z, old.z)
+    assert not np.allclose(new.alpha_posterior, old.alpha_posterior)
