@@ -334,32 +334,33 @@ def train_router(
     }
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     stale = 0
-    bar = tqdm(range(1, cfg.steps + 1), desc="meta-training", disable=not progress, leave=False)
-    for step in bar:
-        loss, stats = _loss(model, sampler.sample(), cfg)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        if step % 10 == 0:
-            history["step"].append(step)
-            for key, value in stats.items():
-                history[key].append(value)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            regret = _regret(model, val_episodes)
-            history["val_step"].append(step)
-            history["val_regret"].append(regret)
-            history["train_regret"].append(_regret(model, fit_episodes))
-            bar.set_postfix(val_regret=f"{regret:.4f}", reward=f"{stats['reward']:.3f}")
-            if regret < best[0] - 1e-5:
-                best = (regret, step, copy.deepcopy(model.state_dict()))
-                stale = 0
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    logger.info("early stop at step %d (best %d)", step, best[1])
-                    break
+    with _flush_denormals():
+        bar = tqdm(range(1, cfg.steps + 1), desc="meta-training", disable=not progress, leave=False)
+        for step in bar:
+            loss, stats = _loss(model, sampler.sample(), cfg)
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            schedule.step()
+            if step % 10 == 0:
+                history["step"].append(step)
+                for key, value in stats.items():
+                    history[key].append(value)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                regret = _regret(model, val_episodes)
+                history["val_step"].append(step)
+                history["val_regret"].append(regret)
+                history["train_regret"].append(_regret(model, fit_episodes))
+                bar.set_postfix(val_regret=f"{regret:.4f}", reward=f"{stats['reward']:.3f}")
+                if regret < best[0] - 1e-5:
+                    best = (regret, step, copy.deepcopy(model.state_dict()))
+                    stale = 0
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        logger.info("early stop at step %d (best %d)", step, best[1])
+                        break
     model.load_state_dict(best[2])
     model.eval()
     model, fit = _fit_adaptation(
@@ -492,6 +493,23 @@ def _fit_adaptation(
     fitted.load_state_dict(state, strict=False)
     fitted.reference.copy_(torch.as_tensor(h_train[keep], dtype=torch.float16))
     return fitted.eval(), fit
+
+
+@contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Flush subnormal floats to zero while training, then restore the default.
+
+    Some gradients and activations become subnormal, and CPU arithmetic on subnormals is an
+    order of magnitude slower: the OOD evaluation routers trained at 0.37 steps/s without
+    flushing and 3.7 steps/s with it, on the same 2-core machine with nothing else running.
+    Flushing changes only values below about 1e-38.
+    """
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
 
 
 @contextmanager
