@@ -243,7 +243,7 @@ def test_falls_back_to_the_next_best_candidate_and_records_what_failed(service, 
 
     data = routing(answer)
     assert data["ranking"] == [first, second, last]
-    assert answer.response_metadata["model_name"] == f"{last}-v1"
+    assert answer.response_metadata["model_name"] == last
     assert (data["chosen_model"], data["model"]) == (first, last)
     assert [f["model"] for f in data["fallbacks"]] == [first, second]
     assert "RuntimeError" in data["fallbacks"][0]["error"]

@@ -96,13 +96,12 @@ def test_middleware_falls_back_and_leaves_out_candidates_without_tools(service):
     first, *rest = _ai(out["messages"])
     for message in (first, *rest):
         data = message.response_metadata["metarouter"]
-        assert data["model"] == up and message.response_metadata["model_name"] == "up"
+        assert data["model"] == up == message.response_metadata["model_name"]
         stored = service.store.get_decision(data["decision_id"])
         assert CHEAP not in stored.candidates
     data = first.response_metadata["metarouter"]
     assert data["chosen_model"] == down
     assert [f["model"] for f in data["fallbacks"]] == [down]
-    assert len(models[down].calls) == 1  # tried once, on the first step only
     # the next steps carry the tool results of the fallback: they stay on it (no second try)
     assert rest and all(m.response_metadata["metarouter"]["reason"] == "tool_loop" for m in rest)
     assert all(m.response_metadata["metarouter"]["fallbacks"] == [] for m in rest)
