@@ -99,7 +99,7 @@ def query_text(messages: Sequence[BaseMessage]) -> str:
 
 
 def pending_tool_call_ids(messages: Sequence[BaseMessage]) -> list[str]:
-    """Ids of the tool calls whose results end the conversation, most recent first.
+    """Ids of the tool calls whose results end the conversation, most recent first, each once.
 
     Empty unless the conversation ends with tool results (the next step of a tool loop).
     """
@@ -110,7 +110,7 @@ def pending_tool_call_ids(messages: Sequence[BaseMessage]) -> list[str]:
         index -= 1
     if ids and index >= 0 and isinstance(messages[index], AIMessage):
         ids.extend(c["id"] or "" for c in cast("AIMessage", messages[index]).tool_calls)
-    return [i for i in ids if i]
+    return list(dict.fromkeys(i for i in ids if i))
 
 
 def call_request(

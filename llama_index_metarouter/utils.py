@@ -129,7 +129,7 @@ def pending_tool_call_ids(messages: Sequence[ChatMessage]) -> list[str]:
 
     A conversation waits on tool calls when it ends with tool-result messages: their
     ``additional_kwargs["tool_call_id"]`` and the :class:`ToolCallBlock` ids of the assistant
-    message before them are returned, most recent first.
+    message before them are returned, most recent first, each once.
     """
     ids: list[str] = []
     index = len(messages) - 1
@@ -146,7 +146,7 @@ def pending_tool_call_ids(messages: Sequence[ChatMessage]) -> list[str]:
             for block in messages[index].blocks
             if isinstance(block, ToolCallBlock) and block.tool_call_id
         )
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def tool_calls_from_blocks(response: ChatResponse) -> list[ToolSelection]:

@@ -78,3 +78,25 @@ def _isolated_default_store(tmp_path_factory):
         os.environ.pop("METAROUTER_STORE", None)
     else:
         os.environ["METAROUTER_STORE"] = old
+
+
+#: When set, the run writes its outcome counts here as JSON (``.ci/run`` checks the skip count).
+OUTCOME_REPORT_ENV = "METAROUTER_TEST_OUTCOMES"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Write the run's pass/fail/skip counts and each skip's reason for the CI check."""
+    import json
+
+    path = os.environ.get(OUTCOME_REPORT_ENV)
+    if not path:
+        return
+    stats = terminalreporter.stats
+    skipped = [
+        {"test": r.nodeid, "reason": str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else ""}
+        for r in stats.get("skipped", [])
+    ]
+    counts = {key: len(stats.get(key, [])) for key in ("passed", "failed", "error", "xfailed")}
+    Path(path).write_text(
+        json.dumps({**counts, "skipped": len(skipped), "skips": skipped}, indent=2) + "\n"
+    )

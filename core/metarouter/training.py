@@ -70,7 +70,8 @@ class TrainingResult:
 
     Attributes:
         router: The router with the best validation weights.
-        history: Per logged step: loss, mean reward, entropy; per validation: regret.
+        history: Per logged step: loss, mean reward, entropy; per validation (step 0 = the
+            untrained weights): regret.
         best_step: Step of the kept weights.
         seconds: Wall-clock training time.
         adaptation: The meta-learned prior of the user posterior and the figures it was fitted
@@ -332,7 +333,13 @@ def train_router(
             "train_regret",
         )
     }
-    best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
+    # step 0: the untrained weights are the first candidate, so the history shows what
+    # training gained and a run that never improves keeps (and reports) its initial weights
+    regret0 = _regret(model, val_episodes)
+    history["val_step"].append(0)
+    history["val_regret"].append(regret0)
+    history["train_regret"].append(_regret(model, fit_episodes))
+    best = (regret0, 0, copy.deepcopy(model.state_dict()))
     stale = 0
     with _flush_denormals():
         bar = tqdm(range(1, cfg.steps + 1), desc="meta-training", disable=not progress, leave=False)

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from langchain_core.messages import AIMessage
+from lc_scripted_models import ScriptedChatModel
 from lc_setup import BIG, CHEAP, MID
 from metarouter.errors import FeedbackError
 
@@ -20,6 +21,8 @@ QUERIES = [
     "What is the capital of France?",
     "Explain quantum entanglement to a physicist.",
 ]
+#: Never taught: routing it checks that what a user taught carries to new queries.
+UNSEEN = "Summarise the causes of the First World War in three sentences."
 
 
 @pytest.fixture
@@ -101,8 +104,33 @@ def test_compare_answers_with_two_candidates_and_records_the_choice(router, serv
     assert pair.prefer(pair.answers[0]).winner == pair.models[0]
 
 
-def test_acompare_runs_both_candidates_concurrently(router):
-    pair = asyncio.run(router.acompare(PROOF, user_id="ann"))
+class _Rendezvous(ScriptedChatModel):
+    """Answers only once both compared candidates have started answering (a two-party
+    rendezvous): run one after the other, the first waits for the second in vain."""
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+        _MEETING["started"].add(self.model_name)
+        if len(_MEETING["started"]) == 2:
+            _MEETING["both"].set()
+        await asyncio.wait_for(_MEETING["both"].wait(), 30)  # raises when run sequentially
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+
+_MEETING: dict = {}
+
+
+def test_acompare_runs_both_candidates_concurrently(service):
+    router = MetaRouterChat(
+        candidates={n: _Rendezvous(model_name=f"{n}-v1") for n in (CHEAP, MID, BIG)},
+        service=service,
+    )
+
+    async def run():
+        _MEETING.update(started=set(), both=asyncio.Event())
+        return await router.acompare(PROOF, user_id="ann")
+
+    pair = asyncio.run(run())
+    assert _MEETING["started"] == {f"{m}-v1" for m in pair.models}
     assert pair.prefer(pair.models[0]).winner == pair.models[0]
 
 
@@ -130,7 +158,7 @@ def _teach(router: MetaRouterChat, user: str, winner: str, loser: str) -> None:
 
 def test_a_users_comparisons_change_that_users_routing_and_no_one_elses(router):
     before = {
-        u: meta(router.invoke(PROOF, config={"metadata": {"user_id": u}}))
+        u: meta(router.invoke(UNSEEN, config={"metadata": {"user_id": u}}))
         for u in ("ann", "bob", "cy")
     }
     assert len({b["chosen_model"] for b in before.values()}) == 1  # same prior for everyone
@@ -139,7 +167,7 @@ def test_a_users_comparisons_change_that_users_routing_and_no_one_elses(router):
     _teach(router, "bob", winner=CHEAP, loser=BIG)  # bob does not
 
     after = {
-        u: meta(router.invoke(PROOF, config={"metadata": {"user_id": u}}))
+        u: meta(router.invoke(UNSEEN, config={"metadata": {"user_id": u}}))
         for u in ("ann", "bob", "cy")
     }
     assert after["ann"]["chosen_model"] == BIG != before["ann"]["chosen_model"]

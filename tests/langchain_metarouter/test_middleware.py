@@ -71,10 +71,24 @@ def test_user_id_from_the_run_config_when_the_context_has_none(candidates, servi
 
 
 def test_middleware_falls_back_and_leaves_out_candidates_without_tools(service):
+    # the ranking is forced: probe which tool-capable candidate the router puts first for this
+    # question, then make exactly that one fail, so the call always exercises the fallback
+    probe = MetaRouterChat(
+        candidates={
+            CHEAP: TextOnlyChatModel(model_name="no-tools"),
+            MID: ScriptedChatModel(model_name="mid"),
+            BIG: ScriptedChatModel(model_name="big"),
+        },
+        service=service,
+    )
+    probed = asyncio.run(_agent(probe).ainvoke({"messages": [("user", QUESTION)]}))
+    ranking = _ai(probed["messages"])[0].response_metadata["metarouter"]["ranking"]
+    assert CHEAP not in ranking  # no tool calling: left out of a call with tools
+    down, up = ranking
     models = {
         CHEAP: TextOnlyChatModel(model_name="no-tools"),
-        MID: ScriptedChatModel(model_name="down", fail_with=RuntimeError("503 from provider")),
-        BIG: ScriptedChatModel(model_name="big"),
+        down: ScriptedChatModel(model_name="down", fail_with=RuntimeError("503 from provider")),
+        up: ScriptedChatModel(model_name="up"),
     }
     router = MetaRouterChat(candidates=models, service=service)
     out = asyncio.run(_agent(router).ainvoke({"messages": [("user", QUESTION)]}))
@@ -82,14 +96,13 @@ def test_middleware_falls_back_and_leaves_out_candidates_without_tools(service):
     first, *rest = _ai(out["messages"])
     for message in (first, *rest):
         data = message.response_metadata["metarouter"]
-        assert data["model"] == BIG
+        assert data["model"] == up == message.response_metadata["model_name"]
         stored = service.store.get_decision(data["decision_id"])
         assert CHEAP not in stored.candidates
     data = first.response_metadata["metarouter"]
-    assert [f["model"] for f in data["fallbacks"]] == (
-        [MID] if data["ranking"].index(MID) < data["ranking"].index(BIG) else []
-    )
-    # the next steps carry BIG's tool results: they stay on BIG (no second try of MID)
+    assert data["chosen_model"] == down
+    assert [f["model"] for f in data["fallbacks"]] == [down]
+    # the next steps carry the tool results of the fallback: they stay on it (no second try)
     assert rest and all(m.response_metadata["metarouter"]["reason"] == "tool_loop" for m in rest)
     assert all(m.response_metadata["metarouter"]["fallbacks"] == [] for m in rest)
     assert models[CHEAP].calls == []

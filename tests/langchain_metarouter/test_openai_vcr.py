@@ -314,9 +314,15 @@ def test_agent_loop_calls_the_tool_and_answers_over_http(router):
     assert routed[0]["model"] == routed[1]["model"]  # same question, same choice
 
 
-def test_cassettes_hold_no_api_key_and_no_routerbench_text(routerbench):
+def _cassettes() -> list:
     files = sorted(CASSETTES.glob("*.routerbench.yaml"))
     assert len(files) == 6, [f.name for f in files]
+    return files
+
+
+# the cassettes' API key and header checks: tests/langchain_metarouter/test_cassette_secrets.py
+# (data-free; every test of this module needs the shared data through vcr_config)
+def test_cassettes_hold_no_routerbench_text(routerbench):
     protected = [
         text
         for qid in QUERY_IDS
@@ -324,18 +330,12 @@ def test_cassettes_hold_no_api_key_and_no_routerbench_text(routerbench):
         if query_id == qid and len(text) >= MIN_CHARS
     ]
     assert len(protected) > 2 * len(QUERY_IDS)
-    for path in files:
-        raw = path.read_text()
-        assert API_KEY not in raw
-        for interaction in yaml.safe_load(raw)["interactions"]:
+    for path in _cassettes():
+        for interaction in yaml.safe_load(path.read_text())["interactions"]:
             bodies = (interaction["request"]["body"], interaction["response"]["body"]["string"])
             for text in protected:
                 for form in (text, dumps(text)[1:-1]):
                     assert not any(form[:40] in body for body in bodies), (path.name, form[:40])
-            headers = {k.lower(): v for k, v in interaction["request"]["headers"].items()}
-            assert headers["authorization"] == ["REDACTED"]
-            assert "user-agent" not in headers
-            assert interaction["request"]["uri"].startswith(REPLAY_BASE_URL)
 
 
 def test_the_cassette_serializer_swaps_routerbench_text_for_references_and_back():

@@ -14,7 +14,14 @@ import pytest
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms.mock import MockFunctionCallingLLM, MockLLM
-from llamaindex_tooling import RECORDED_ARMS, EventLog, RecordedAnswers, RecordedLLM, Trace
+from llamaindex_tooling import (
+    RECORDED_ARMS,
+    EventLog,
+    RecordedAnswers,
+    RecordedLLM,
+    Trace,
+    restored_settings,
+)
 
 
 # -- offline ----------------------------------------------------------------------------------
@@ -123,12 +130,5 @@ def trace() -> Iterator[Trace]:
 @pytest.fixture
 def settings() -> Iterator[Any]:
     """``llama_index.core.Settings``, restored after the test."""
-    from llama_index.core import Settings
-
-    saved = dict(vars(Settings))
-    yield Settings
-    for key in list(vars(Settings)):
-        if key not in saved:
-            delattr(Settings, key)
-    for key, value in saved.items():
-        setattr(Settings, key, value)
+    with restored_settings() as saved:
+        yield saved

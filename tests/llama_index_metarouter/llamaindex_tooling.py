@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import itertools
 from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,22 @@ async def call(
     if stream:  # what a streaming consumer shows: the deltas, in order
         final = "".join(c.delta or "" for c in out)
     return final, out[-1], len(out)
+
+
+@contextmanager
+def restored_settings() -> Iterator[Any]:
+    """``llama_index.core.Settings``, restored on exit (the ``settings`` fixture uses it)."""
+    from llama_index.core import Settings
+
+    saved = dict(vars(Settings))
+    try:
+        yield Settings
+    finally:
+        for key in list(vars(Settings)):
+            if key not in saved:
+                delattr(Settings, key)
+        for key, value in saved.items():
+            setattr(Settings, key, value)
 
 
 def method_name(api: str, mode: str, stream: bool) -> str:

@@ -3,8 +3,12 @@ instrumentation, and changing the next routing decision for that user only."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse
+from llama_index.core.llms.callbacks import llm_chat_callback
+from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llamaindex_tooling import CHEAP, STRONG
 from metarouter.errors import ConfigError, FeedbackError
 from metarouter.service import Response
@@ -148,6 +152,33 @@ async def test_acompare_runs_both_candidates_concurrently(
     assert all(c.llm.calls == ["achat"] for c in candidates.values())
     record = pair.prefer(0)
     assert record.winner == pair.answers[0].model and record.user_id == "dave"
+
+
+class _Rendezvous(MockFunctionCallingLLM):
+    """Answers only once both compared candidates have started answering: run one after the
+    other, the first waits for the second in vain (and times out)."""
+
+    label: str = ""
+
+    @llm_chat_callback()
+    async def achat(self, messages, **kwargs):
+        _MEETING["started"].add(self.label)
+        if len(_MEETING["started"]) == 2:
+            _MEETING["both"].set()
+        await asyncio.wait_for(_MEETING["both"].wait(), 30)  # raises when run sequentially
+        return ChatResponse(message=ChatMessage(role="assistant", content=f"from {self.label}"))
+
+
+_MEETING: dict = {}
+
+
+async def test_acompare_really_overlaps_the_two_calls(make_router):
+    names = ("gemma-2-9b-it", "qwen2.5-7b-instruct")
+    router = make_router({n: _Rendezvous(label=n) for n in names})
+    _MEETING.update(started=set(), both=asyncio.Event())
+    pair = await router.acompare([ChatMessage(role="user", content="Hi")], user_id="erin")
+    assert _MEETING["started"] == set(names) == set(pair.models)
+    assert {a.text for a in pair.answers} == {f"from {n}" for n in names}
 
 
 def test_prefer_rejects_anything_but_one_of_the_two(make_router, recorded_candidates, routerbench):

@@ -11,7 +11,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallB
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.tools import FunctionTool
-from llamaindex_tooling import RECORDED_ARMS
+from llamaindex_tooling import RECORDED_ARMS, restored_settings
 
 from llama_index_metarouter import MiniLMEmbedding
 
@@ -161,12 +161,17 @@ async def test_react_agent_calls_a_tool_through_the_router(settings, make_router
     assert len(scope.calls) == 2 and all(c.user_id == "alice" for c in scope.calls)
 
 
-def test_settings_are_restored_between_tests():
+def test_settings_set_by_a_test_are_restored_after_it(make_router, mock_candidates):
+    """Self-contained (no reliance on test order): what the ``settings`` fixture does."""
     from llama_index.core import Settings
 
     from llama_index_metarouter import MetaRouterLLM
 
-    assert not isinstance(Settings._llm, MetaRouterLLM)
+    before = Settings._llm
+    with restored_settings() as settings:
+        settings.llm = make_router(mock_candidates())
+        assert isinstance(Settings._llm, MetaRouterLLM)
+    assert Settings._llm is before and not isinstance(Settings._llm, MetaRouterLLM)
 
 
 # -- what a pipeline's call is routed on ---------------------------------------------------------

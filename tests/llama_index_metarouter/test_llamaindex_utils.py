@@ -91,7 +91,8 @@ def test_pending_tool_calls_are_those_awaiting_results_only():
     )
     result = ChatMessage(role="tool", content="1", additional_kwargs={"tool_call_id": "c2"})
     user = ChatMessage(role="user", content="hi")
-    assert pending_tool_call_ids([user, call, result]) == ["c2", "c1", "c2"]
+    # the result's id first, then the calls still waiting; an id that is both comes once
+    assert pending_tool_call_ids([user, call, result]) == ["c2", "c1"]
     assert pending_tool_call_ids([user, call, result, ChatMessage(role="user", content="ok")]) == []
     assert pending_tool_call_ids([user]) == []
     assert pending_tool_call_ids([]) == []

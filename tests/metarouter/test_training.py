@@ -24,21 +24,47 @@ def small_train(embedder):
     return small, embedder.encode(list(small.queries))
 
 
-def test_training_is_seeded_and_the_router_routes(small_train, tmp_path):
+#: The run the determinism and learning tests share. Measured validation regret by step
+#: (0, 10, 20, 30), 2026-12: 0.0753, 0.0761, 0.0740, 0.0740 (best step 20): a 1.7% gain in
+#: 30 steps; a run with lr 0.01, 40 steps and seed 0 gained 2.4%. A training step that
+#: changes nothing leaves every figure equal to step 0's.
+SEEDED = TrainingConfig(steps=30, eval_every=10, episodes_per_step=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def seeded_run(small_train):
     matrix, emb = small_train
-    cfg = TrainingConfig(steps=30, eval_every=10, episodes_per_step=16, seed=3)
-    a = train_router(matrix, emb, training=cfg, progress=False)
-    b = train_router(matrix, emb, training=cfg, progress=False)
+    return train_router(matrix, emb, training=SEEDED, progress=False)
+
+
+def test_training_is_seeded_and_the_router_routes(small_train, seeded_run):
+    matrix, emb = small_train
+    a = seeded_run
+    b = train_router(matrix, emb, training=SEEDED, progress=False)
     for (ka, va), (kb, vb) in zip(
         a.router.model.state_dict().items(), b.router.model.state_dict().items(), strict=True
     ):
         assert ka == kb
         assert np.array_equal(va.numpy(), vb.numpy()), ka
+    assert a.history["val_regret"] == b.history["val_regret"]
     assert a.router.config.catalog == tuple(MODELS)
     assert a.router.config.cost_scale_usd == pytest.approx(cost_scale(matrix.cost))
-    assert len(a.history["val_regret"]) >= 1 and a.best_step in a.history["val_step"]
+    assert a.history["val_step"] == [0, 10, 20, 30] and a.best_step in a.history["val_step"]
     decisions = a.router.route_embeddings(emb[:5], np.full(5, 100.0), MODELS)
     assert all(d.model in MODELS for d in decisions)
+
+
+def test_training_lowers_the_validation_regret_of_the_untrained_weights(seeded_run):
+    """Fails for a train_router whose weights never change (a no-op optimiser step).
+
+    Validation regret: routing fixed validation users (alpha grid, given their true alpha) on
+    queries held out from training, through the quality head (see ``training._regret``);
+    step 0 is the untrained network.
+    """
+    h = seeded_run.history
+    start, best = h["val_regret"][0], min(h["val_regret"])
+    assert seeded_run.best_step > 0, f"the untrained weights were kept: {h['val_regret']}"
+    assert best < 0.995 * start, f"validation regret {start:.4f} -> {best:.4f}"
 
 
 def test_training_rejects_mismatched_inputs(small_train):

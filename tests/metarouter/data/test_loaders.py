@@ -50,10 +50,14 @@ def test_llmrouter_cost_is_the_documented_estimate():
     assert row["cost_usd"] == pytest.approx(expected)
 
 
-def test_bundled_llmrouter_carries_licence_and_attribution(shared_data):
+def test_bundled_llmrouter_carries_licence_and_attribution():
+    """Data-free: the bundled copy ships its licence without the shared datasets."""
     folder = bundled_llmrouter_dir()
     assert "MIT License" in (folder / "LICENSE").read_text()
     assert "ulab-uiuc" in (folder / "ATTRIBUTION.md").read_text()
+
+
+def test_bundled_llmrouter_equals_the_shared_copy(shared_data):
     bundled = load_dataset("llmrouter")
     shared = load_dataset("llmrouter", shared_data)
     assert bundled.frame.equals(shared.frame)
