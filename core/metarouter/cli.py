@@ -359,13 +359,7 @@ def evaluate(
     command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_markdown(results, out / "report.md", plots_dir=out, command=command)
     if report is not None:
-        # The report travels with its figures and figures file (e.g. docs/results/*.png).
-        import shutil
-
-        assets = report.parent / report.stem
-        assets.mkdir(parents=True, exist_ok=True)
-        for item in [*out.glob("*.png"), out / "results.json"]:
-            shutil.copy2(item, assets / item.name)
+        assets = _report_assets(out, report)
         write_markdown(results, report, plots_dir=assets, command=command)
         md = report
     console.print(f"evaluation finished in {results['seconds'] / 60:.1f} min; report {md}")
@@ -649,6 +643,22 @@ def _finetune(
         f"saved to {out} in {result.seconds:.0f}s; held-out users' comparison loss "
         f"{losses[0]:.4f} -> {min(losses):.4f} (kept step {result.best_step})"
     )
+
+
+def _report_assets(out: Path, report: Path) -> Path:
+    """Copy an evaluation's figures and results file beside its report; return that folder.
+
+    The report travels with them (``docs/results.md`` -> ``docs/results/*.png``). When that
+    folder is the output folder itself (``--out runs --report runs.md``) nothing is copied.
+    """
+    import shutil
+
+    assets = report.parent / report.stem
+    assets.mkdir(parents=True, exist_ok=True)
+    if assets.resolve() != out.resolve():
+        for item in [*out.glob("*.png"), out / "results.json"]:
+            shutil.copy2(item, assets / item.name)
+    return assets
 
 
 def main() -> None:

@@ -73,3 +73,22 @@ def test_quick_evaluation_writes_results_plots_and_report(tmp_path):
     assert (out / "routers" / "llmrouter-ID" / "model.safetensors").is_file()
     assert results["config"]["scoring_threads"] == 1
     assert 0 < results["config"]["scoring_seconds"] < results["seconds"]
+
+
+def test_report_assets_are_copied_beside_the_report_and_never_onto_themselves(tmp_path):
+    from metarouter.cli import _report_assets
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "fronts.png").write_bytes(b"png")
+    (out / "results.json").write_text("{}")
+
+    assets = _report_assets(out, tmp_path / "docs" / "results.md")
+    assert assets == tmp_path / "docs" / "results"
+    assert (assets / "fronts.png").read_bytes() == b"png"
+    assert (assets / "results.json").read_text() == "{}"
+
+    # --out runs --report runs.md: the figures folder is the output folder (no SameFileError)
+    same = _report_assets(out, tmp_path / "runs.md")
+    assert same == out
+    assert sorted(p.name for p in out.iterdir()) == ["fronts.png", "results.json"]
