@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from metarouter.errors import StoreError
-from metarouter.store.schema import SCHEMA_VERSION
+from metarouter.store.schema import SCHEMA_VERSION, budget_tables
 
 __all__ = ["MIGRATIONS", "Migration", "baseline_v1", "migrate", "stored_version"]
 
@@ -159,6 +159,13 @@ def _to_v2(conn: sa.Connection) -> None:
     )
 
 
+def _to_v3(conn: sa.Connection) -> None:
+    """Spend budgets: budgets, team members, per-period spend and pacing, the spend ledger."""
+    md = sa.MetaData()
+    for table in budget_tables(md):
+        table.create(conn)
+
+
 #: Ordered steps after the version-1 baseline (append only).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -167,6 +174,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "re-created never reuses a version a stale cache may hold; indexes on (user_id, "
         "created_at) and on the comparisons' decision ids (fast per-user reads and deletes).",
         _to_v2,
+    ),
+    Migration(
+        3,
+        "spend budgets (metarouter_budgets, metarouter_team_members, metarouter_budget_periods, "
+        "metarouter_spend, metarouter_spend_charges): per-scope budgets the router paces "
+        "against, and a ledger of charged calls. New tables only; existing rows are untouched.",
+        _to_v3,
     ),
 )
 
