@@ -537,9 +537,12 @@ class RoutingService:
             if forced not in names:
                 names = [*names, forced]
         check = self._budget_check(uid)
-        if check is not None and check.exhausted is not None:
-            if check.exhausted.budget.on_exhausted == "error":
-                raise BudgetExceededError(exhausted_message(check.exhausted))
+        if (
+            check is not None
+            and check.exhausted is not None
+            and check.exhausted.budget.on_exhausted == "error"
+        ):
+            raise BudgetExceededError(exhausted_message(check.exhausted))
         pref = self.preference(uid)
         embedding = self.router.embedder.encode_one(query)
         tokens = estimate_tokens(query)
@@ -623,17 +626,17 @@ class RoutingService:
             costs = [min(routing.expected_costs_usd[n] / tau, 1.0) for n in names]
             penalty = pacing_penalty(check.multiplier, costs)
             if penalty > 0:
-                routing = self.router.route_embeddings(
-                    emb, tok, arms, pref, cost_penalty=penalty
-                )[0]
+                routing = self.router.route_embeddings(emb, tok, arms, pref, cost_penalty=penalty)[
+                    0
+                ]
                 data.update(cost_penalty=penalty, policy="paced")
                 chosen = forced or routing.model
-        data.update(unbudgeted_model=unbudgeted, changed_choice=forced is None and chosen != unbudgeted)
+        data.update(
+            unbudgeted_model=unbudgeted, changed_choice=forced is None and chosen != unbudgeted
+        )
         return chosen, routing, data
 
-    def _charge(
-        self, did: str, decision: Decision | None, model: str, cost: float | None
-    ) -> None:
+    def _charge(self, did: str, decision: Decision | None, model: str, cost: float | None) -> None:
         """Charge a finished call to its user's budgets (billed cost, else the estimate)."""
         if self._budgets is None or not self.enforce_budgets:
             return

@@ -85,6 +85,7 @@ def budget_tables(md: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table, sa.Tab
         sa.Column("calls", sa.Integer, nullable=False),
         sa.Column("estimated_calls", sa.Integer, nullable=False),
         sa.Column("multiplier", sa.Float, nullable=False),
+        sa.Column("multiplier_area", sa.Float, nullable=False),
         sa.Column("paced_at", sa.Float, nullable=False),
     )
     spend = sa.Table(

@@ -23,6 +23,8 @@ from metarouter.budgets import (
     BudgetState,
     Pacing,
     SpendRecord,
+    carried_multiplier,
+    multiplier_area,
     period_bounds,
     updated_multiplier,
 )
@@ -92,10 +94,44 @@ def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any])
         conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
 
 
+def _carried(
+    conn: sa.Connection, t: Tables, budget: Budget, start: float, pacing: Pacing | None
+) -> float:
+    """The multiplier the period starting at ``start`` inherits from the previous one."""
+    if pacing is None:
+        return 0.0
+    p = t.budget_periods
+    previous = conn.execute(
+        sa.select(p)
+        .where(p.c.scope == budget.scope, p.c.name == budget.name, p.c.period_start < start)
+        .order_by(p.c.period_start.desc())
+        .limit(1)
+    ).first()
+    if previous is None:
+        return 0.0
+    return carried_multiplier(
+        float(previous.multiplier),
+        float(previous.paced_at),
+        float(previous.multiplier_area),
+        float(previous.period_start),
+        float(previous.period_end),
+        pacing,
+    )
+
+
 def _ensure_period(
-    conn: sa.Connection, t: Tables, budget: Budget, start: float, end: float, now: float
+    conn: sa.Connection,
+    t: Tables,
+    budget: Budget,
+    start: float,
+    end: float,
+    now: float,
+    pacing: Pacing | None = None,
 ) -> None:
-    """Create the budget's period row if missing, seeded with the scope's spend so far in it."""
+    """Create the budget's period row if missing, seeded with the scope's spend so far in it.
+
+    Its multiplier starts from the previous period's time average (with ``pacing``), else 0.
+    """
     p = t.budget_periods
     exists = conn.execute(
         sa.select(p.c.period_start).where(
@@ -116,6 +152,7 @@ def _ensure_period(
             s.c.created_at < min(end, now + 1e-6),
         )
     ).one()
+    multiplier = _carried(conn, t, budget, start, pacing)
     _insert_ignore(
         conn,
         p,
@@ -127,8 +164,9 @@ def _ensure_period(
             "spent_usd": float(spent),
             "calls": int(calls),
             "estimated_calls": int(estimated),
-            "multiplier": 0.0,
-            "paced_at": now,
+            "multiplier": multiplier,
+            "multiplier_area": 0.0,
+            "paced_at": max(now, start) if multiplier == 0.0 else start,
         },
     )
 
@@ -157,9 +195,7 @@ def reset_budget(conn: sa.Connection, t: Tables, budget: Budget, now: float) -> 
     if bounds is None:
         return 0.0
     p = t.budget_periods
-    key = sa.and_(
-        p.c.scope == budget.scope, p.c.name == budget.name, p.c.period_start == bounds[0]
-    )
+    key = sa.and_(p.c.scope == budget.scope, p.c.name == budget.name, p.c.period_start == bounds[0])
     before = conn.execute(sa.select(p.c.spent_usd).where(key).with_for_update()).scalar()
     if before is None:
         _insert_ignore(
@@ -174,6 +210,7 @@ def reset_budget(conn: sa.Connection, t: Tables, budget: Budget, now: float) -> 
                 "calls": 0,
                 "estimated_calls": 0,
                 "multiplier": 0.0,
+                "multiplier_area": 0.0,
                 "paced_at": now,
             },
         )
@@ -181,7 +218,14 @@ def reset_budget(conn: sa.Connection, t: Tables, budget: Budget, now: float) -> 
     conn.execute(
         p.update()
         .where(key)
-        .values(spent_usd=0.0, calls=0, estimated_calls=0, multiplier=0.0, paced_at=now)
+        .values(
+            spent_usd=0.0,
+            calls=0,
+            estimated_calls=0,
+            multiplier=0.0,
+            multiplier_area=0.0,
+            paced_at=now,
+        )
     )
     return float(before)
 
@@ -219,9 +263,12 @@ def _applicable(conn: sa.Connection, t: Tables, user_id: str | None) -> list[Bud
 
 
 def budget_states(
-    conn: sa.Connection, t: Tables, user_id: str | None, now: float
+    conn: sa.Connection, t: Tables, user_id: str | None, now: float, pacing: Pacing | None = None
 ) -> list[BudgetState]:
-    """The active budgets (of ``user_id``, or all) with their current period, as stored."""
+    """The active budgets (of ``user_id``, or all) with their current period, as stored.
+
+    A period without a charge yet shows the multiplier it inherits (with ``pacing``).
+    """
     p = t.budget_periods
     out = []
     for budget in _applicable(conn, t, user_id):
@@ -234,7 +281,10 @@ def budget_states(
             )
         ).first()
         if row is None:  # no charge yet this period
-            out.append(BudgetState(budget, bounds[0], bounds[1], paced_at=bounds[0]))
+            carried = _carried(conn, t, budget, bounds[0], pacing)
+            out.append(
+                BudgetState(budget, bounds[0], bounds[1], multiplier=carried, paced_at=bounds[0])
+            )
             continue
         out.append(
             BudgetState(
@@ -246,6 +296,7 @@ def budget_states(
                 int(row.estimated_calls),
                 float(row.multiplier),
                 float(row.paced_at),
+                float(row.multiplier_area),
             )
         )
     return out
@@ -267,7 +318,7 @@ def record_spend(
     if not active:
         return []
     for budget, (start, end) in active:  # before the ledger row: a seed must not count it
-        _ensure_period(conn, t, budget, start, end, now)
+        _ensure_period(conn, t, budget, start, end, now, pacing)
     conn.execute(
         t.spend.insert().values(
             spend_id=record.spend_id,
@@ -293,6 +344,9 @@ def record_spend(
             end,
             pacing,
         )
+        area = float(row.multiplier_area) + multiplier_area(
+            float(row.multiplier), float(row.paced_at), now, start, end, pacing
+        )
         spent = float(row.spent_usd) + record.cost_usd
         calls = int(row.calls) + 1
         estimated = int(row.estimated_calls) + int(record.is_estimate)
@@ -304,6 +358,7 @@ def record_spend(
                 calls=p.c.calls + 1,
                 estimated_calls=p.c.estimated_calls + int(record.is_estimate),
                 multiplier=multiplier,
+                multiplier_area=area,
                 paced_at=now,
             )
         )
@@ -317,7 +372,7 @@ def record_spend(
             )
         )
         states.append(
-            BudgetState(budget, start, end, spent, calls, estimated, multiplier, now)
+            BudgetState(budget, start, end, spent, calls, estimated, multiplier, now, area)
         )
     return states
 

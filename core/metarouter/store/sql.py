@@ -1329,14 +1329,19 @@ class SQLStore(PreferenceStore):
             out.setdefault(row.team, []).append(row.user_id)
         return out
 
-    def budget_states(self, user_id: str | None, *, now: float | None = None) -> list[BudgetState]:
-        """The active budgets (of ``user_id``, or all) and their current period."""
+    def budget_states(
+        self, user_id: str | None, *, now: float | None = None, pacing: Pacing | None = None
+    ) -> list[BudgetState]:
+        """The active budgets (of ``user_id``, or all) and their current period.
+
+        With ``pacing``, a period without a charge yet shows the multiplier it inherits.
+        """
         from metarouter.store import spend
 
         at = time.time() if now is None else float(now)
         uid = None if user_id is None else validate_user_id(user_id)
         return self._read(
-            "read budgets", lambda conn: spend.budget_states(conn, self.tables, uid, at)
+            "read budgets", lambda conn: spend.budget_states(conn, self.tables, uid, at, pacing)
         )
 
     def record_spend(self, record: SpendRecord, *, pacing: Pacing) -> list[BudgetState]:
