@@ -414,7 +414,7 @@ def run_simulation(
                             **{k2: v for k2, v in asdict(r).items() if k2 != "curve"},
                         }
                     )
-                if example is None and level == 0.5:
+                if example is None and level == 0.75:
                     example = {
                         "alpha": u.alpha,
                         "seed": seed,
@@ -526,7 +526,7 @@ def _plot(example: dict[str, Any], path: Path) -> Path:
         ylabel="spend / budget",
         ylim=(0, 2.2),
         title=f"one simulated month (user alpha={example['alpha']}, seed {example['seed']}, "
-        "budget 50% of unconstrained spend; grey: bursts)",
+        "budget 75% of unconstrained spend; grey: bursts)",
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, loc="upper left")
