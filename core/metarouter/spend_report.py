@@ -95,10 +95,11 @@ def plot_spend(
                 label="even pace" if i == 0 else None,
             )
             ax.hlines(budget.usd, start, end, color="C3", label="budget" if i == 0 else None)
-    if not rows:
-        ax.text(0.5, 0.5, "no charged calls", transform=ax.transAxes, ha="center")
     ax.set(title=f"spend of {title}", ylabel="cumulative spend (USD)")
-    ax.legend(fontsize=8, loc="upper left")
+    if rows:
+        ax.legend(fontsize=8, loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no charged calls", transform=ax.transAxes, ha="center")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
