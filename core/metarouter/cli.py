@@ -734,10 +734,10 @@ def budget_set(
             user=user,
             team=team,
             app=app_scope,
-            per=per,  # type: ignore[arg-type]  # checked by Budget
+            per=per,  # checked by Budget
             starts_at=_when(start, "--from"),
             ends_at=_when(end, "--to"),
-            on_exhausted=on_exhausted,  # type: ignore[arg-type]
+            on_exhausted=on_exhausted,  # checked by Budget
             arm=arm,
         )
     console.print(

@@ -78,23 +78,25 @@ def plot_spend(
     for r in rows:
         key = period_bounds(budget, r.created_at) if budget is not None else None
         by_period[key].append(r)
+    import matplotlib.dates as mdates
+
+    def when(ts: float) -> float:
+        return float(mdates.date2num(datetime.fromtimestamp(ts, tz=timezone.utc)))
+
     for i, (bounds, items) in enumerate(sorted(by_period.items(), key=lambda kv: kv[0] or (0, 0))):
-        times = [datetime.fromtimestamp(r.created_at, tz=timezone.utc) for r in items]
+        times = [when(r.created_at) for r in items]
         total, cumulative = 0.0, []
         for r in items:
             total += r.cost_usd
             cumulative.append(total)
-        ax.step(times, cumulative, where="post", color="C0", label="spend" if i == 0 else None)
+        first = i == 0
+        ax.step(times, cumulative, where="post", color="C0", label="spend" if first else "_")
         if bounds is not None and budget is not None:
-            start, end = (datetime.fromtimestamp(b, tz=timezone.utc) for b in bounds)
-            ax.plot(
-                [start, end],
-                [0, budget.usd],
-                "--",
-                color="0.5",
-                label="even pace" if i == 0 else None,
-            )
-            ax.hlines(budget.usd, start, end, color="C3", label="budget" if i == 0 else None)
+            start, end = when(bounds[0]), when(bounds[1])
+            ax.plot([start, end], [0, budget.usd], "--", color="0.5",
+                    label="even pace" if first else "_")  # fmt: skip
+            ax.hlines(budget.usd, start, end, color="C3", label="budget" if first else "_")
+    ax.xaxis_date()
     ax.set(title=f"spend of {title}", ylabel="cumulative spend (USD)")
     if rows:
         ax.legend(fontsize=8, loc="upper left")
