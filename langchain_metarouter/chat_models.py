@@ -40,6 +40,7 @@ from langchain_core.runnables.utils import coro_with_context
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
+from metarouter.budgets import Budgets
 from metarouter.dispatch import Call, CallFlow, check_user_id
 from metarouter.errors import ConfigError, MetaRouterError
 from metarouter.feedback import Pair, default_feedback_user
@@ -1034,6 +1035,15 @@ class MetaRouterChat(BaseChatModel):
     def remove_feedback_listener(self, listener: FeedbackListener) -> None:
         """Stop calling ``listener``."""
         self._service.remove_listener(listener)
+
+    @property
+    def budgets(self) -> Budgets:
+        """Spend budgets of this router's store (see docs/budgets.md).
+
+        ``set``, ``get``, ``reset``, ``set_team``, ``states``, ``report``: see
+        :class:`metarouter.budgets.Budgets`. Example: ``llm.budgets.set(50, user="alice")``.
+        """
+        return self._service.budgets
 
     def preference(self, user_id: str | None = None) -> Any:
         """The user's current preference (``quality_weight`` in [0, 1], ``n_comparisons``)."""

@@ -49,6 +49,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
+from metarouter.budgets import Budgets
 from metarouter.dispatch import Call, CallFlow, CallRequest, check_user_id
 from metarouter.errors import ConfigError, UnknownArmError
 from metarouter.feedback import default_feedback_user
@@ -1000,6 +1001,15 @@ class MetaRouterLLM(FunctionCallingLLM):
                 self.record_preference, winner, loser, user_id=user_id, query=query, source=source
             )
         )
+
+    @property
+    def budgets(self) -> Budgets:
+        """Spend budgets of this router's store (see docs/budgets.md).
+
+        ``set``, ``get``, ``reset``, ``set_team``, ``states``, ``report``: see
+        :class:`metarouter.budgets.Budgets`. Example: ``llm.budgets.set(50, user="alice")``.
+        """
+        return self._service.budgets
 
     def preference(self, user_id: str | None = None) -> Preference:
         """The user's current preference (``quality_weight`` in [0, 1], ``n_comparisons``).

@@ -15,6 +15,7 @@ import typing as _typing
 from metarouter._version import __version__
 from metarouter.errors import (
     AttemptTimeoutError,
+    BudgetExceededError,
     ConfigError,
     DataError,
     DependencyError,
@@ -28,6 +29,7 @@ from metarouter.errors import (
 
 if _typing.TYPE_CHECKING:
     from metarouter.arms import ArmDescriptor, CostModel
+    from metarouter.budgets import Budget, Budgets, Pacing
     from metarouter.config import MetaRouterConfig, TrainingConfig
     from metarouter.data import OutcomeMatrix, OutcomeTable, load_dataset, load_outcomes
     from metarouter.dispatch import Call, CallFlow, CallRequest, FallbackPolicy
@@ -46,6 +48,8 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "ArmDescriptor": "metarouter.arms",
     "ArmSpec": "metarouter.service",
+    "Budget": "metarouter.budgets",
+    "Budgets": "metarouter.budgets",
     "Call": "metarouter.dispatch",
     "CallFlow": "metarouter.dispatch",
     "CallRequest": "metarouter.dispatch",
@@ -61,6 +65,7 @@ _LAZY = {
     "MetaRouterConfig": "metarouter.config",
     "OutcomeMatrix": "metarouter.data",
     "OutcomeTable": "metarouter.data",
+    "Pacing": "metarouter.budgets",
     "Pair": "metarouter.feedback",
     "Preference": "metarouter.types",
     "PreferenceStore": "metarouter.store.base",
@@ -80,6 +85,9 @@ __all__ = [
     "ArmDescriptor",
     "ArmSpec",
     "AttemptTimeoutError",
+    "Budget",
+    "BudgetExceededError",
+    "Budgets",
     "Call",
     "CallFlow",
     "CallRequest",
@@ -102,6 +110,7 @@ __all__ = [
     "ModelLoadError",
     "OutcomeMatrix",
     "OutcomeTable",
+    "Pacing",
     "Pair",
     "Preference",
     "PreferenceStore",

@@ -1,10 +1,10 @@
-"""The ``metarouter`` command line (Typer). Subcommands: data, train, demo, eval, store."""
+"""The ``metarouter`` command line (Typer). Subcommands: data, train, demo, eval, store, budget."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -659,6 +659,252 @@ def _report_assets(out: Path, report: Path) -> Path:
         for item in [*out.glob("*.png"), out / "results.json"]:
             shutil.copy2(item, assets / item.name)
     return assets
+
+
+# -- spend budgets ----------------------------------------------------------------------------
+budget_app = typer.Typer(
+    help="Spend budgets per user, team or app that the router paces against (docs/budgets.md).",
+    no_args_is_help=True,
+)
+app.add_typer(budget_app, name="budget")
+
+UserOption = Annotated[str | None, typer.Option("--user", help="A user's budget.")]
+TeamOption = Annotated[str | None, typer.Option("--team", help="A team's budget.")]
+AppOption = Annotated[bool, typer.Option("--app", help="The whole app's budget.")]
+
+
+def _budgets(store: str | None, *, create: bool = False, read_only: bool = False) -> Any:
+    from metarouter.budgets import Budgets
+    from metarouter.store import SQLStore
+
+    if create:
+        from metarouter.service import default_store_path
+
+        return Budgets(SQLStore(store or str(default_store_path())))
+    return Budgets(_open_store(store, read_only=read_only))
+
+
+def _when(text: str | None, what: str) -> float | None:
+    """A UTC date or date-time (ISO 8601) as Unix seconds."""
+    from datetime import datetime, timezone
+
+    from metarouter.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{what} {text!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)."
+        ) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def _date(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+@budget_app.command("set")
+def budget_set(
+    usd: Annotated[float, typer.Option("--usd", help="USD the scope may spend per period.")],
+    user: UserOption = None,
+    team: TeamOption = None,
+    app_scope: AppOption = False,
+    per: Annotated[
+        str, typer.Option("--per", help="day, week, month (UTC calendar) or window (--from/--to).")
+    ] = "month",
+    start: Annotated[str | None, typer.Option("--from", help="Window start (UTC date).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Window end (UTC date).")] = None,
+    on_exhausted: Annotated[
+        str,
+        typer.Option(
+            "--on-exhausted",
+            help="When it is spent: error (refuse calls), cheapest (cheapest candidate "
+            "answers), arm (--arm answers).",
+        ),
+    ] = "error",
+    arm: Annotated[
+        str | None, typer.Option("--arm", help="The model for --on-exhausted arm.")
+    ] = None,
+    store: StoreOption = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the store if it does not exist yet.")
+    ] = False,
+) -> None:
+    """Create or replace a budget: `metarouter budget set --user alice --usd 50 --per month`."""
+    opened = _budgets(store, create=create)
+    with opened.store:
+        budget = opened.set(
+            usd,
+            user=user,
+            team=team,
+            app=app_scope,
+            per=per,  # checked by Budget
+            starts_at=_when(start, "--from"),
+            ends_at=_when(end, "--to"),
+            on_exhausted=on_exhausted,  # checked by Budget
+            arm=arm,
+        )
+    console.print(
+        f"{budget.label()}: {budget.usd:g} USD per {budget.period}, "
+        f"on exhausted: {budget.on_exhausted}" + (f" ({budget.arm})" if budget.arm else "")
+    )
+
+
+@budget_app.command("team")
+def budget_team(
+    name: Annotated[str, typer.Argument(help="The team's name.")],
+    members: Annotated[
+        str, typer.Option("--members", help="Comma-separated user ids (empty: remove the team).")
+    ],
+    store: StoreOption = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the store if it does not exist yet.")
+    ] = False,
+) -> None:
+    """Set the members of a team (its budget is shared by them)."""
+    users = [m.strip() for m in members.split(",") if m.strip()]
+    opened = _budgets(store, create=create)
+    with opened.store:
+        opened.set_team(name, users)
+    console.print(f"team {excerpt(name)}: {len(users)} members")
+
+
+@budget_app.command("show")
+def budget_show(
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only the budgets that apply to this user.")
+    ] = None,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show every budget with this period's spend, pace and multiplier (read-only)."""
+    import json
+    import time
+
+    opened = _budgets(store, read_only=True)
+    now = time.time()
+    with opened.store:
+        states = opened.states(user)
+        teams = opened.teams()
+    if as_json:
+        typer.echo(json.dumps({"budgets": [s.to_dict(now) for s in states], "teams": teams}))
+        return
+    grid = Table(title="spend budgets (this period)", title_justify="left")
+    for col in ("scope", "usd", "period", "spent", "elapsed", "multiplier", "calls", "ends"):
+        grid.add_column(col, justify="left" if col == "scope" else "right")
+    for s in states:
+        b = s.budget
+        grid.add_row(
+            b.label(),
+            f"{b.usd:g}",
+            b.period,
+            f"{s.spent_usd:.4f} ({100 * s.spent_usd / b.usd:.0f}%)",
+            f"{100 * s.elapsed(now):.0f}%",
+            f"{s.multiplier:.2f}",
+            f"{s.calls:,}" + (f" ({s.estimated_calls:,} est.)" if s.estimated_calls else ""),
+            _date(s.period_end),
+        )
+    console.print(grid)
+    for team, members in teams.items():
+        console.print(f"team {excerpt(team)}: {', '.join(members)}")
+
+
+@budget_app.command("reset")
+def budget_reset(
+    user: UserOption = None,
+    team: TeamOption = None,
+    app_scope: AppOption = False,
+    store: StoreOption = None,
+) -> None:
+    """Start a budget's current period afresh (the spend ledger keeps the calls)."""
+    opened = _budgets(store)
+    with opened.store:
+        before = opened.reset(user=user, team=team, app=app_scope)
+    console.print(f"reset; {before:.4f} USD had been spent this period")
+
+
+@budget_app.command("delete")
+def budget_delete(
+    user: UserOption = None,
+    team: TeamOption = None,
+    app_scope: AppOption = False,
+    store: StoreOption = None,
+) -> None:
+    """Remove a budget (the spend ledger keeps the calls)."""
+    opened = _budgets(store)
+    with opened.store:
+        found = opened.delete(user=user, team=team, app=app_scope)
+    console.print("deleted" if found else "there was no such budget")
+
+
+@budget_app.command("report")
+def budget_report(
+    user: UserOption = None,
+    team: TeamOption = None,
+    app_scope: AppOption = False,
+    since: Annotated[str | None, typer.Option("--since", help="From (UTC date).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Until (UTC date).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a plot of the spend over time (PNG).")
+    ] = None,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Spend charged to one scope's budget: per day, per model, and a plot over time."""
+    import json
+
+    opened = _budgets(store, read_only=True)
+    with opened.store:
+        report = opened.report(
+            user=user,
+            team=team,
+            app=app_scope,
+            since=_when(since, "--since"),
+            until=_when(until, "--until"),
+            plot=plot,
+        )
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    label = "app" if report["scope"] == "app" else f"{report['scope']} {excerpt(report['name'])}"
+    grid = Table(title=f"spend of {label}", title_justify="left")
+    for col in ("day (UTC)", "USD", "calls"):
+        grid.add_column(col, justify="right")
+    for day, usd, calls in report["days"]:
+        grid.add_row(day, f"{usd:.6f}", f"{calls:,}")
+    console.print(grid)
+    models = Table(title="by model", title_justify="left")
+    models.add_column("model")
+    models.add_column("USD", justify="right")
+    for model, usd in report["models"].items():
+        models.add_row(model, f"{usd:.6f}")
+    console.print(models)
+    console.print(
+        f"total {report['total_usd']:.6f} USD in {report['calls']:,} calls "
+        f"({report['estimated_calls']:,} charged at the router's estimate: no usage reported)"
+        + (f"; plot {report['plot']}" if report["plot"] else "")
+    )
+
+
+@budget_app.command("simulate")
+def budget_simulate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the table, JSON and plot.")] = Path(
+        "docs/budgets"
+    ),
+    seeds: Annotated[int, typer.Option(help="Seeds (each: every user, two months).")] = 5,
+) -> None:
+    """Reproduce docs/budgets.md's evaluation: a simulated month per user under budgets."""
+    from metarouter.evaluation.budget_sim import SimConfig, markdown_table, run_simulation
+
+    result = run_simulation(SimConfig(seeds=tuple(range(seeds))), out=out)
+    console.print(markdown_table(result["rows"]))
+    console.print(f"done in {result['seconds']:.0f}s; wrote {out}")
 
 
 def main() -> None:

@@ -201,7 +201,8 @@ class Call:
             answered), ``forced``, ``reason``, ``scores``, ``ranking``, ``predicted_quality``,
             ``expected_costs_usd``, ``expected_cost_usd``, ``quality_weight``, ``fallbacks``
             (``[{"model", "error"}]``), ``input_tokens``, ``output_tokens``, ``cost_usd``,
-            ``cost_is_estimate``, ``provider_model_name``.
+            ``cost_is_estimate``, ``provider_model_name``, ``budget`` (what spend budgets did to
+            the call, see :attr:`metarouter.service.Decision.budget`; None without a budget).
     """
 
     decision: Decision

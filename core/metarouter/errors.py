@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AttemptTimeoutError",
+    "BudgetExceededError",
     "ConfigError",
     "DataError",
     "DependencyError",
@@ -73,3 +74,10 @@ class AttemptTimeoutError(MetaRouterError, TimeoutError):
 
 class DependencyError(MetaRouterError, ImportError):
     """An optional dependency (extra) is not installed."""
+
+
+class BudgetExceededError(MetaRouterError, RuntimeError):
+    """A call was refused because a spend budget with ``on_exhausted="error"`` is spent.
+
+    The message names the budget, what it allows and when its period ends.
+    """

@@ -598,6 +598,38 @@ class MetaRouter:
         return out[0].double().numpy()
 
     # -- routing --------------------------------------------------------------------------------
+    def utilities_embeddings(
+        self,
+        embeddings: np.ndarray,
+        tokens: np.ndarray,
+        candidates: Sequence[Candidate],
+        preference: Preference | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The posterior expected utilities behind :meth:`score_embeddings`, before any penalty.
+
+        The decision under a cost penalty ``lam`` is ``argmax(utility - lam * cost)``, which is
+        how a budget's pacing (:mod:`metarouter.budgets`) and its simulation route.
+
+        Returns:
+            ``(utility (n, K), expected quality (n, K), expected cost USD (n, K), normalised
+            cost (n, K))``.
+        """
+        arms = self.resolve(candidates)
+        emb = np.asarray(embeddings, np.float32).reshape(-1, self.config.embedding_dim)
+        at = self._candidate_tensors(arms)
+        names = [a.name for a in arms]
+        pref = preference if preference is not None else self.prior()
+        factor = np.asarray([pref.cost_factor_for(n) for n in names])
+        tok = np.asarray(tokens, np.float64).reshape(-1)
+        usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * tok[:, None]) * factor[None]
+        logits = self._logits(emb, usd, arms)
+        cost = np.minimum(usd / self.config.cost_scale_usd, 1.0)
+        if preference is not None:
+            util, quality = pref.posterior.expected_utility(logits, at.base, cost, names)
+        else:  # a new user: each query's own novelty sets the regime odds
+            util, quality = self._prior_utility(emb, logits, at.base, cost, names)
+        return util, quality, usd, cost
+
     def score_embeddings(
         self,
         embeddings: np.ndarray,
@@ -623,25 +655,12 @@ class MetaRouter:
             ``(scores (n, K), expected quality (n, K), expected cost USD (n, K))``: scores are a
             softmax of the posterior expected utilities (their argmax is the Bayes decision).
         """
-        arms = self.resolve(candidates)
-        emb = np.asarray(embeddings, np.float32).reshape(-1, self.config.embedding_dim)
-        at = self._candidate_tensors(arms)
-        names = [a.name for a in arms]
-        pref = preference if preference is not None else self.prior()
-        factor = np.asarray([pref.cost_factor_for(n) for n in names])
-        tok = np.asarray(tokens, np.float64).reshape(-1)
-        usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * tok[:, None]) * factor[None]
-        logits = self._logits(emb, usd, arms)
-        cost = np.minimum(usd / self.config.cost_scale_usd, 1.0)
-        if preference is not None:
-            util, quality = pref.posterior.expected_utility(logits, at.base, cost, names)
-        else:  # a new user: each query's own novelty sets the regime odds
-            util, quality = self._prior_utility(emb, logits, at.base, cost, names)
+        if cost_penalty and not (np.isfinite(cost_penalty) and cost_penalty >= 0):
+            raise ConfigError(f"cost_penalty must be a finite number >= 0, got {cost_penalty!r}.")
+        util, quality, usd, cost = self.utilities_embeddings(
+            embeddings, tokens, candidates, preference
+        )
         if cost_penalty:
-            if not (np.isfinite(cost_penalty) and cost_penalty >= 0):
-                raise ConfigError(
-                    f"cost_penalty must be a finite number >= 0, got {cost_penalty!r}."
-                )
             util = util - cost_penalty * cost
         z = util / DECISION_TEMPERATURE
         probs = np.exp(z - z.max(axis=1, keepdims=True))

@@ -30,7 +30,21 @@ from typing import Any
 import numpy as np
 
 from metarouter.arms import ArmDescriptor
-from metarouter.errors import ConfigError, FeedbackError, StoreError, UnknownArmError
+from metarouter.budgets import (
+    BudgetCheck,
+    Budgets,
+    Pacing,
+    exhausted_message,
+    pacing_penalty,
+    policy_choice,
+)
+from metarouter.errors import (
+    BudgetExceededError,
+    ConfigError,
+    FeedbackError,
+    StoreError,
+    UnknownArmError,
+)
 from metarouter.pricing import DEFAULT_OUTPUT_TOKENS, Price, estimate_tokens
 from metarouter.router import MetaRouter
 from metarouter.store.base import PreferenceStore
@@ -113,6 +127,11 @@ class Decision:
         model: The model to call (the routed choice, or the forced one).
         forced: Whether the caller forced ``model``.
         run_id: Framework run id, if any.
+        budget: What the user's spend budgets did to this call (None: no budget applies):
+            ``scope``, ``name``, ``usd``, ``spent_usd``, ``period_end`` of the binding budget,
+            its pacing ``multiplier`` and the router's ``cost_penalty``, ``exhausted``,
+            ``policy`` (``"paced"``, ``"cheapest"``, ``"arm"``, or None when no budget
+            acted), ``unbudgeted_model`` (the choice without budgets) and ``changed_choice``.
     """
 
     decision_id: str
@@ -121,6 +140,7 @@ class Decision:
     model: str
     forced: bool = False
     run_id: str | None = None
+    budget: Mapping[str, Any] | None = None
 
     @property
     def fallback_order(self) -> tuple[str, ...]:
@@ -138,6 +158,7 @@ class Decision:
             "ranking": list(self.routing.ranking),
             "expected_cost_usd": float(self.routing.expected_costs_usd[self.model]),
             "quality_weight": float(self.routing.quality_weight),
+            "budget": dict(self.budget) if self.budget is not None else None,
         }
 
 
@@ -221,6 +242,10 @@ class RoutingService:
         cache_size: Users whose preference is kept in memory.
         max_pending: Decisions kept in memory while the store cannot be written (see
             :mod:`metarouter.store.pending`: calls are still routed and answered meanwhile).
+        pacing: How spend budgets pace routing (see :mod:`metarouter.budgets`).
+        enforce_budgets: Honour the spend budgets in the store (pace, apply their exhausted
+            policy, charge calls). Needs a SQL store; other stores route without budgets.
+        clock: Current Unix time for budgets (tests and simulations pass their own).
     """
 
     def __init__(
@@ -232,6 +257,9 @@ class RoutingService:
         default_user_id: str = "default",
         cache_size: int = 10_000,
         max_pending: int = 10_000,
+        pacing: Pacing | None = None,
+        enforce_budgets: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if len(arms) < 1:
             raise ConfigError("RoutingService needs at least one candidate model.")
@@ -256,6 +284,26 @@ class RoutingService:
         self._lock = threading.RLock()
         self._listeners = _Listeners()
         self._writes = PendingWrites(store, max_pending=max_pending)
+        self._budgets: Budgets | None = None
+        if hasattr(store, "record_spend") and hasattr(store, "budget_states"):
+            import time as _time
+
+            self._budgets = Budgets(store, pacing or Pacing(), clock or _time.time)  # type: ignore[arg-type]
+        self.enforce_budgets = bool(enforce_budgets) and self._budgets is not None
+
+    @property
+    def budgets(self) -> Budgets:
+        """Set, read, reset and report spend budgets (see :mod:`metarouter.budgets`).
+
+        Raises:
+            ConfigError: The store keeps no budgets (only the SQL store does).
+        """
+        if self._budgets is None:
+            raise ConfigError(
+                f"{type(self.store).__name__} keeps no spend budgets. Fix: use SQLStore "
+                "(SQLite or PostgreSQL) as the preference store."
+            )
+        return self._budgets
 
     # -- arms -----------------------------------------------------------------------------------
     def _describe(self, spec: ArmSpec) -> ArmDescriptor:
@@ -488,16 +536,25 @@ class RoutingService:
                 )
             if forced not in names:
                 names = [*names, forced]
+        check = self._budget_check(uid)
+        if (
+            check is not None
+            and check.exhausted is not None
+            and check.exhausted.budget.on_exhausted == "error"
+        ):
+            raise BudgetExceededError(exhausted_message(check.exhausted))
         pref = self.preference(uid)
         embedding = self.router.embedder.encode_one(query)
         tokens = estimate_tokens(query)
-        routing = self.router.route_embeddings(
-            embedding[None, :],
-            np.asarray([tokens], float),
-            [self.descriptors[n] for n in names],
-            pref,
-        )[0]
+        arms = [self.descriptors[n] for n in names]
+        emb, tok = embedding[None, :], np.asarray([tokens], float)
+        routing = self.router.route_embeddings(emb, tok, arms, pref)[0]
         chosen = forced or routing.model
+        budget = None
+        if check is not None:
+            chosen, routing, budget = self._apply_budget(
+                check, names, emb, tok, arms, pref, routing, forced
+            )
         decision = Decision(
             new_id(),
             uid,
@@ -505,7 +562,10 @@ class RoutingService:
             chosen,
             forced is not None,
             str(run_id) if run_id is not None else None,
+            budget,
         )
+        if budget is not None:
+            metadata = {**(metadata or {}), "budget": budget}
         self._writes.record_decision(  # kept and retried if the store cannot be written
             DecisionRecord(
                 decision_id=decision.decision_id,
@@ -524,6 +584,93 @@ class RoutingService:
         )
         logger.debug("user %s -> %s (decision %s)", uid, chosen, decision.decision_id)
         return decision
+
+    def _budget_check(self, uid: str) -> BudgetCheck | None:
+        """The user's budgets before a call; a store that cannot be read routes without them."""
+        if not self.enforce_budgets or self._budgets is None:
+            return None
+        try:
+            return self._budgets.check(uid)
+        except StoreError as exc:
+            self._writes.failed("read spend budgets", exc)
+            logger.warning(
+                "spend budgets of user %s could not be read; routing without them: %s",
+                excerpt(uid),
+                exc,
+            )
+            return None
+
+    def _apply_budget(
+        self,
+        check: BudgetCheck,
+        names: Sequence[str],
+        emb: np.ndarray,
+        tok: np.ndarray,
+        arms: Sequence[ArmDescriptor],
+        pref: Preference,
+        routing: RoutingDecision,
+        forced: str | None,
+    ) -> tuple[str, RoutingDecision, dict[str, Any]]:
+        """Pace (or apply an exhausted budget's policy to) a routed call."""
+        unbudgeted = routing.model
+        data: dict[str, Any] = {**check.summary(), "cost_penalty": 0.0, "policy": None}
+        chosen = forced or routing.model
+        if check.exhausted is not None:
+            if forced is None:
+                chosen, why = policy_choice(
+                    check.exhausted.budget, list(names), routing.expected_costs_usd
+                )
+                data["policy"] = why
+        elif check.multiplier > 0:
+            tau = self.router.config.cost_scale_usd
+            costs = [min(routing.expected_costs_usd[n] / tau, 1.0) for n in names]
+            penalty = pacing_penalty(check.multiplier, costs)
+            if penalty > 0:
+                routing = self.router.route_embeddings(emb, tok, arms, pref, cost_penalty=penalty)[
+                    0
+                ]
+                data.update(cost_penalty=penalty, policy="paced")
+                chosen = forced or routing.model
+        data.update(
+            unbudgeted_model=unbudgeted, changed_choice=forced is None and chosen != unbudgeted
+        )
+        return chosen, routing, data
+
+    def _charge(self, did: str, decision: Decision | None, model: str, cost: float | None) -> None:
+        """Charge a finished call to its user's budgets (billed cost, else the estimate)."""
+        if self._budgets is None or not self.enforce_budgets:
+            return
+        if decision is not None:
+            if decision.budget is None:
+                return
+            uid = decision.user_id
+            estimate = decision.routing.expected_costs_usd.get(model)
+        else:  # only an id: the stored (or kept) decision says whether budgets applied
+            rec = self._writes.pending(did)
+            try:
+                rec = rec or self.store.get_decision(did)
+            except (FeedbackError, StoreError):
+                logger.warning("decision %s is unknown; its cost is not charged to budgets", did)
+                return
+            if "budget" not in rec.metadata:
+                return
+            uid, estimate = rec.user_id, rec.expected_cost_usd
+        charge = cost if cost is not None else estimate
+        if charge is None:
+            logger.warning("no cost known for decision %s; nothing charged to budgets", did)
+            return
+        try:
+            self._budgets.charge(did, uid, model, float(charge), is_estimate=cost is None)
+        except StoreError as exc:
+            self._writes.failed("charge a call to spend budgets", exc)
+            logger.error(
+                "the cost of decision %s (%.6f USD) could not be charged to the budgets of "
+                "user %s: %s",
+                did,
+                charge,
+                excerpt(uid),
+                exc,
+            )
 
     def complete(
         self,
@@ -550,6 +697,7 @@ class RoutingService:
             cost_usd if cost_usd is not None else self.cost_of(model, input_tokens, output_tokens)
         )
         self._writes.complete_decision(did, chosen=model, cost_usd=cost, fallbacks=tuple(fallbacks))
+        self._charge(did, decision if isinstance(decision, Decision) else None, model, cost)
         return cost
 
     def store_health(self) -> StoreHealth:

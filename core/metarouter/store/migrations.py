@@ -159,6 +159,78 @@ def _to_v2(conn: sa.Connection) -> None:
     )
 
 
+def _budget_tables_v3(md: sa.MetaData) -> list[sa.Table]:
+    """The spend-budget tables exactly as version 3 created them (frozen; never edit)."""
+    return [
+        sa.Table(
+            "metarouter_budgets",
+            md,
+            sa.Column("scope", sa.String(8), primary_key=True),
+            sa.Column("name", sa.String(128), primary_key=True),
+            sa.Column("usd", sa.Float, nullable=False),
+            sa.Column("period", sa.String(8), nullable=False),
+            sa.Column("starts_at", sa.Float, nullable=True),
+            sa.Column("ends_at", sa.Float, nullable=True),
+            sa.Column("on_exhausted", sa.String(8), nullable=False),
+            sa.Column("arm", sa.String(256), nullable=True),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        ),
+        sa.Table(
+            "metarouter_team_members",
+            md,
+            sa.Column("team", sa.String(128), primary_key=True),
+            sa.Column("user_id", sa.String(128), primary_key=True),
+            sa.Index("ix_metarouter_team_members_user", "user_id"),
+        ),
+        sa.Table(
+            "metarouter_budget_periods",
+            md,
+            sa.Column("scope", sa.String(8), primary_key=True),
+            sa.Column("name", sa.String(128), primary_key=True),
+            sa.Column("period_start", sa.Float, primary_key=True),
+            sa.Column("period_end", sa.Float, nullable=False),
+            sa.Column("spent_usd", sa.Float, nullable=False),
+            sa.Column("calls", sa.Integer, nullable=False),
+            sa.Column("estimated_calls", sa.Integer, nullable=False),
+            sa.Column("multiplier", sa.Float, nullable=False),
+            sa.Column("multiplier_area", sa.Float, nullable=False),
+            sa.Column("paced_at", sa.Float, nullable=False),
+        ),
+        sa.Table(
+            "metarouter_spend",
+            md,
+            sa.Column("spend_id", sa.String(32), primary_key=True),
+            sa.Column("user_id", sa.String(128), nullable=False),
+            sa.Column("model", sa.String(256), nullable=False),
+            sa.Column("cost_usd", sa.Float, nullable=False),
+            sa.Column("is_estimate", sa.Boolean, nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Index("ix_metarouter_spend_user_created", "user_id", "created_at"),
+        ),
+        sa.Table(
+            "metarouter_spend_charges",
+            md,
+            sa.Column(
+                "spend_id",
+                sa.String(32),
+                sa.ForeignKey("metarouter_spend.spend_id", ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            sa.Column("scope", sa.String(8), primary_key=True),
+            sa.Column("name", sa.String(128), primary_key=True),
+            sa.Column("period_start", sa.Float, nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Index("ix_metarouter_spend_charges_scope", "scope", "name", "created_at"),
+        ),
+    ]
+
+
+def _to_v3(conn: sa.Connection) -> None:
+    """Spend budgets: budgets, team members, per-period spend and pacing, the spend ledger."""
+    for table in _budget_tables_v3(sa.MetaData()):  # new tables only, in dependency order
+        table.create(conn)
+
+
 #: Ordered steps after the version-1 baseline (append only).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -167,6 +239,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "re-created never reuses a version a stale cache may hold; indexes on (user_id, "
         "created_at) and on the comparisons' decision ids (fast per-user reads and deletes).",
         _to_v2,
+    ),
+    Migration(
+        3,
+        "spend budgets (metarouter_budgets, metarouter_team_members, metarouter_budget_periods, "
+        "metarouter_spend, metarouter_spend_charges): per-scope budgets the router paces "
+        "against, and a ledger of charged calls. New tables only; existing rows are untouched.",
+        _to_v3,
     ),
 )
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 __all__ = ["SCHEMA_VERSION", "Tables", "define_tables"]
 
 #: Schema version this release reads and writes (see :mod:`metarouter.store.migrations`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ class Tables:
         decisions: Routing decisions.
         comparisons: Pairwise comparisons.
         cache: Cached preference state per (user, router).
+        budgets: Spend budgets per scope (see :mod:`metarouter.budgets`).
+        team_members: Which users make up each team.
+        budget_periods: Per budget and period: spend, calls and the pacing multiplier.
+        spend: The spend ledger: one row per charged call.
+        spend_charges: Which budgets (and periods) each charged call counted against.
     """
 
     metadata: sa.MetaData
@@ -40,6 +45,76 @@ class Tables:
     decisions: sa.Table
     comparisons: sa.Table
     cache: sa.Table
+    budgets: sa.Table
+    team_members: sa.Table
+    budget_periods: sa.Table
+    spend: sa.Table
+    spend_charges: sa.Table
+
+
+def budget_tables(md: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table, sa.Table]:
+    """The spend-budget tables (added by schema version 3) on ``md``."""
+    budgets = sa.Table(
+        "metarouter_budgets",
+        md,
+        sa.Column("scope", sa.String(8), primary_key=True),
+        sa.Column("name", sa.String(128), primary_key=True),
+        sa.Column("usd", sa.Float, nullable=False),
+        sa.Column("period", sa.String(8), nullable=False),
+        sa.Column("starts_at", sa.Float, nullable=True),
+        sa.Column("ends_at", sa.Float, nullable=True),
+        sa.Column("on_exhausted", sa.String(8), nullable=False),
+        sa.Column("arm", sa.String(256), nullable=True),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
+    team_members = sa.Table(
+        "metarouter_team_members",
+        md,
+        sa.Column("team", sa.String(128), primary_key=True),
+        sa.Column("user_id", sa.String(128), primary_key=True),
+        sa.Index("ix_metarouter_team_members_user", "user_id"),
+    )
+    budget_periods = sa.Table(
+        "metarouter_budget_periods",
+        md,
+        sa.Column("scope", sa.String(8), primary_key=True),
+        sa.Column("name", sa.String(128), primary_key=True),
+        sa.Column("period_start", sa.Float, primary_key=True),
+        sa.Column("period_end", sa.Float, nullable=False),
+        sa.Column("spent_usd", sa.Float, nullable=False),
+        sa.Column("calls", sa.Integer, nullable=False),
+        sa.Column("estimated_calls", sa.Integer, nullable=False),
+        sa.Column("multiplier", sa.Float, nullable=False),
+        sa.Column("multiplier_area", sa.Float, nullable=False),
+        sa.Column("paced_at", sa.Float, nullable=False),
+    )
+    spend = sa.Table(
+        "metarouter_spend",
+        md,
+        sa.Column("spend_id", sa.String(32), primary_key=True),
+        sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("model", sa.String(256), nullable=False),
+        sa.Column("cost_usd", sa.Float, nullable=False),
+        sa.Column("is_estimate", sa.Boolean, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Index("ix_metarouter_spend_user_created", "user_id", "created_at"),
+    )
+    spend_charges = sa.Table(
+        "metarouter_spend_charges",
+        md,
+        sa.Column(
+            "spend_id",
+            sa.String(32),
+            sa.ForeignKey("metarouter_spend.spend_id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("scope", sa.String(8), primary_key=True),
+        sa.Column("name", sa.String(128), primary_key=True),
+        sa.Column("period_start", sa.Float, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Index("ix_metarouter_spend_charges_scope", "scope", "name", "created_at"),
+    )
+    return budgets, team_members, budget_periods, spend, spend_charges
 
 
 def define_tables() -> Tables:
@@ -118,4 +193,4 @@ def define_tables() -> Tables:
         sa.Column("state", sa.Text, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
-    return Tables(md, schema, clock, users, decisions, comparisons, cache)
+    return Tables(md, schema, clock, users, decisions, comparisons, cache, *budget_tables(md))

@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 import sqlalchemy as sa
 
+from metarouter.budgets import Budget, BudgetState, Pacing, SpendRecord
 from metarouter.errors import (
     ConfigError,
     DependencyError,
@@ -890,8 +891,8 @@ class SQLStore(PreferenceStore):
     def export_user(self, user_id: str) -> Iterator[dict[str, Any]]:
         """Every stored row about the user, as JSON-ready dicts with a ``type`` key.
 
-        Types: ``user`` (the version), ``decision``, ``comparison``, ``preference_cache``; read
-        from one consistent snapshot.
+        Types: ``user`` (the version), ``decision``, ``comparison``, ``preference_cache``,
+        ``spend`` (charged calls), ``team_membership``; read from one consistent snapshot.
         """
         uid = validate_user_id(user_id)
         tables = (
@@ -899,6 +900,8 @@ class SQLStore(PreferenceStore):
             ("decision", self.tables.decisions),
             ("comparison", self.tables.comparisons),
             ("preference_cache", self.tables.cache),
+            ("spend", self.tables.spend),
+            ("team_membership", self.tables.team_members),
         )
 
         def converter(kind: str) -> Callable[[Any], dict[str, Any]]:
@@ -919,8 +922,9 @@ class SQLStore(PreferenceStore):
                             unreadable.append(key)  # kept as the stored text
                 if unreadable:
                     data["unreadable"] = unreadable
-                if "forced" in data:
-                    data["forced"] = bool(data["forced"])
+                for key in ("forced", "is_estimate"):
+                    if key in data:
+                        data[key] = bool(data[key])
                 return {"type": kind, **data}
 
             return convert
@@ -1012,8 +1016,17 @@ class SQLStore(PreferenceStore):
         def delete(conn: sa.Connection) -> int:
             self._tick(conn)  # serialise with comparison writers of any user
             n = 0
-            for table in (t.users, t.cache, t.comparisons, t.decisions):
+            for table in (t.users, t.cache, t.comparisons, t.decisions, t.team_members):
                 n += conn.execute(table.delete().where(table.c.user_id == uid)).rowcount
+            spent = sa.select(t.spend.c.spend_id).where(t.spend.c.user_id == uid)
+            n += conn.execute(
+                t.spend_charges.delete().where(t.spend_charges.c.spend_id.in_(spent))
+            ).rowcount
+            n += conn.execute(t.spend.delete().where(t.spend.c.user_id == uid)).rowcount
+            for table in (t.budgets, t.budget_periods):  # the user's own budget
+                n += conn.execute(
+                    table.delete().where(table.c.scope == "user", table.c.name == uid)
+                ).rowcount
             return n
 
         deleted = self._write(f"delete user {excerpt(uid)}", delete)
@@ -1234,6 +1247,133 @@ class SQLStore(PreferenceStore):
         logger.info("imported %s into %s", counts, self.url)
         return counts
 
+    # -- spend budgets (see metarouter.budgets and metarouter.store.spend) ---------------------
+    def set_budget(self, budget: Budget, *, now: float | None = None) -> None:
+        """Create or replace the budget of ``budget``'s scope (one transaction)."""
+        from metarouter.store import spend
+
+        at = time.time() if now is None else float(now)
+        self._write(
+            f"set the {budget.label()} budget",
+            lambda conn: spend.set_budget(conn, self.tables, budget, at),
+        )
+
+    def get_budget(self, scope: str, name: str) -> Budget | None:
+        """The budget of a scope, if set."""
+        from metarouter.store.spend import budget_from_row
+
+        b = self.tables.budgets
+        row = self._read(
+            "read a budget",
+            lambda conn: conn.execute(
+                sa.select(b).where(b.c.scope == scope, b.c.name == name)
+            ).first(),
+        )
+        return None if row is None else budget_from_row(row)
+
+    def budgets(self) -> list[Budget]:
+        """Every stored budget."""
+        from metarouter.store.spend import budget_from_row
+
+        b = self.tables.budgets
+        rows = self._read("list budgets", lambda conn: conn.execute(sa.select(b)).all())
+        return [budget_from_row(r) for r in rows]
+
+    def delete_budget(self, scope: str, name: str) -> bool:
+        """Remove a scope's budget and its period totals (the spend ledger stays)."""
+        from metarouter.store import spend
+
+        return self._write(
+            "delete a budget", lambda conn: spend.delete_budget(conn, self.tables, scope, name)
+        )
+
+    def reset_budget(self, scope: str, name: str, *, now: float | None = None) -> float:
+        """Start a budget's current period afresh; returns what it had spent.
+
+        Raises:
+            ConfigError: The scope has no budget.
+        """
+        from metarouter.store import spend
+
+        budget = self.get_budget(scope, name)
+        if budget is None:
+            raise ConfigError(
+                f"there is no {scope} budget for {excerpt(name)} to reset. Fix: check the "
+                "scope and name with `metarouter budget show`."
+            )
+        at = time.time() if now is None else float(now)
+        return self._write(
+            f"reset the {budget.label()} budget",
+            lambda conn: spend.reset_budget(conn, self.tables, budget, at),
+        )
+
+    def set_team(self, team: str, members: Sequence[str]) -> None:
+        """Replace the members of ``team`` (an empty list removes it)."""
+        from metarouter.store import spend
+
+        users = [validate_user_id(m) for m in members]
+        self._write(
+            f"set the members of team {excerpt(team)}",
+            lambda conn: spend.set_team(conn, self.tables, team, users),
+        )
+
+    def teams(self) -> dict[str, list[str]]:
+        """Every team and its members."""
+        m = self.tables.team_members
+        rows = self._read(
+            "list teams",
+            lambda conn: conn.execute(sa.select(m).order_by(m.c.team, m.c.user_id)).all(),
+        )
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            out.setdefault(row.team, []).append(row.user_id)
+        return out
+
+    def budget_states(
+        self, user_id: str | None, *, now: float | None = None, pacing: Pacing | None = None
+    ) -> list[BudgetState]:
+        """The active budgets (of ``user_id``, or all) and their current period.
+
+        With ``pacing``, a period without a charge yet shows the multiplier it inherits.
+        """
+        from metarouter.store import spend
+
+        at = time.time() if now is None else float(now)
+        uid = None if user_id is None else validate_user_id(user_id)
+        return self._read(
+            "read budgets", lambda conn: spend.budget_states(conn, self.tables, uid, at, pacing)
+        )
+
+    def record_spend(self, record: SpendRecord, *, pacing: Pacing) -> list[BudgetState]:
+        """Charge one call to its user's active budgets, atomically; returns their new states.
+
+        Nothing is written when no budget applies. Retried on PostgreSQL serialisation
+        failures and deadlocks like every write.
+
+        Raises:
+            StoreError: The spend id is already charged, or the database failed.
+        """
+        from metarouter.store import spend
+
+        validate_user_id(record.user_id)
+        validate_model_name(record.model)
+        check_usd("the charged cost", record.cost_usd)
+        return self._write(
+            f"charge call {record.spend_id}",
+            lambda conn: spend.record_spend(conn, self.tables, record, pacing),
+        )
+
+    def spend_history(
+        self, scope: str, name: str, *, since: float | None = None, until: float | None = None
+    ) -> list[SpendRecord]:
+        """The calls charged to a scope's budget, oldest first."""
+        from metarouter.store import spend
+
+        return self._read(
+            "read the spend ledger",
+            lambda conn: spend.spend_history(conn, self.tables, scope, name, since, until),
+        )
+
     # -- inspection -----------------------------------------------------------------------------
     def users(self) -> list[str]:
         """All users with decisions or comparisons."""
@@ -1261,6 +1401,8 @@ class SQLStore(PreferenceStore):
                 "decisions": n(t.decisions),
                 "comparisons": n(t.comparisons),
                 "cached_preferences": n(t.cache),
+                "budgets": n(t.budgets),
+                "charged_calls": n(t.spend),
             }
 
         counts = self._read("count rows", count)
