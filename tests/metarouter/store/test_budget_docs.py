@@ -26,7 +26,7 @@ def test_the_budget_commands_run_in_order(tmp_path, monkeypatch):
     commands = [c for c in _commands() if " simulate" not in c]
     assert len(commands) >= 8
     for command in commands:
-        args = shlex.split(command)[1:] + ["--store", "prefs.db"]
+        args = [*shlex.split(command)[1:], "--store", "prefs.db"]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, f"{command}: {result.output} {result.exception!r}"
     assert (tmp_path / "research.png").is_file()
