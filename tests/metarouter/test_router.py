@@ -142,7 +142,13 @@ def test_descriptor_from_price_and_like(default_router):
     flat = default_router.describe("mystery", Price(1.0, 2.0), quality=0.6)
     assert np.allclose(flat.capability, 0.6)
     d = default_router.route("hello", [arm, flat])
-    assert d.model in {"my-gemma-clone", "mystery"}
+    assert d.predicted_quality["mystery"] == pytest.approx(0.6, abs=0.05)
+    assert d.expected_costs_usd["mystery"] > 10 * d.expected_costs_usd["my-gemma-clone"]
+    assert d.model == "my-gemma-clone"  # +0.12 expected quality is not worth 20x the price
+    twin = default_router.route("hello", [arm, "gemma-2-9b-it"])
+    assert twin.predicted_quality["my-gemma-clone"] == pytest.approx(
+        twin.predicted_quality["gemma-2-9b-it"], abs=1e-6
+    )
 
 
 def test_save_and_load_reproduce_decisions_exactly(
