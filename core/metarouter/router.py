@@ -454,11 +454,16 @@ class MetaRouter:
 
     def novelty(self, embeddings: np.ndarray) -> float:
         """How unlike the training queries these queries are, in [0, 1] (see :mod:`.novelty`)."""
+        reference = self._reference_embeddings()
+        if len(reference) == 0:
+            return 0.0
+        return self.config.novelty_model().traffic_novelty(embeddings, reference)
+
+    def _reference_embeddings(self) -> np.ndarray:
+        """The saved sample of training-query embeddings (novelty's reference), read once."""
         if self._reference is None:
             self._reference = self.model.reference.detach().float().cpu().numpy()
-        if len(self._reference) == 0:
-            return 0.0
-        return self.config.novelty_model().traffic_novelty(embeddings, self._reference)
+        return self._reference
 
     def prior(self, novelty: float = 0.0) -> Preference:
         """The preference of a user with no comparisons yet.
@@ -582,6 +587,24 @@ class MetaRouter:
         )
         return emb, tokens
 
+    def _estimates(
+        self,
+        embeddings: np.ndarray,
+        tokens: np.ndarray,
+        arms: Sequence[ArmDescriptor],
+        preference: Preference,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Quality logits, expected USD cost and normalised cost, each (M, K), of ``arms``.
+
+        The costs include the user's cost calibration (``preference``'s cost factors).
+        """
+        at = self._candidate_tensors(arms)
+        factor = np.asarray([preference.cost_factor_for(a.name) for a in arms])
+        tok = np.asarray(tokens, np.float64).reshape(-1)
+        usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * tok[:, None]) * factor[None]
+        cost = np.minimum(usd / self.config.cost_scale_usd, 1.0)
+        return self._logits(embeddings, usd, arms), usd, cost
+
     def _logits(
         self, embeddings: np.ndarray, usd: np.ndarray, arms: Sequence[ArmDescriptor]
     ) -> np.ndarray:
@@ -619,11 +642,7 @@ class MetaRouter:
         at = self._candidate_tensors(arms)
         names = [a.name for a in arms]
         pref = preference if preference is not None else self.prior()
-        factor = np.asarray([pref.cost_factor_for(n) for n in names])
-        tok = np.asarray(tokens, np.float64).reshape(-1)
-        usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * tok[:, None]) * factor[None]
-        logits = self._logits(emb, usd, arms)
-        cost = np.minimum(usd / self.config.cost_scale_usd, 1.0)
+        logits, usd, cost = self._estimates(emb, tokens, arms, pref)
         if preference is not None:
             util, quality = pref.posterior.expected_utility(logits, at.base, cost, names)
         else:  # a new user: each query's own novelty sets the regime odds
@@ -683,13 +702,12 @@ class MetaRouter:
         familiar, novel = self.prior(0.0), self.prior(1.0)
         u0, q0 = familiar.posterior.expected_utility(logits, base, cost, names)
         u1, q1 = novel.posterior.expected_utility(logits, base, cost, names)
-        if self._reference is None:
-            self._reference = self.model.reference.detach().float().cpu().numpy()
-        if len(self._reference) == 0:
+        reference = self._reference_embeddings()
+        if len(reference) == 0:
             return u0, q0
         model = self.config.novelty_model()
         w0, w1 = familiar.novel_share, novel.novel_share
-        share = np.clip(model.probability(emb, self._reference), REGIME_FLOOR, 1 - REGIME_FLOOR)
+        share = np.clip(model.probability(emb, reference), REGIME_FLOOR, 1 - REGIME_FLOOR)
         t = ((share - w0) / (w1 - w0))[:, None]
         return u0 + t * (u1 - u0), q0 + t * (q1 - q0)
 
@@ -819,15 +837,8 @@ class MetaRouter:
         pref = preference if preference is not None else self.prior(self.novelty(t_emb))
         at = self._candidate_tensors(arms)
         names = [a.name for a in arms]
-        factor = np.asarray([pref.cost_factor_for(n) for n in names])
-        tau = self.config.cost_scale_usd
-
-        def estimates(e: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            usd = (at.cost_terms[None, :, 0] + at.cost_terms[None, :, 1] * t[:, None]) * factor
-            return self._logits(e, usd, arms), np.minimum(usd / tau, 1.0)
-
-        c_logits, c_cost = estimates(emb, tok)
-        t_logits, t_cost = estimates(t_emb, np.asarray(t_tok, np.float64).reshape(-1))
+        c_logits, _, c_cost = self._estimates(emb, tok, arms, pref)
+        t_logits, _, t_cost = self._estimates(t_emb, t_tok, arms, pref)
         pairs = [(i, j) for i in range(len(arms)) for j in range(i + 1, len(arms))]
         values = comparison_value(
             pref.posterior,
