@@ -485,6 +485,7 @@ class Budgets:
 
     @staticmethod
     def _scope(user: str | None, team: str | None, app: bool) -> tuple[Scope, str]:
+        """The one scope named, with its checked name."""
         given = [x for x in (user is not None, team is not None, bool(app)) if x]
         if len(given) != 1:
             raise ConfigError(
@@ -492,9 +493,9 @@ class Budgets:
                 "(--user, --team or --app on the command line)."
             )
         if user is not None:
-            return "user", user
+            return "user", _check_name("user", user)
         if team is not None:
-            return "team", team
+            return "team", _check_name("team", team)
         return "app", APP
 
     def get(
@@ -502,7 +503,7 @@ class Budgets:
     ) -> Budget | None:
         """The budget of one scope, if set."""
         scope, name = self._scope(user, team, app)
-        return self.store.get_budget(scope, _check_name(scope, name))
+        return self.store.get_budget(scope, name)
 
     def list_budgets(self) -> list[Budget]:
         """Every budget, most specific scope first."""
@@ -513,7 +514,7 @@ class Budgets:
     ) -> bool:
         """Remove the budget of one scope (its spend history stays); whether there was one."""
         scope, name = self._scope(user, team, app)
-        return self.store.delete_budget(scope, _check_name(scope, name))
+        return self.store.delete_budget(scope, name)
 
     def reset(
         self, *, user: str | None = None, team: str | None = None, app: bool = False
@@ -523,7 +524,7 @@ class Budgets:
         The ledger keeps the charged calls, so reports still show them.
         """
         scope, name = self._scope(user, team, app)
-        return self.store.reset_budget(scope, _check_name(scope, name), now=self.clock())
+        return self.store.reset_budget(scope, name, now=self.clock())
 
     def set_team(self, team: str, members: Sequence[str]) -> None:
         """Make ``members`` the users of ``team`` (replacing its members)."""
@@ -572,7 +573,7 @@ class Budgets:
     ) -> list[SpendRecord]:
         """The calls charged to one scope's budget, oldest first."""
         scope, name = self._scope(user, team, app)
-        return self.store.spend_history(scope, _check_name(scope, name), since=since, until=until)
+        return self.store.spend_history(scope, name, since=since, until=until)
 
     def report(
         self,
@@ -593,7 +594,6 @@ class Budgets:
         from metarouter.spend_report import spend_report
 
         scope, name = self._scope(user, team, app)
-        name = _check_name(scope, name)
         rows = self.store.spend_history(scope, name, since=since, until=until)
         budget = self.store.get_budget(scope, name)
         return spend_report(scope, name, budget, rows, plot=plot, now=self.clock())
