@@ -29,6 +29,15 @@ app.add_typer(data_app, name="data")
 
 console = Console()
 
+EmbedderOption = Annotated[
+    str,
+    typer.Option(
+        "--embedder",
+        help="Embedding backend the router is trained for: minilm-torch (all-MiniLM-L6-v2 on "
+        "torch) or static (a table distilled from it; ~100x faster). See docs/benchmarks.md.",
+    ),
+]
+
 DataOption = Annotated[
     Path | None,
     typer.Option(
@@ -145,6 +154,7 @@ def train(
             "--init", help="With --from-feedback: router to start from (default: bundled)."
         ),
     ] = None,
+    embedder: EmbedderOption = "minilm-torch",
 ) -> None:
     """Meta-train a router on an outcome log and write it with a training report.
 
@@ -185,7 +195,8 @@ def train(
     console.print(
         f"training on {table.name}: {len(matrix):,} queries x {len(matrix.models)} models"
     )
-    embeddings = Embedder(cache=True).encode(list(matrix.queries), progress=True)
+    encoder = Embedder(embedder, cache=True)
+    embeddings = encoder.encode(list(matrix.queries), progress=True)
     command = "metarouter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prices = llmrouter_prices() if table.name == "llmrouter" else None
     result = train_router(
@@ -194,6 +205,7 @@ def train(
         training=training,
         prices=prices,
         description=f"{table.name} {sorted(set(matrix.splits))}; {command}",
+        embedder=encoder.spec,
     )
     result.router.save_pretrained(out)
     paths = write_training_report(
@@ -206,6 +218,7 @@ def train(
             "models": list(matrix.models),
             "seed": seed,
             "steps": steps,
+            "embedder": encoder.spec.name,
         },
     )
     best = min(result.history["val_regret"])
@@ -333,6 +346,7 @@ def evaluate(
             help="With --data FILE: task families left out of training for the OOD split.",
         ),
     ] = None,
+    embedder: EmbedderOption = "minilm-torch",
 ) -> None:
     """Evaluate MetaRouter against the baselines (docs/method.md protocol).
 
@@ -350,6 +364,7 @@ def evaluate(
     cfg = EvalConfig.quick() if quick else EvalConfig(seeds=tuple(range(seeds)), train_steps=steps)
     if dataset:
         cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
+    cfg = dataclasses.replace(cfg, embedder=embedder)
     if data is not None and Path(data).is_file():  # a user's own outcome table
         cfg = dataclasses.replace(
             cfg, datasets=(str(data),), ood_tasks=tuple(ood_task or ()), splits=("ID", "OOD")

@@ -32,7 +32,12 @@ class MetaRouterConfig:
     architecture arguments).
 
     Attributes:
-        embedding_dim: Query embedding size (all-MiniLM-L6-v2: 384).
+        embedding_dim: Query embedding size (``minilm-torch``: 384, ``static``: 256).
+        embedder: The embedding backend the router was trained for (one of
+            :data:`metarouter.embeddings.EMBEDDERS`; routers saved before backends existed
+            were trained for ``minilm-torch``, the default).
+        embedder_fingerprint: The embedder weights' identity at training time (package
+            version or table hash; empty: not recorded). A different one is logged as a warning.
         n_prototypes: Regions of query space used by arm capability profiles.
         prototype_temperature: Softmax temperature of region membership.
         query_dim: Size of the learned query projection.
@@ -57,6 +62,8 @@ class MetaRouterConfig:
     """
 
     embedding_dim: int = 384
+    embedder: str = "minilm-torch"
+    embedder_fingerprint: str = ""
     n_prototypes: int = 32
     prototype_temperature: float = 0.05
     query_dim: int = 16
@@ -92,6 +99,13 @@ class MetaRouterConfig:
             ),
         )
         object.__setattr__(self, "catalog", tuple(self.catalog))
+        from metarouter.embedding_backends import EMBEDDERS
+
+        if self.embedder not in EMBEDDERS:
+            raise ConfigError(
+                f"embedder must be one of {list(EMBEDDERS)}, got {self.embedder!r}; the router "
+                "was saved by a newer metarouter, install that version."
+            )
         if self.policy not in ("structured", "mlp"):
             raise ConfigError(f"policy must be 'structured' or 'mlp', got {self.policy!r}.")
 

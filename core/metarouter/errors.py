@@ -13,6 +13,7 @@ __all__ = [
     "DataError",
     "DependencyError",
     "DispatchError",
+    "EmbedderMismatchError",
     "FeedbackError",
     "MetaRouterError",
     "ModelLoadError",
@@ -28,6 +29,14 @@ class MetaRouterError(Exception):
 
 class ConfigError(MetaRouterError, ValueError):
     """An argument or configuration value is invalid."""
+
+
+class EmbedderMismatchError(ConfigError):
+    """A router is used with another embedder than the one it was trained for.
+
+    Its vectors mean something else to the router: use the embedder its config names, or
+    retrain the router for this one (``metarouter train --embedder NAME``).
+    """
 
 
 class DataError(MetaRouterError, ValueError):

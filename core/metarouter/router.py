@@ -39,7 +39,7 @@ from metarouter.arms import ArmDescriptor, CostModel
 from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
 from metarouter.embeddings import Embedder
-from metarouter.errors import ConfigError, ModelLoadError, UnknownArmError
+from metarouter.errors import ConfigError, EmbedderMismatchError, ModelLoadError, UnknownArmError
 from metarouter.posterior import (
     REGIME_FLOOR,
     ComparisonData,
@@ -204,6 +204,41 @@ def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
         )
 
 
+def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
+    """Raise if ``embedder`` is not the backend ``config`` was trained for.
+
+    Objects without a backend ``name`` (e.g. a table of precomputed vectors in a benchmark)
+    are trusted. A different weights fingerprint with the same backend only logs a warning
+    (e.g. a newer release of the weights package).
+
+    Raises:
+        EmbedderMismatchError: Another backend or vector size.
+    """
+    name = getattr(embedder, "name", None)
+    if name is None:
+        return
+    dim = getattr(embedder, "dim", None)
+    if name != config.embedder or (dim is not None and dim != config.embedding_dim):
+        raise EmbedderMismatchError(
+            f"this router was trained for the {config.embedder!r} embedder "
+            f"({config.embedding_dim}-d vectors) but is given the {name!r} embedder ({dim}-d). "
+            f"Fix: build it with Embedder({config.embedder!r}) (or pass no embedder, and the "
+            "router makes the right one), or retrain the router for this embedder: "
+            f"`metarouter train --embedder {name} ...`."
+        )
+    if config.embedder_fingerprint:
+        spec = getattr(embedder, "spec", None)
+        found = getattr(spec, "fingerprint", None)
+        if found and found != config.embedder_fingerprint:
+            logger.warning(
+                "the %s embedder's weights (%s) differ from the ones this router was trained "
+                "with (%s); routing quality may differ. Retrain to silence this.",
+                name,
+                found,
+                config.embedder_fingerprint,
+            )
+
+
 def default_router_dir() -> Path:
     """Folder of the router bundled with the package (trained on the bundled LLMRouter data)."""
     return Path(str(resources.files("metarouter") / "weights" / "default"))
@@ -215,7 +250,9 @@ class MetaRouter:
     Args:
         model: The trained network.
         catalog: Descriptors of the arms known at training time.
-        embedder: Query embedder (default: a new all-MiniLM-L6-v2 :class:`Embedder`).
+        embedder: Query embedder (default: a new :class:`Embedder` of the backend the router
+            was trained for, ``config.embedder``). Another backend is an
+            :class:`~metarouter.errors.EmbedderMismatchError`.
 
     References:
         Zeng, Tang, Ding (2026), "Learning to Route LLMs from Implicit Cost-Performance
@@ -231,6 +268,8 @@ class MetaRouter:
         self.model = model.eval()
         self.config: MetaRouterConfig = model.config
         self.catalog: dict[str, ArmDescriptor] = {a.name: a for a in catalog}
+        if embedder is not None:
+            check_embedder(self.config, embedder)
         self._embedder = embedder
         self._cache_lock = threading.Lock()
         self._arm_tensors: OrderedDict[tuple[int, ...], _ArmTensors] = OrderedDict()
@@ -248,8 +287,25 @@ class MetaRouter:
     def embedder(self) -> Embedder:
         """The query embedder (created on first use)."""
         if self._embedder is None:
-            self._embedder = Embedder()
+            self._embedder = Embedder(self.config.embedder)
         return self._embedder
+
+    @embedder.setter
+    def embedder(self, embedder: Embedder) -> None:
+        check_embedder(self.config, embedder)
+        self._embedder = embedder
+
+    def warmup(self) -> None:
+        """Load the embedder's weights and run one query through embedding and policy now.
+
+        Call it at start-up so the first routed call does not pay for loading (see
+        docs/benchmarks.md for the first-call times it removes).
+        """
+        self.embedder.warmup()
+        emb = self.embedder.encode_one("warm up")
+        arms = list(self.catalog.values())[:2]
+        if arms:
+            self.route_embeddings(emb[None, :], np.ones(1), arms, self.prior())
 
     @classmethod
     def default(cls, embedder: Embedder | None = None) -> MetaRouter:

@@ -34,6 +34,7 @@ import torch
 from metarouter.arms import ArmDescriptor, CostModel, Prototypes, fit_cost_model
 from metarouter.calibration import AdaptationFit
 from metarouter.config import MetaRouterConfig, TrainingConfig
+from metarouter.embedding_backends import DEFAULT_EMBEDDER, MINILM_DIM, EmbedderSpec
 from metarouter.data.table import OutcomeMatrix
 from metarouter.episodes import Episode, EpisodeData, EpisodeSampler
 from metarouter.errors import ConfigError
@@ -212,18 +213,22 @@ def train_router(
     tau: float | None = None,
     progress: bool = True,
     description: str = "",
+    embedder: EmbedderSpec | None = None,
 ) -> TrainingResult:
     """Meta-train a router on an outcome matrix (all its queries are training queries).
 
     Args:
         matrix: Outcomes of the training split (queries x arms).
-        embeddings: (n, 384) embeddings of ``matrix.queries`` (see :class:`~metarouter.Embedder`).
+        embeddings: (n, dim) embeddings of ``matrix.queries`` by ``embedder`` (see
+            :class:`~metarouter.Embedder`).
         model_config: Architecture (``cost_scale_usd`` and ``catalog`` are filled in).
         training: Hyper-parameters.
         prices: Published prices per arm; arms without one get a cost model fitted to logs.
         tau: Cost scale in USD (default: :func:`cost_scale` of the training costs).
         progress: Show a progress bar.
         description: Provenance recorded in the config (dataset, command).
+        embedder: The embedder that made ``embeddings`` (``Embedder(...).spec``), recorded in
+            the config so the router is only ever used with it (default: ``minilm-torch``).
 
     Returns:
         The trained router (best validation weights) and its training history.
@@ -237,6 +242,13 @@ def train_router(
         raise ConfigError(f"{len(matrix)} queries but {len(embeddings)} embeddings.")
     if len(matrix.models) < 2:
         raise ConfigError("training needs outcomes of at least two models.")
+    spec = embedder or EmbedderSpec(DEFAULT_EMBEDDER, MINILM_DIM, "")
+    if embeddings.ndim != 2 or embeddings.shape[1] != spec.dim:
+        raise ConfigError(
+            f"embeddings of shape {embeddings.shape} but the {spec.name!r} embedder makes "
+            f"{spec.dim}-d vectors. Fix: embed the queries with Embedder({spec.name!r}) and "
+            "pass its .spec as embedder=."
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
@@ -251,6 +263,9 @@ def train_router(
             "cost_scale_usd": tau,
             "catalog": tuple(matrix.models),
             "training_data": description,
+            "embedding_dim": spec.dim,
+            "embedder": spec.name,
+            "embedder_fingerprint": spec.fingerprint,
         }
     )
     val_idx, train_idx = _validation_split(len(matrix), cfg, rng)

@@ -336,7 +336,8 @@ def run_simulation(
     if router is None:
         from metarouter.embeddings import Embedder
 
-        router = MetaRouter.default(embedder=Embedder(cache=True))
+        router = MetaRouter.default()
+        router.embedder = Embedder(router.config.embedder, cache=True)
     matrix = load_dataset("llmrouter").to_matrix()
     pool, train = matrix.split("test"), matrix.split("train")
     start = MONTH_START

@@ -14,7 +14,7 @@ import numpy as np
 
 from metarouter.config import TrainingConfig
 from metarouter.data import OutcomeMatrix, llmrouter_prices, load_dataset, load_outcomes
-from metarouter.embeddings import Embedder
+from metarouter.embeddings import DEFAULT_EMBEDDER, Embedder, EmbedderSpec
 from metarouter.errors import ConfigError
 from metarouter.evaluation.active import ActiveFeedback
 from metarouter.evaluation.baselines import (
@@ -70,6 +70,8 @@ class EvalConfig:
             Per-user routing works on small tensors, where one thread is about 1.5x faster
             than two on this project's 2-core reference machine; router training keeps
             torch's setting.
+        embedder: The embedding backend (queries, trained routers and the baselines' vectors);
+            trained routers are cached per backend.
     """
 
     datasets: tuple[str, ...] = ("routerbench", "llmrouter")
@@ -84,6 +86,7 @@ class EvalConfig:
     ood_tasks: tuple[str, ...] = ()
     threads: int = 1
     active: bool = True
+    embedder: str = DEFAULT_EMBEDDER
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -121,7 +124,7 @@ def _methods(routers: dict[str, MetaRouter]) -> list[Method]:
 
 
 def _train_routers(
-    settings: list[Setting], cfg: EvalConfig, out: Path, progress: bool
+    settings: list[Setting], cfg: EvalConfig, out: Path, progress: bool, embedder: EmbedderSpec
 ) -> tuple[dict[str, MetaRouter], dict[str, Any]]:
     from metarouter.report import write_training_report
     from metarouter.training import train_router
@@ -139,9 +142,10 @@ def _train_routers(
             "tau": s.tau,
             "steps": cfg.train_steps,
             "format": 3,  # routers of earlier training code retrain
+            "embedder": f"{embedder.name}:{embedder.dim}:{embedder.fingerprint}",
         }
         stamp_file = folder / "eval_stamp.json"
-        if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        if stamp_file.is_file() and _stamp_of(stamp_file, embedder) == stamp:
             routers[key] = MetaRouter.from_pretrained(folder)
             info[key] = json.loads((folder / "training.json").read_text())["seconds"]
             logger.info("reusing trained router %s", folder)
@@ -155,6 +159,7 @@ def _train_routers(
             training=TrainingConfig(steps=cfg.train_steps),
             progress=progress,
             description=f"metarouter eval: {key}",
+            embedder=embedder,
         )
         result.router.save_pretrained(folder)
         write_training_report(result, folder)
@@ -162,6 +167,14 @@ def _train_routers(
         routers[key] = result.router
         info[key] = round(result.seconds, 1)
     return routers, info
+
+
+def _stamp_of(stamp_file: Path, embedder: EmbedderSpec) -> Any:
+    """A cached router's stamp; stamps written before backends existed mean minilm-torch."""
+    stored = json.loads(stamp_file.read_text())
+    if isinstance(stored, dict) and "embedder" not in stored and embedder.name == DEFAULT_EMBEDDER:
+        stored["embedder"] = f"{embedder.name}:{embedder.dim}:{embedder.fingerprint}"
+    return stored
 
 
 def _dataset(
@@ -214,7 +227,7 @@ def run_evaluation(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plans = plans or default_plans()
-    embedder = Embedder(cache=True)
+    embedder = Embedder(cfg.embedder, cache=True)
     settings: list[Setting] = []
     for name in cfg.datasets:
         matrix, plan = _dataset(name, data, plans, cfg.ood_tasks)
@@ -245,7 +258,7 @@ def run_evaluation(
             max_train=cfg.max_train,
             max_test=cfg.max_test,
         )
-    routers, train_seconds = _train_routers(settings, cfg, out, progress)
+    routers, train_seconds = _train_routers(settings, cfg, out, progress, embedder.spec)
     from metarouter.training import torch_threads
 
     scoring_start = time.perf_counter()
@@ -293,6 +306,8 @@ def run_evaluation(
         "router_training_seconds": train_seconds,
         "scoring_seconds": round(scoring_seconds, 1),
         "scoring_threads": cfg.threads,
+        "embedder": embedder.spec.name,
+        "embedder_fingerprint": embedder.spec.fingerprint,
         "versions": _versions(),
         "normalisation": "cost scaled by [cheapest, dearest] single-model mean cost on the "
         "setting's test queries, quality by [0, 1], reference point (1, 0); "
