@@ -1,7 +1,8 @@
 """Child process of the benchmark: import the LangChain adapter, route one call, report JSON.
 
 Run as ``python benchmarks/_one_call.py STORE_PATH`` (``import`` as the second argument stops
-after the import). The candidates are LangChain's scripted ``FakeListChatModel``s, so no
+after the import; a router folder as the second argument routes with that router instead of
+the bundled one). The candidates are LangChain's scripted ``FakeListChatModel``s, so no
 network is used. Peak RSS is the process's own high-water mark, ``VmHWM`` of
 ``/proc/self/status`` (``ru_maxrss`` would not do: Linux carries it over from the parent
 benchmark process across fork and exec).
@@ -39,7 +40,13 @@ def main() -> None:
     from metarouter.store.sql import SQLStore
 
     start = time.perf_counter()
+    router = None
+    if len(sys.argv) > 2:
+        from metarouter.router import MetaRouter
+
+        router = MetaRouter.from_pretrained(sys.argv[2])
     chat = langchain_metarouter.MetaRouterChat(
+        router=router,
         candidates={
             "gemma-2-9b-it": FakeListChatModel(responses=["4"]),
             "llama-3.1-nemotron-51b-instruct": FakeListChatModel(responses=["Four."]),
@@ -52,6 +59,8 @@ def main() -> None:
     start = time.perf_counter()
     answer = chat.invoke("What is 2 + 2?")
     out["first_call_s"] = time.perf_counter() - start
+    out["torch_after_first_call"] = "torch" in sys.modules
+    out["sentence_transformers_after_first_call"] = "sentence_transformers" in sys.modules
     start = time.perf_counter()
     chat.invoke("What is 3 + 3?")
     out["second_call_s"] = time.perf_counter() - start

@@ -13,7 +13,37 @@ TARGETS = {
     "throughput": "Batched throughput >= 400 routed queries/s",
     "rss": "Peak RSS of the one-call process < 700 MB",
     "baselines": "MetaRouter's per-call overhead <= 1.5x the fastest learned baseline's",
+    "b_overhead": "Issue 16: routing overhead (lookup + embedding + policy), short prompt, "
+    "p50 <= 2 ms",
+    "b_throughput": "Issue 16: batched routing (`route_batch`, policy included) >= 2,000 "
+    "routes/s on the bundled prompts (mixed lengths)",
+    "b_first_call": "Issue 16: first call in a fresh process <= 1.5 s after import",
+    "b_rss": "Issue 16: peak RSS of a one-call process < 500 MB",
 }
+
+#: The backend the bundled router is trained for (the default), per the run's results.
+_DEFAULT = "default_backend"
+
+
+def _backend_figures(entry: dict[str, Any]) -> dict[str, float]:
+    """Per-backend headline figures from the run's ``backends`` section."""
+    calls = entry["process"]
+    size = entry["batch_size"]
+    return {
+        "total": entry["per_call"]["routing_total"]["p50_ms"],
+        "total_p95": entry["per_call"]["routing_total"]["p95_ms"],
+        "lookup": entry["per_call"]["lookup"]["p50_ms"],
+        "embedding": entry["per_call"]["embedding"]["p50_ms"],
+        "policy": entry["per_call"]["policy"]["p50_ms"],
+        "qps": size / (entry["batch"]["p50_ms"] / 1e3),
+        "import": statistics.median(r["import_s"] for r in calls),
+        "construct": statistics.median(r["construct_s"] for r in calls),
+        "first_call": statistics.median(r["first_call_s"] for r in calls),
+        "second_call": statistics.median(r["second_call_s"] for r in calls),
+        "rss": max(r["peak_rss_mb"] for r in calls),
+        "torch": any(r.get("torch_after_first_call") for r in calls),
+        "st": any(r.get("sentence_transformers_after_first_call") for r in calls),
+    }
 
 
 def _get(results: dict[str, Any], *path: str) -> Any:
@@ -105,6 +135,42 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "rss",
             f"{rss:.0f} MB (max of {len(results['process']['one_call'])} processes)",
             rss < 700,
+        )
+    b = results.get("backends")
+    if b:
+        default = b.get(_DEFAULT, "minilm-torch")
+        figs = {n: _backend_figures(b[n]) for n in b["backends"]}
+        d = figs[default]
+
+        def per(fmt: str, key: str) -> str:
+            return "; ".join(f"{n}: {fmt.format(f[key])}" for n, f in figs.items())
+
+        add(
+            "b_overhead",
+            f"{d['total']:.2f} ms with the default backend ({default})",
+            d["total"] <= 2.0,
+            "per backend: " + per("{:.2f} ms", "total"),
+        )
+        add(
+            "b_throughput",
+            f"{d['qps']:,.0f} routes/s with the default backend ({default})",
+            d["qps"] >= 2000,
+            "per backend: " + per("{:,.0f}/s", "qps"),
+        )
+        first = d["construct"] + d["first_call"]
+        add(
+            "b_first_call",
+            f"{first:.2f} s with the default backend ({default}): building `MetaRouterChat` "
+            f"{d['construct']:.2f} s + first call {d['first_call']:.2f} s",
+            first <= 1.5,
+            "per backend (build + first call): "
+            + "; ".join(f"{n}: {f['construct'] + f['first_call']:.2f} s" for n, f in figs.items()),
+        )
+        add(
+            "b_rss",
+            f"{d['rss']:.0f} MB with the default backend ({default})",
+            d["rss"] < 500,
+            "per backend: " + per("{:.0f} MB", "rss"),
         )
     fastest = _fastest_baseline(results)
     meta = _get(results, "baselines", "MetaRouter (K5)", "total", "p50_ms")
@@ -327,6 +393,86 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _backends_section(results: dict[str, Any]) -> list[str]:
+    """The per-backend table (issue 16) and the thread table under load."""
+    b = results["backends"]
+    figs = {n: _backend_figures(b[n]) for n in b["backends"]}
+    names = list(figs)
+    lines = [
+        "## Embedding backends (issue 16)",
+        "",
+        "Each backend in the same run: a router trained for it (the bundled one for the "
+        "default backend; for the other a router trained 30 steps on the bundled LLMRouter "
+        "training split, for timing only: same architecture, same work per call), one user "
+        "with 6 comparisons cached by the `RoutingService`, five candidates (K5). Per call: "
+        "new short prompts (20-100 characters). Batched: `route_batch` on batches of "
+        f"{b[names[0]]['batch_size']} bundled LLMRouter prompts as they come (mixed lengths). "
+        "Fresh processes: `import langchain_metarouter`, build `MetaRouterChat` over two "
+        "scripted candidates (loads the router and the store), route one call "
+        "([`benchmarks/_one_call.py`](../benchmarks/_one_call.py)); peak RSS is `VmHWM`.",
+        "",
+        "| | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    rows = (
+        ("vector size", lambda n, f: str(b[n]["dim"])),
+        ("router", lambda n, f: b[n]["router"]),
+        ("per call: preference lookup p50 (ms)", lambda n, f: f"{f['lookup']:.3f}"),
+        ("per call: embedding p50 (ms)", lambda n, f: f"{f['embedding']:.3f}"),
+        ("per call: policy p50 (ms)", lambda n, f: f"{f['policy']:.3f}"),
+        ("**per call: routing total p50 (ms)**", lambda n, f: f"**{f['total']:.3f}**"),
+        ("per call: routing total p95 (ms)", lambda n, f: f"{f['total_p95']:.3f}"),
+        ("**batched: routes/s (p50 batch)**", lambda n, f: f"**{f['qps']:,.0f}**"),
+        ("fresh process: import of `langchain_metarouter` (s)", lambda n, f: f"{f['import']:.2f}"),
+        ("fresh process: build `MetaRouterChat` (s)", lambda n, f: f"{f['construct']:.2f}"),
+        ("fresh process: first call (s)", lambda n, f: f"{f['first_call']:.2f}"),
+        ("fresh process: second call (s)", lambda n, f: f"{f['second_call']:.3f}"),
+        ("**fresh process: peak RSS (MB, max)**", lambda n, f: f"**{f['rss']:.0f}**"),
+        ("torch loaded by then", lambda n, f: "yes" if f["torch"] else "no"),
+        ("sentence-transformers loaded by then", lambda n, f: "yes" if f["st"] else "no"),
+    )
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(n, figs[n]) for n in names) + " |")
+    if len(names) > 1:
+        ref, *others = names
+        for n in others:
+            lines += [
+                "",
+                f"`{n}` against `{ref}` in this run: routing total "
+                f"{figs[ref]['total'] / figs[n]['total']:.0f}x faster per call, "
+                f"{figs[n]['qps'] / figs[ref]['qps']:.0f}x the batched throughput, first call "
+                f"{figs[ref]['first_call'] / max(figs[n]['first_call'], 1e-9):.0f}x sooner, "
+                f"peak RSS {figs[n]['rss'] - figs[ref]['rss']:+.0f} MB.",
+            ]
+    t = b.get("threads")
+    if t:
+        counts = [c for c in t["idle"]]
+        lines += [
+            "",
+            "Threads (`minilm-torch`, bare embedding of a new short prompt, 1 torch thread "
+            f"against {t['default_threads']}, torch's default here; interleaved), on the machine "
+            "as it was and beside a process that keeps one core busy:",
+            "",
+            "| load | " + " | ".join(f"{c} thread(s) p50 / p95 ms" for c in counts) + " |",
+            "|---|" + "---:|" * len(counts),
+        ]
+        for load in ("idle", "one busy core"):
+            lines.append(
+                f"| {load} | "
+                + " | ".join(
+                    f"{t[load][c]['p50_ms']:.2f} / {t[load][c]['p95_ms']:.2f}" for c in counts
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            "The library now sets one intra-op thread for torch when it loads the "
+            "`minilm-torch` model, unless `METAROUTER_NUM_THREADS` says otherwise (0 keeps "
+            "torch's own setting); the `static` backend does not use torch to embed.",
+        ]
+    return lines
+
+
 def _status(met: bool | None) -> str:
     return "MET" if met else ("NOT MET" if met is not None else "n/a")
 
@@ -370,6 +516,8 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
     for t in results["targets"]:
         note = f" ({t['note']})" if t["note"] else ""
         lines.append(f"| {t['target']} | {t['measured']}{note} | **{_status(t['met'])}** |")
+    if "backends" in results:
+        lines += ["", *_backends_section(results)]
     lines += [
         "",
         "## Machine and command",
@@ -631,12 +779,14 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def _other_sections(page: Path) -> str:
-    """Sections other scripts keep in the page (bench_store.py's), carried over unchanged."""
-    start, end = "<!-- store-load:start -->", "<!-- store-load:end -->"
+    """Sections other scripts keep in the page (bench_store.py's, backend_quality.py's)."""
     text = page.read_text(encoding="utf-8") if page.exists() else ""
-    if start not in text or end not in text:
-        return ""
-    return "\n" + start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+    kept = []
+    for name in ("store-load", "backend-quality"):
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start in text and end in text:
+            kept.append(start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n")
+    return "".join("\n" + block for block in kept)
 
 
 def _strip_raw(node: Any) -> Any:

@@ -44,7 +44,15 @@ sys.path.insert(0, str(HERE))
 from _report import summary_of, write_report  # noqa: E402
 from _timing import Series, Stopwatch, load_average, machine, timed  # noqa: E402
 
-SECTIONS = ("per_call", "adaptation", "throughput", "process", "training", "baselines")
+SECTIONS = (
+    "per_call",
+    "adaptation",
+    "throughput",
+    "process",
+    "training",
+    "baselines",
+    "backends",
+)
 K5 = (
     "gemma-2-9b-it",
     "llama-3.1-8b-instruct",
@@ -72,6 +80,10 @@ class Plan:
         self.process_repeats = 1 if quick else 3
         self.train_steps = 50 if quick else 1500
         self.agreement_rows = 60 if quick else 200
+        self.backend_calls = 40 if quick else 300
+        self.backend_batches = 2 if quick else 8
+        self.backend_processes = 1 if quick else 3
+        self.thread_calls = 15 if quick else 60
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -116,14 +128,17 @@ class Bench:
         progress.update(task, total=1, completed=1)
 
     def _service(self) -> Any:
+        return self._service_for(self.router)
+
+    def _service_for(self, router: Any) -> Any:
+        """A routing service over K5 with one user who made 6 comparisons (cached, as in an app)."""
         from metarouter.evaluation.feedback import draw_feedback
         from metarouter.profiles import LinearProfile
         from metarouter.service import Response, RoutingService
         from metarouter.store.sql import SQLStore
 
-        service = RoutingService(
-            list(K5), router=self.router, store=SQLStore(self.workdir / "preferences.db")
-        )
+        store = SQLStore(self.workdir / f"preferences-{router.config.embedder}-{id(router)}.db")
+        service = RoutingService(list(K5), router=router, store=store)
         s = self.settings["K5"]
         fb = draw_feedback(s, LinearProfile(0.5), 6, np.arange(len(s.test)), rng=self.rng)
         for r, w, lo, cw, cl in zip(
@@ -522,6 +537,157 @@ def baselines(b: Bench) -> dict[str, Any]:
     return fitted
 
 
+def _timing_router(b: Bench, backend: str) -> tuple[Any, Path | None]:
+    """A router for ``backend``: the bundled one if trained for it, else a short training run.
+
+    Routing speed does not depend on how long a router trained (same architecture, same
+    work per call), so a router trained for a few steps times the same as a full one.
+    """
+    from metarouter.config import TrainingConfig
+    from metarouter.data import load_dataset
+    from metarouter.embeddings import Embedder
+    from metarouter.router import MetaRouter, default_router_dir
+    from metarouter.training import train_router
+
+    bundled = MetaRouter.from_pretrained(default_router_dir())
+    if bundled.config.embedder == backend:
+        return bundled, None
+    train = load_dataset("llmrouter").to_matrix().split("train")
+    embedder = Embedder(backend, cache=True)
+    result = train_router(
+        train,
+        embedder.encode(list(train.queries)),
+        training=TrainingConfig(steps=30, eval_every=30),
+        progress=False,
+        embedder=embedder.spec,
+        description=f"benchmark timing router for {backend} (30 steps)",
+    )
+    folder = b.workdir / f"router-{backend}"
+    result.router.save_pretrained(folder)
+    return MetaRouter.from_pretrained(folder), folder
+
+
+def _cpu_hog() -> subprocess.Popen[bytes]:
+    """A child process that keeps one core busy (other work on the machine)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def backends(b: Bench) -> dict[str, Any]:
+    """Each embedding backend: per-call overhead, batched throughput, fresh-process start-up."""
+    from metarouter.embedding_backends import EMBEDDERS
+    from metarouter.embeddings import Embedder
+    from metarouter.pricing import estimate_tokens
+    from metarouter.router import MetaRouter, default_router_dir
+
+    out: dict[str, Any] = {
+        "backends": list(EMBEDDERS),
+        "default_backend": MetaRouter.from_pretrained(default_router_dir()).config.embedder,
+    }
+    env = _child_env(b.workdir)
+    script = str(HERE / "_one_call.py")
+    for backend in EMBEDDERS:
+        task = b.progress.add_task(f"backend {backend}: router", total=None)
+        router, folder = _timing_router(b, backend)
+        router.embedder = Embedder(backend, memory_cache_size=0)
+        router.warm_up()
+        b.progress.update(task, total=1, completed=1)
+        service = b._service_for(router)
+        arms = [service.descriptors[n] for n in K5]
+        entry: dict[str, Any] = {
+            "router": "bundled" if folder is None else "trained 30 steps for timing",
+            "dim": router.embedder.dim,
+        }
+        # per call, short new prompts: lookup + embedding + policy
+        series = {k: Series() for k in ("lookup", "embedding", "policy", "routing_total")}
+        prompts = b.take("short", b.plan.warmup + b.plan.backend_calls)
+        task = b.progress.add_task(f"backend {backend}: per call", total=len(prompts))
+        for i, q in enumerate(prompts):
+            watch = Stopwatch()
+            pref = service.preference(USER)
+            lookup = watch.lap()
+            emb = router.embedder.encode_one(q)
+            embed = watch.lap()
+            router.route_embeddings(
+                emb[None, :], np.asarray([estimate_tokens(q)], float), arms, pref
+            )
+            policy = watch.lap()
+            if i >= b.plan.warmup:
+                series["lookup"].add(*lookup)
+                series["embedding"].add(*embed)
+                series["policy"].add(*policy)
+                series["routing_total"].add(*np.add(np.add(lookup, embed), policy))
+            b.progress.advance(task)
+        entry["per_call"] = series
+        # batched: route_batch of 256 bundled prompts as they come (mixed lengths)
+        pref = service.preference(USER)
+        chunks = [b.take("mixed", b.plan.batch) for _ in range(b.plan.backend_batches + 1)]
+        batch = Series()
+        task = b.progress.add_task(f"backend {backend}: batches", total=len(chunks))
+        for i, chunk in enumerate(chunks):
+            if i == 0:
+                router.route_batch(chunk, list(K5), pref)
+            else:
+                timed(batch, router.route_batch, chunk, list(K5), pref)
+            b.progress.advance(task)
+        entry["batch"] = batch
+        entry["batch_size"] = b.plan.batch
+        # fresh processes: import, build MetaRouterChat, first call, peak RSS
+        calls = []
+        task = b.progress.add_task(
+            f"backend {backend}: fresh processes", total=b.plan.backend_processes
+        )
+        for i in range(b.plan.backend_processes):
+            args = [sys.executable, script, str(b.workdir / f"{backend}-{i}.db")]
+            if folder is not None:
+                args.append(str(folder))
+            res = subprocess.run(
+                args, capture_output=True, text=True, env=env, check=True, cwd=b.workdir
+            )
+            calls.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            b.progress.advance(task)
+        entry["process"] = calls
+        out[backend] = entry
+    out["threads"] = _threads_under_load(b)
+    return out
+
+
+def _threads_under_load(b: Bench) -> dict[str, Any]:
+    """minilm-torch short-prompt embedding with 1 thread vs torch's default, idle and loaded."""
+    import torch
+    from metarouter.embeddings import Embedder, embedding_text
+
+    embedder = Embedder(memory_cache_size=0)
+    embedder.warm_up()
+    default = max(2, os.cpu_count() or 2)
+    counts = [1, default]
+    out: dict[str, Any] = {"default_threads": default}
+    before = torch.get_num_threads()
+    task = b.progress.add_task("threads: 1 vs default, idle and loaded", total=4)
+    try:
+        for load in ("idle", "one busy core"):
+            hog = _cpu_hog() if load != "idle" else None
+            try:
+                time.sleep(0.5 if hog else 0)
+                series = {t: Series() for t in counts}
+                for i, q in enumerate(b.take("short", b.plan.warmup + b.plan.thread_calls)):
+                    text = embedding_text(q)
+                    for t in b.rng.permutation(counts):
+                        torch.set_num_threads(int(t))
+                        rec = series[int(t)] if i >= b.plan.warmup else Series()
+                        timed(rec, embedder.encode, [text], prepare=False)
+                    if i == b.plan.warmup:
+                        b.progress.advance(task)
+                out[load] = {str(t): v for t, v in series.items()}
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
+            b.progress.advance(task)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
 # -- driver ---------------------------------------------------------------------------------------
 
 
@@ -617,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             "process": process,
             "training": training,
             "baselines": baselines,
+            "backends": backends,
         }
         for name in SECTIONS:
             if name in sections:

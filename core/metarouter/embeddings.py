@@ -189,7 +189,7 @@ class Embedder:
     (all-MiniLM-L6-v2 on torch, 384-d) or ``static`` (a table distilled from it, 256-d, no
     torch). A router is trained for one backend and must be used with it; a router built
     without an embedder gets the one its config names. Weights load on first use (or on
-    :meth:`warmup`), never from the network. Identical prompts are served from a small
+    :meth:`warm_up`), never from the network. Identical prompts are served from a small
     in-memory LRU; datasets can also use the disk :class:`EmbeddingCache` (``cache=True`` or
     an instance), whose keys include the backend.
 
@@ -269,9 +269,9 @@ class Embedder:
             )
         return self.backend.model
 
-    def warmup(self) -> None:
+    def warm_up(self) -> None:
         """Load the weights (and run one text through them) now, not on the first call."""
-        self.backend.warmup()
+        self.backend.warm_up()
 
     def _forward(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.backend.forward(texts, progress)
@@ -311,6 +311,30 @@ class Embedder:
             assert v is not None
             result[i] = v
         return result
+
+    def prime(self, texts: Sequence[str]) -> None:
+        """Embed the texts not yet in the in-memory LRU in one batch, and keep them there.
+
+        Batch entry points (an adapter's ``batch``) call it before routing each input, so the
+        whole batch goes through the backend once and each call's :meth:`encode_one` is an
+        LRU hit. Texts beyond ``memory_cache_size`` are left to their calls.
+        """
+        if self.memory_cache_size <= 0 or isinstance(texts, str):
+            return
+        prepared = list(dict.fromkeys(embedding_text(t) for t in texts))
+        prepared = prepared[: self.memory_cache_size]
+        with self._lock:
+            todo = [t for t in prepared if t not in self._lru]
+        if not todo:
+            return
+        vectors = self._forward(todo)
+        with self._lock:
+            for text, vec in zip(todo, vectors, strict=True):
+                vec = vec.copy()
+                vec.setflags(write=False)
+                self._lru[text] = vec
+            while len(self._lru) > self.memory_cache_size:
+                self._lru.popitem(last=False)
 
     def encode_one(self, text: str) -> np.ndarray:
         """Embed one query on the hot path (in-memory LRU for repeated prompts). Shape (dim,)."""

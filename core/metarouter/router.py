@@ -40,6 +40,7 @@ from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError, EmbedderMismatchError, ModelLoadError, UnknownArmError
+from metarouter.inference import ArmPart, QualityHead
 from metarouter.posterior import (
     REGIME_FLOOR,
     ComparisonData,
@@ -52,8 +53,6 @@ from metarouter.pricing import Price, estimate_tokens
 from metarouter.types import Comparison, Preference, RoutingDecision
 
 if TYPE_CHECKING:
-    import torch
-
     from metarouter.model import MetaRouterModel
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Candidate", "MetaRouter", "default_router_dir"]
@@ -75,9 +74,9 @@ class _ArmTensors:
     """Arrays of one candidate set, built once (the descriptors are kept alive with them)."""
 
     arms: tuple[ArmDescriptor, ...]
-    cap: torch.Tensor  # (1, K, P)
     cost_terms: np.ndarray  # (K, 2)
     base: np.ndarray  # (K,) query-blind base logits
+    part: ArmPart  # the quality head's query-independent part
 
 
 def _base_logits(arms: Sequence[ArmDescriptor]) -> np.ndarray:
@@ -272,6 +271,7 @@ class MetaRouter:
             check_embedder(self.config, embedder)
         self._embedder = embedder
         self._cache_lock = threading.Lock()
+        self._head: QualityHead | None = None
         self._arm_tensors: OrderedDict[tuple[int, ...], _ArmTensors] = OrderedDict()
         self._priors: dict[float, Preference] = {}
         self._posterior_config: PosteriorConfig | None = None
@@ -295,13 +295,13 @@ class MetaRouter:
         check_embedder(self.config, embedder)
         self._embedder = embedder
 
-    def warmup(self) -> None:
+    def warm_up(self) -> None:
         """Load the embedder's weights and run one query through embedding and policy now.
 
         Call it at start-up so the first routed call does not pay for loading (see
         docs/benchmarks.md for the first-call times it removes).
         """
-        self.embedder.warmup()
+        self.embedder.warm_up()
         emb = self.embedder.encode_one("warm up")
         arms = list(self.catalog.values())[:2]
         if arms:
@@ -664,17 +664,19 @@ class MetaRouter:
     def _logits(
         self, embeddings: np.ndarray, usd: np.ndarray, arms: Sequence[ArmDescriptor]
     ) -> np.ndarray:
-        """The quality head's logits (M, K) of ``arms`` on the queries, at these costs (M, K)."""
-        import torch
+        """The quality head's logits (M, K) of ``arms`` on the queries, at these costs (M, K).
 
+        Computed in numpy (:class:`~metarouter.inference.QualityHead`, built on first use):
+        the same function as ``self.model.quality_logits`` to float32 rounding.
+        """
         at = self._candidate_tensors(arms)
-        with torch.inference_mode():
-            out = self.model.quality_logits(
-                torch.tensor(np.asarray(embeddings, np.float32)).unsqueeze(0),
-                torch.tensor(np.asarray(usd, np.float64)).unsqueeze(0),
-                at.cap,
-            )
-        return out[0].double().numpy()
+        head = self._head
+        if head is None:
+            with self._cache_lock:
+                if self._head is None:
+                    self._head = QualityHead(self.model)
+                head = self._head
+        return head.logits(embeddings, usd, at.part).astype(np.float64)
 
     # -- routing --------------------------------------------------------------------------------
     def utilities_embeddings(
@@ -768,9 +770,7 @@ class MetaRouter:
         return u0 + t * (u1 - u0), q0 + t * (q1 - q0)
 
     def _candidate_tensors(self, arms: Sequence[ArmDescriptor]) -> _ArmTensors:
-        """The candidate set's tensors, built on first use and kept (LRU)."""
-        import torch
-
+        """The candidate set's arrays, built on first use and kept (LRU)."""
         key = tuple(id(a) for a in arms)  # the entry keeps the arms alive: ids stay unique
         with self._cache_lock:
             hit = self._arm_tensors.get(key)
@@ -780,11 +780,16 @@ class MetaRouter:
         cost_terms = np.asarray(
             [[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in arms], np.float64
         ).reshape(-1, 2)
+        cap = np.stack([a.capability for a in arms])
+        if self._head is None:
+            with self._cache_lock:
+                if self._head is None:
+                    self._head = QualityHead(self.model)
         entry = _ArmTensors(
             arms=tuple(arms),
-            cap=torch.as_tensor(np.stack([a.capability for a in arms])).unsqueeze(0),
             cost_terms=cost_terms,
             base=_base_logits(arms),
+            part=self._head.arm_part(cap),
         )
         with self._cache_lock:
             self._arm_tensors[key] = entry

@@ -358,6 +358,10 @@ class RoutingService:
             digest.update(value.detach().cpu().numpy().tobytes())
         return digest.hexdigest()[:32]
 
+    def prime(self, queries: Sequence[str]) -> None:
+        """Embed many upcoming queries in one batch (their calls then skip the embedding)."""
+        self.router.embedder.prime(list(queries))
+
     # -- preference -----------------------------------------------------------------------------
     def user(self, user_id: str | None) -> str:
         """The validated user id (the default when None)."""

@@ -34,8 +34,8 @@ import torch
 from metarouter.arms import ArmDescriptor, CostModel, Prototypes, fit_cost_model
 from metarouter.calibration import AdaptationFit
 from metarouter.config import MetaRouterConfig, TrainingConfig
-from metarouter.embedding_backends import DEFAULT_EMBEDDER, MINILM_DIM, EmbedderSpec
 from metarouter.data.table import OutcomeMatrix
+from metarouter.embedding_backends import DEFAULT_EMBEDDER, MINILM_DIM, EmbedderSpec
 from metarouter.episodes import Episode, EpisodeData, EpisodeSampler
 from metarouter.errors import ConfigError
 from metarouter.model import MetaRouterModel

@@ -162,6 +162,31 @@ def test_batch_routes_each_input_for_its_own_user(router):
     assert [routing(m)["user_id"] for m in out] == ["u1", "u2"]
 
 
+def _count_backend_batches(service, monkeypatch) -> list[int]:
+    embedder = service.router.embedder
+    embedder._lru.clear()
+    sizes: list[int] = []
+    original = embedder._forward
+    monkeypatch.setattr(
+        embedder, "_forward", lambda t, p=False: sizes.append(len(t)) or original(t, p)
+    )
+    return sizes
+
+
+def test_batch_embeds_all_inputs_in_one_embedding_batch(router, service, monkeypatch):
+    sizes = _count_backend_batches(service, monkeypatch)
+    prompts = [f"Question {i}: what is {i} squared?" for i in range(4)]
+    out = router.batch(prompts)
+    assert len(out) == 4 and sizes == [4]  # one batch; each call then an LRU hit
+
+
+def test_abatch_embeds_all_inputs_in_one_embedding_batch(router, service, monkeypatch):
+    sizes = _count_backend_batches(service, monkeypatch)
+    prompts = [f"Async question {i}: name a prime above {10 * i}." for i in range(3)]
+    out = asyncio.run(router.abatch(prompts))
+    assert len(out) == 3 and sizes == [3]
+
+
 def test_invalid_user_id_is_a_config_error_that_says_how_to_fix_it(router):
     from metarouter.errors import FeedbackError
 
@@ -536,13 +561,16 @@ def test_dumps_writes_not_implemented_rather_than_a_router_on_another_store(rout
 def test_warm_up_loads_the_models_before_the_first_call_and_records_nothing(
     candidates, tmp_path, monkeypatch
 ):
+    from metarouter.embedding_backends import MiniLMTorchBackend
     from metarouter.embeddings import Embedder
     from metarouter.router import MetaRouter, default_router_dir
     from metarouter.store.sql import SQLStore
 
     loads: list[str] = []
-    load = Embedder._load_model
-    monkeypatch.setattr(Embedder, "_load_model", lambda self: loads.append("model") or load(self))
+    load = MiniLMTorchBackend._load_model
+    monkeypatch.setattr(
+        MiniLMTorchBackend, "_load_model", lambda self: loads.append("model") or load(self)
+    )
     fresh = MetaRouter.from_pretrained(default_router_dir(), embedder=Embedder())
     store = SQLStore(tmp_path / "warm.db")
     router = MetaRouterChat(candidates=candidates, arms=arm_specs(), router=fresh, store=store)

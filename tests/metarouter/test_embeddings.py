@@ -84,7 +84,7 @@ def test_shared_prefix_does_not_dominate_embeddings(embedder):
 def test_disk_cache_embeds_each_text_once(tmp_path, embedder, monkeypatch):
     cache = EmbeddingCache(tmp_path)
     cached = Embedder(cache=cache)
-    cached._model = embedder.model  # share the loaded weights
+    cached.backend = embedder.backend  # share the loaded weights
     calls = []
     original = cached._forward
     monkeypatch.setattr(
@@ -106,6 +106,6 @@ def test_corrupt_cache_shard_is_ignored_not_fatal(tmp_path, embedder):
     cache.folder.mkdir(parents=True)
     (cache.folder / "shard-broken.npz").write_bytes(b"not a zip")
     cached = Embedder(cache=cache)
-    cached._model = embedder.model
+    cached.backend = embedder.backend
     out = cached.encode(["still works"])
     assert out.shape == (1, 384)

@@ -38,7 +38,7 @@ def fresh_embedder():
 def test_single_text_fast_path_is_active_and_bit_identical_to_sentence_transformers(
     fresh_embedder,
 ):
-    assert fresh_embedder._fast_one
+    assert fresh_embedder.backend._fast_one
     model = fresh_embedder.model
     for text in TEXTS:
         prepared = embedding_text(text)
@@ -96,25 +96,30 @@ def test_memory_lru_is_bounded_and_evicts_the_least_recently_used(fresh_embedder
 
 def test_memory_lru_of_size_zero_stores_nothing(embedder):
     plain = Embedder(memory_cache_size=0)
-    plain._model = embedder.model
+    plain.backend = embedder.backend
     plain.encode_one("no caching here")
     assert len(plain._lru) == 0
 
 
-def test_thread_setting_applies_the_environment_variable_only_when_set(monkeypatch):
+def test_thread_setting_defaults_to_one_thread_and_zero_leaves_torch_alone(monkeypatch):
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         monkeypatch.delenv(THREADS_ENV, raising=False)
         _apply_thread_setting()
-        assert torch.get_num_threads() == before
-        monkeypatch.setenv(THREADS_ENV, "1")
+        assert torch.get_num_threads() == 1  # the default: one intra-op thread
+        torch.set_num_threads(2)
+        monkeypatch.setenv(THREADS_ENV, "0")
         _apply_thread_setting()
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # 0: torch's own setting is kept
+        monkeypatch.setenv(THREADS_ENV, "2")
+        _apply_thread_setting()
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two"])
+@pytest.mark.parametrize("value", ["-2", "two", "1.5"])
 def test_thread_setting_rejects_a_bad_value_with_a_fix(monkeypatch, value):
     monkeypatch.setenv(THREADS_ENV, value)
     with pytest.raises(ConfigError, match=THREADS_ENV):

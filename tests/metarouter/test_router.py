@@ -302,3 +302,21 @@ def test_a_config_that_would_exhaust_memory_is_refused_before_allocating(
     (folder / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match=r"config.json.*nothing was loaded"):
         MetaRouter.from_pretrained(folder)
+
+
+def test_route_batch_embeds_the_whole_batch_in_one_call(default_router, monkeypatch):
+    calls = []
+    original = default_router.embedder.encode
+    monkeypatch.setattr(
+        default_router.embedder, "encode", lambda t, **k: calls.append(len(t)) or original(t, **k)
+    )
+    queries = [f"Explain topic number {i} briefly." for i in range(7)]
+    out = default_router.route_batch(queries, CANDS)
+    assert calls == [7] and len(out) == 7
+
+
+def test_warm_up_loads_the_embedder_before_the_first_call(default_router):
+    default_router.warm_up()
+    assert default_router.embedder.encode_one("after warm-up").shape == (
+        default_router.config.embedding_dim,
+    )
