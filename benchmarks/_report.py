@@ -761,13 +761,28 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         "* **Lazy imports**: `metarouter.router` no longer imports torch at module import, so "
         "`import langchain_metarouter` does not load torch; it loads with the first router "
         "(building `MetaRouterChat`).",
-        "* **Threads**: the library does not change torch's thread settings unless "
-        "`METAROUTER_NUM_THREADS` is set (applied when the embedding model first loads); "
-        "`torch.set_num_threads` or `OMP_NUM_THREADS` work as usual. Here the default (2 "
-        "threads on 2 cores) beats 1 thread (table above). When other processes keep the "
-        "cores busy, fewer threads can be much faster: during development, at low priority "
-        "beside a running evaluation, a short prompt took seconds with 2 threads and about "
-        "0.15 s with 1 (not a figure of this run). Set `METAROUTER_NUM_THREADS=1` there.",
+        "* **Threads** (changed in issue 16): the library sets one torch intra-op thread when "
+        "the `minilm-torch` model first loads, unless `METAROUTER_NUM_THREADS` says otherwise "
+        "(0 keeps torch's own setting); see the thread table of the backends section.",
+        "",
+        "## What was optimised (issue 16)",
+        "",
+        "* **Embedding backends**: `static`, a token table distilled offline from the packaged "
+        "all-MiniLM-L6-v2 with model2vec (256-d, float16, 15 MB, shipped in the package, "
+        "rebuilt by `scripts/build_static_embedder.py`): a prompt is the normalised mean of "
+        "its word pieces' rows, in numpy, without torch or sentence-transformers. A router "
+        "records the embedder it was trained for (`config.json`: `embedder`, "
+        "`embedder_fingerprint`); using it with another is an `EmbedderMismatchError`.",
+        "* **Policy** (`metarouter.inference.QualityHead`): the quality head's routing pass "
+        "in numpy, with what depends only on the weights (the prior evidence through the "
+        "first layer) computed once per router and what depends only on the candidates once "
+        "per candidate set; the same logits as the torch network to float32 rounding "
+        "(tested, with identical decisions). This replaced ~40 small torch operators per call.",
+        "* **Batches**: `route_batch` embeds a batch in one call; LangChain's `batch`/`abatch` "
+        "embed all inputs' routing texts in one batch first (`Embedder.prime`), so each "
+        "call's embedding is an LRU hit.",
+        "* **Start-up**: `MetaRouter.warm_up()` and the adapters' `warm_up()` load the "
+        "embedder and run one query before the first call.",
         "",
         "The raw figures of this run (every sample) are in "
         f"[`{json_path.relative_to(out.parent).as_posix()}`]"

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from metarouter.errors import ConfigError
+
 if TYPE_CHECKING:
     from metarouter.model import MetaRouterModel
 
@@ -93,8 +95,11 @@ class QualityHead:
         self._q_b = arr(model.query_proj.linear.bias)
         self._p_w = arr(model.features.profile_proj.weight).T  # (P, A)
         self._p_b = arr(model.features.profile_proj.bias)
-        head = model.policy.quality_head
-        w1, b1 = arr(head[0].weight), arr(head[0].bias)  # (H, Q + E + 4 + A)
+        layers = [m for m in model.policy.quality_head if isinstance(m, torch.nn.Linear)]
+        if len(layers) != 3:  # pragma: no cover - the architecture of policy._mlp
+            raise ConfigError("the quality head is not three linear layers with GELUs between.")
+        first, second, third = layers
+        w1, b1 = arr(first.weight), arr(first.bias)  # (H, Q + E + 4 + A)
         q, e = cfg.query_dim, cfg.evidence_dim
         self._w1_q = np.ascontiguousarray(w1[:, :q].T)  # (Q, H)
         self._const = prior_ev @ w1[:, q : q + e].T + b1  # (H,)
@@ -104,8 +109,8 @@ class QualityHead:
         self._w1_read = w1[:, f + 2].copy()
         self._w1_mean = w1[:, f + 3].copy()
         self._w1_proj = np.ascontiguousarray(w1[:, f + 4 :].T)  # (A, H)
-        self._w2, self._b2 = np.ascontiguousarray(arr(head[2].weight).T), arr(head[2].bias)
-        self._w3, self._b3 = arr(head[4].weight)[0].copy(), np.float32(arr(head[4].bias)[0])
+        self._w2, self._b2 = np.ascontiguousarray(arr(second.weight).T), arr(second.bias)
+        self._w3, self._b3 = arr(third.weight)[0].copy(), np.float32(arr(third.bias)[0])
 
     def arm_part(self, capability: np.ndarray) -> ArmPart:
         """The candidate set's query-independent part, from its (K, P) profiles."""
