@@ -508,6 +508,17 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         "at the end). Treat single figures as indicative; ratios measured in the same run "
         "(interleaved calls) are more robust than absolute times.",
         "",
+        *(
+            [
+                "> Not re-measured in this run, copied from the run of "
+                f"{results['carried_over']['from']}: the "
+                + ", ".join(f"`{n}`" for n in results["carried_over"]["sections"])
+                + " sections (and their targets).",
+                "",
+            ]
+            if (results.get("carried_over") or {}).get("sections")
+            else []
+        ),
         "## Targets",
         "",
         "| Target | Measured | Status |",

@@ -733,6 +733,13 @@ def main(argv: list[str] | None = None) -> int:
         "--after-code", default="", help="what the --also-after runs measured (for the report)"
     )
     parser.add_argument(
+        "--carry-over",
+        type=Path,
+        default=None,
+        help="results.json of an earlier run: sections not run now are copied from it, "
+        "marked with that run's date and commit",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         default=None,
@@ -788,6 +795,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in SECTIONS:
             if name in sections:
                 results[name] = _jsonable(runners[name](bench))
+    if args.carry_over is not None:
+        earlier = json.loads(args.carry_over.read_text())
+        stamp = f"{earlier.get('started', '?')}, commit {earlier['machine'].get('git_commit', '?')}"
+        carried = [n for n in SECTIONS if n not in sections and n in earlier]
+        for name in carried:
+            results[name] = earlier[name]
+        results["carried_over"] = {"sections": carried, "from": stamp}
     results["load_average_end"] = load_average()
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["before_runs"] = [summary_of(json.loads(f.read_text())) for f in args.compare_to]
