@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=results.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--note", default="", help="provenance of the runs (under the table)")
     args = parser.parse_args(argv)
     runs, commands = {}, {}
     for item in args.run:
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "results.json).",
         "",
         *table(runs, commands),
+        *(["", args.note] if args.note else []),
         END,
     ]
     page = args.out.read_text(encoding="utf-8") if args.out.exists() else ""

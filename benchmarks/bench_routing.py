@@ -579,6 +579,9 @@ def backends(b: Bench) -> dict[str, Any]:
     from metarouter.pricing import estimate_tokens
     from metarouter.router import MetaRouter, default_router_dir
 
+    # the same new prompts for every backend (no backend caches them: memory_cache_size=0)
+    short = b.take("short", b.plan.warmup + b.plan.backend_calls)
+    chunks = [b.take("mixed", b.plan.batch) for _ in range(b.plan.backend_batches + 1)]
     out: dict[str, Any] = {
         "backends": list(EMBEDDERS),
         "default_backend": MetaRouter.from_pretrained(default_router_dir()).config.embedder,
@@ -599,7 +602,7 @@ def backends(b: Bench) -> dict[str, Any]:
         }
         # per call, short new prompts: lookup + embedding + policy
         series = {k: Series() for k in ("lookup", "embedding", "policy", "routing_total")}
-        prompts = b.take("short", b.plan.warmup + b.plan.backend_calls)
+        prompts = short
         task = b.progress.add_task(f"backend {backend}: per call", total=len(prompts))
         for i, q in enumerate(prompts):
             watch = Stopwatch()
@@ -620,7 +623,6 @@ def backends(b: Bench) -> dict[str, Any]:
         entry["per_call"] = series
         # batched: route_batch of 256 bundled prompts as they come (mixed lengths)
         pref = service.preference(USER)
-        chunks = [b.take("mixed", b.plan.batch) for _ in range(b.plan.backend_batches + 1)]
         batch = Series()
         task = b.progress.add_task(f"backend {backend}: batches", total=len(chunks))
         for i, chunk in enumerate(chunks):
