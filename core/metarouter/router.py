@@ -703,10 +703,10 @@ class MetaRouter:
         u0, q0 = familiar.posterior.expected_utility(logits, base, cost, names)
         u1, q1 = novel.posterior.expected_utility(logits, base, cost, names)
         reference = self._reference_embeddings()
-        if len(reference) == 0:
+        w0, w1 = familiar.novel_share, novel.novel_share
+        if len(reference) == 0 or w1 - w0 < 1e-9:  # no reference, or one regime only
             return u0, q0
         model = self.config.novelty_model()
-        w0, w1 = familiar.novel_share, novel.novel_share
         share = np.clip(model.probability(emb, reference), REGIME_FLOOR, 1 - REGIME_FLOOR)
         t = ((share - w0) / (w1 - w0))[:, None]
         return u0 + t * (u1 - u0), q0 + t * (q1 - q0)

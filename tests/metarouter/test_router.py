@@ -302,3 +302,24 @@ def test_a_config_that_would_exhaust_memory_is_refused_before_allocating(
     (folder / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match=r"config.json.*nothing was loaded"):
         MetaRouter.from_pretrained(folder)
+
+
+def test_a_router_with_one_traffic_regime_routes_new_users_without_nan(
+    default_router, llmrouter_heldout, tmp_path, embedder
+):
+    """A user-edited config with a single regime (no familiar/novel split) is a valid router."""
+    default_router.save_pretrained(tmp_path / "r")
+    path = tmp_path / "r" / CONFIG_FILE
+    meta = json.loads(path.read_text())
+    meta["config"]["posterior"]["regimes"] = [
+        {"name": "familiar", "query_weight": 1.0, "shared_sd": 0.3, "arm_sd": 0.3}
+    ]
+    path.write_text(json.dumps(meta))
+    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=embedder)
+    held = llmrouter_heldout
+    with np.errstate(all="raise"):
+        scores, quality, _ = loaded.score_embeddings(held.embeddings, held.tokens, CANDS)
+    assert np.isfinite(scores).all() and np.isfinite(quality).all()
+    # with one regime the prior trusts the per-query estimates: the same as the familiar prior
+    familiar = loaded.score_embeddings(held.embeddings, held.tokens, CANDS, loaded.prior(0.0))[0]
+    np.testing.assert_allclose(scores, familiar, rtol=1e-6, atol=1e-9)
