@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -326,6 +327,13 @@ def evaluate(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds.")] = 5,
     steps: Annotated[int, typer.Option(help="Meta-training steps per router.")] = 1500,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes that train routers and score settings side by side "
+            "(0: one per CPU core, at most 4). Results do not depend on it."
+        ),
+    ] = 0,
     ood_task: Annotated[
         list[str] | None,
         typer.Option(
@@ -350,6 +358,9 @@ def evaluate(
     cfg = EvalConfig.quick() if quick else EvalConfig(seeds=tuple(range(seeds)), train_steps=steps)
     if dataset:
         cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
+    if workers < 0:
+        raise typer.BadParameter("--workers must be >= 0 (0: one per CPU core, at most 4).")
+    cfg = dataclasses.replace(cfg, workers=workers or min(4, os.cpu_count() or 1))
     if data is not None and Path(data).is_file():  # a user's own outcome table
         cfg = dataclasses.replace(
             cfg, datasets=(str(data),), ood_tasks=tuple(ood_task or ()), splits=("ID", "OOD")
