@@ -548,12 +548,14 @@ class RoutingService:
         tokens = estimate_tokens(query)
         arms = [self.descriptors[n] for n in names]
         emb, tok = embedding[None, :], np.asarray([tokens], float)
-        routing = self.router.route_embeddings(emb, tok, arms, pref)[0]
+        # one pass of the quality head; a paced call derives its penalised decision from it
+        utilities = self.router.utilities_embeddings(emb, tok, arms, pref)
+        routing = self.router.decisions(utilities, arms, pref)[0]
         chosen = forced or routing.model
         budget = None
         if check is not None:
             chosen, routing, budget = self._apply_budget(
-                check, names, emb, tok, arms, pref, routing, forced
+                check, names, utilities, arms, pref, routing, forced
             )
         decision = Decision(
             new_id(),
@@ -604,8 +606,7 @@ class RoutingService:
         self,
         check: BudgetCheck,
         names: Sequence[str],
-        emb: np.ndarray,
-        tok: np.ndarray,
+        utilities: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         arms: Sequence[ArmDescriptor],
         pref: Preference,
         routing: RoutingDecision,
@@ -622,13 +623,12 @@ class RoutingService:
                 )
                 data["policy"] = why
         elif check.multiplier > 0:
-            tau = self.router.config.cost_scale_usd
-            costs = [min(routing.expected_costs_usd[n] / tau, 1.0) for n in names]
-            penalty = pacing_penalty(check.multiplier, costs)
+            util, _, _, costs = utilities
+            penalty = pacing_penalty(
+                check.multiplier, costs[0].tolist(), util[0].tolist(), self.budgets.pacing
+            )
             if penalty > 0:
-                routing = self.router.route_embeddings(emb, tok, arms, pref, cost_penalty=penalty)[
-                    0
-                ]
+                routing = self.router.decisions(utilities, arms, pref, cost_penalty=penalty)[0]
                 data.update(cost_penalty=penalty, policy="paced")
                 chosen = forced or routing.model
         data.update(
