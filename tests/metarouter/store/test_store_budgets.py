@@ -184,8 +184,11 @@ def test_a_spend_report_has_days_models_and_a_plot(budgets, clock, tmp_path):
 
 
 @pytest.mark.slow
-def test_eight_processes_charging_one_team_honour_its_budget_and_lose_nothing(store_url, tmp_path):
-    workers, budget = 8, 1.0
+def test_eight_processes_routing_for_one_team_honour_its_budget_and_lose_nothing(
+    store_url, tmp_path
+):
+    """Eight app instances route real calls (the bundled router, RoutingService) for one team."""
+    workers, budget = 8, 0.005  # about 100 calls of the cheapest candidate
     members = ["alice", "bob", "carol", "dave"]
     with SQLStore(store_url) as store:
         setup = Budgets(store)
@@ -200,10 +203,10 @@ def test_eight_processes_charging_one_team_honour_its_budget_and_lose_nothing(st
     ]
     for p in procs:
         p.start()
-    start.set()
+    start.set()  # the workers load the router first, then race from this point
     began = time.monotonic()
     for p in procs:
-        p.join(max(1.0, 600 - (time.monotonic() - began)))
+        p.join(max(1.0, 900 - (time.monotonic() - began)))
     for p in procs:
         if p.is_alive():
             p.kill()
@@ -212,16 +215,23 @@ def test_eight_processes_charging_one_team_honour_its_budget_and_lose_nothing(st
     assert all(log["refused"] == 1 for log in logs), "every worker ran until the budget was spent"
     charged = {sid: cost for log in logs for sid, cost in log["charged"]}
     assert len(charged) == sum(len(log["charged"]) for log in logs)
+    # routed for real: spending ahead of the month's pace made the router pace some calls
+    policies = [p for log in logs for p in log["policies"]]
+    assert "paced" in policies
 
     with SQLStore(store_url) as store:
         check = Budgets(store)
         ledger = check.history(team="research")
         state = check.states()[0]
+        decisions = {did: store.get_decision(did) for did in charged}
     # no lost (or doubled) spend record: the ledger, the counters and the workers agree
     assert {r.spend_id: r.cost_usd for r in ledger} == pytest.approx(charged)
     assert state.calls == len(charged)
     assert state.spent_usd == pytest.approx(sum(charged.values()))
-    assert state.estimated_calls == sum(r.is_estimate for r in ledger)
+    assert state.estimated_calls == 0  # every call reported its token usage
+    # each charge is the routed call's: its decision is stored, answered by the charged model
+    assert {r.spend_id: r.model for r in ledger} == {d: rec.chosen for d, rec in decisions.items()}
+    assert all("budget" in rec.metadata for rec in decisions.values())
     # honoured: spent, and overrun by at most the call each instance had in flight
     last_calls = [log["charged"][-1][1] for log in logs if log["charged"]]
     assert budget <= state.spent_usd <= budget + sum(last_calls)
