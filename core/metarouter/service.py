@@ -40,6 +40,7 @@ from metarouter.budgets import (
 )
 from metarouter.errors import (
     BudgetExceededError,
+    ChargeError,
     ConfigError,
     FeedbackError,
     StoreError,
@@ -661,7 +662,11 @@ class RoutingService:
             return
         try:
             self._budgets.charge(did, uid, model, float(charge), is_estimate=cost is None)
-        except StoreError as exc:
+        except ChargeError as exc:  # retried by the store already: the budgets miss this call
+            self._writes.failed("charge a call to spend budgets", exc)
+            logger.error("decision %s: %s", did, exc)
+            raise
+        except StoreError as exc:  # e.g. the decision was completed (and charged) before
             self._writes.failed("charge a call to spend budgets", exc)
             logger.error(
                 "the cost of decision %s (%.6f USD) could not be charged to the budgets of "
@@ -685,10 +690,15 @@ class RoutingService:
         """Record the model that answered and the call's real cost; returns the cost in USD.
 
         If the store cannot be written the outcome is kept and retried like the decision (see
-        :mod:`metarouter.store.pending`); it never fails the call for that.
+        :mod:`metarouter.store.pending`); it never fails the call for that. A call under a
+        spend budget is then charged to it; the store retries a failed charge a few times
+        (:meth:`~metarouter.store.sql.SQLStore.record_spend`).
 
         Raises:
             FeedbackError: A malformed or unknown decision id, or an invalid model or cost.
+            ChargeError: The call's cost could not be charged to its budgets (after the
+                outcome was recorded); nothing was written for the charge, and the message
+                says how to charge it again. The adapters log it and return the answer.
         """
         did = validate_decision_id(
             decision.decision_id if isinstance(decision, Decision) else decision
