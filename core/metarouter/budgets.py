@@ -14,7 +14,9 @@ starts from the previous period's time-averaged multiplier (the first one from 0
 routes with ``cost_penalty = mu / c_mean`` on top of the user's own cost weight
 (:meth:`metarouter.router.MetaRouter.score_embeddings`), where ``c_mean`` is the call's mean
 normalised candidate cost: ``mu`` is in units of "utility per average candidate cost", so the
-same setting works whatever the models cost. While a scope spends at or below its pace, ``mu``
+same setting works whatever the models cost. The penalty is capped at the cheapest candidate's
+utility per cost (:func:`pacing_penalty`, :attr:`Pacing.value_cap`): at the cap the router picks
+the candidate with the most utility per cost. While a scope spends at or below its pace, ``mu``
 is 0 and the user's learned preference routes alone.
 
 When a budget is spent (``spent >= usd``), its :attr:`Budget.on_exhausted` policy applies:

@@ -19,14 +19,21 @@ Methods (all route with the same user preference; they differ only in how cost i
 * ``no budget``: the user's preference alone (the reference for quality and spend).
 * ``hard block``: the user's preference until the budget is spent, then every call is refused
   (a gateway's budget).
-* ``fixed alpha (tuned offline)``: a constant extra weight on cost, chosen on last month's
-  traffic so that last month would have spent exactly the budget; refused once the budget is
-  spent (so it never overspends by more than a call). Two variants: a constant
-  ``cost_penalty`` and a constant pacing multiplier (``mu / c_mean``, pacing's own scale).
+* ``fixed alpha, tuned offline``: a constant extra weight on cost, tuned on last month's
+  traffic (never on the scored month) and refused once the budget is spent (so it never
+  overspends by more than a call). Three variants: the constant with which last month would
+  have spent exactly the budget, as a constant ``cost_penalty`` or a constant pacing multiplier
+  (``mu / c_mean``, pacing's own scale); and the constant multiplier (from
+  :data:`MULTIPLIER_GRID`) that gave last month the most quality under the budget.
 * ``MetaRouter pacing``: :mod:`metarouter.budgets` (the dual-ascent multiplier, updated on
-  every charge exactly as the store does), ``on_exhausted="error"``. Like a budget's second
-  period in the store, this month starts from the time-averaged multiplier of last month (run
-  under the same budget): the same information the offline baselines are tuned on.
+  every charge exactly as the store does, and the value cap of :func:`pacing_penalty`),
+  ``on_exhausted="error"``. Like a budget's second period in the store, this month starts from
+  the time-averaged multiplier of last month (run under the same budget): the same information
+  the offline baselines are tuned on. ``MetaRouter pacing, no value cap`` is the same with
+  ``Pacing(value_cap=False)``.
+* ``fixed alpha, hindsight (upper reference)``: the grid's best constant for this very month
+  (chosen with its outcomes): not something an operator can do, and not one of the
+  :data:`BASELINES` the issue's bar compares pacing with.
 
 Decisions use :meth:`metarouter.router.MetaRouter.utilities_embeddings`: the router's choice
 under a cost penalty ``lam`` is ``argmax(utility - lam * cost)``, the same rule
@@ -61,7 +68,18 @@ from metarouter.budgets import (
     updated_multiplier,
 )
 
-__all__ = ["SimConfig", "Traffic", "make_traffic", "run_simulation", "simulate_pacing"]
+__all__ = [
+    "BASELINES",
+    "METHODS",
+    "MULTIPLIER_GRID",
+    "SimConfig",
+    "Traffic",
+    "bar_check",
+    "make_traffic",
+    "markdown_table",
+    "run_simulation",
+    "simulate_pacing",
+]
 
 logger = logging.getLogger(__name__)
 
