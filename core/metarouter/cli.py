@@ -909,12 +909,23 @@ def budget_simulate(
         "docs/budgets"
     ),
     seeds: Annotated[int, typer.Option(help="Seeds (each: every user, two months).")] = 5,
+    first_seed: Annotated[
+        int, typer.Option(help="First seed (docs/budgets.md: 0 reports, 100 tunes settings).")
+    ] = 0,
 ) -> None:
     """Reproduce docs/budgets.md's evaluation: a simulated month per user under budgets."""
-    from metarouter.evaluation.budget_sim import SimConfig, markdown_table, run_simulation
+    from metarouter.evaluation.budget_sim import (
+        SimConfig,
+        bar_check,
+        markdown_table,
+        run_simulation,
+    )
 
-    result = run_simulation(SimConfig(seeds=tuple(range(seeds))), out=out)
+    config = SimConfig(seeds=tuple(range(first_seed, first_seed + seeds)))
+    result = run_simulation(config, out=out)
     console.print(markdown_table(result["rows"]))
+    for line in bar_check(result["rows"], result["runs"]):
+        console.print(line)
     console.print(f"done in {result['seconds']:.0f}s; wrote {out}")
 
 

@@ -99,6 +99,21 @@ def test_batched_routing_matches_single_routing(default_router):
             assert single.scores[name] == pytest.approx(d.scores[name], abs=1e-5)
 
 
+def test_one_utilities_pass_gives_the_decisions_of_every_cost_penalty(default_router):
+    queries = ["What is the capital of Peru?", "Write a proof that sqrt(2) is irrational."]
+    emb = default_router.embedder.encode(queries)
+    tok = np.asarray([12.0, 20.0])
+    utilities = default_router.utilities_embeddings(emb, tok, CANDS)
+    for penalty in (0.0, 0.5, 50.0):
+        routed = default_router.route_embeddings(emb, tok, CANDS, cost_penalty=penalty)
+        built = default_router.decisions(utilities, CANDS, cost_penalty=penalty)
+        assert [d.to_dict() for d in built] == [d.to_dict() for d in routed]
+    cheapest = min(CANDS, key=lambda n: routed[0].expected_costs_usd[n])
+    assert built[0].model == cheapest  # a large penalty routes to the cheapest
+    with pytest.raises(ConfigError, match="cost_penalty"):
+        default_router.decisions(utilities, CANDS, cost_penalty=-1.0)
+
+
 def test_unknown_candidate_error_says_how_to_describe_it(default_router):
     with pytest.raises(UnknownArmError, match=r"not in this router's catalog.*describe"):
         default_router.route("hi", ["gemma-2-9b-it", "gpt-9"])
