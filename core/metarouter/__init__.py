@@ -16,6 +16,7 @@ from metarouter._version import __version__
 from metarouter.errors import (
     AttemptTimeoutError,
     BudgetExceededError,
+    ChargeError,
     ConfigError,
     DataError,
     DependencyError,
@@ -92,6 +93,7 @@ __all__ = [
     "Call",
     "CallFlow",
     "CallRequest",
+    "ChargeError",
     "Comparison",
     "ComparisonRecord",
     "ConfigError",

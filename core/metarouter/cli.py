@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -339,6 +340,13 @@ def evaluate(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds.")] = 5,
     steps: Annotated[int, typer.Option(help="Meta-training steps per router.")] = 1500,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes that train routers and score settings side by side "
+            "(0: one per CPU core, at most 4). Results do not depend on it."
+        ),
+    ] = 0,
     ood_task: Annotated[
         list[str] | None,
         typer.Option(
@@ -365,6 +373,9 @@ def evaluate(
     if dataset:
         cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
     cfg = dataclasses.replace(cfg, embedder=embedder)
+    if workers < 0:
+        raise typer.BadParameter("--workers must be >= 0 (0: one per CPU core, at most 4).")
+    cfg = dataclasses.replace(cfg, workers=workers or min(4, os.cpu_count() or 1))
     if data is not None and Path(data).is_file():  # a user's own outcome table
         cfg = dataclasses.replace(
             cfg, datasets=(str(data),), ood_tasks=tuple(ood_task or ()), splits=("ID", "OOD")
@@ -913,12 +924,23 @@ def budget_simulate(
         "docs/budgets"
     ),
     seeds: Annotated[int, typer.Option(help="Seeds (each: every user, two months).")] = 5,
+    first_seed: Annotated[
+        int, typer.Option(help="First seed (docs/budgets.md: 0 reports, 100 tunes settings).")
+    ] = 0,
 ) -> None:
     """Reproduce docs/budgets.md's evaluation: a simulated month per user under budgets."""
-    from metarouter.evaluation.budget_sim import SimConfig, markdown_table, run_simulation
+    from metarouter.evaluation.budget_sim import (
+        SimConfig,
+        bar_check,
+        markdown_table,
+        run_simulation,
+    )
 
-    result = run_simulation(SimConfig(seeds=tuple(range(seeds))), out=out)
+    config = SimConfig(seeds=tuple(range(first_seed, first_seed + seeds)))
+    result = run_simulation(config, out=out)
     console.print(markdown_table(result["rows"]))
+    for line in bar_check(result["rows"], result["runs"]):
+        console.print(line)
     console.print(f"done in {result['seconds']:.0f}s; wrote {out}")
 
 

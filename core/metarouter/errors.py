@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "AttemptTimeoutError",
     "BudgetExceededError",
+    "ChargeError",
     "ConfigError",
     "DataError",
     "DependencyError",
@@ -56,6 +57,14 @@ class ModelLoadError(MetaRouterError, OSError):
 
 class StoreError(MetaRouterError, RuntimeError):
     """The preference store could not complete an operation; nothing was written."""
+
+
+class ChargeError(StoreError):
+    """A finished call's cost could not be charged to its spend budgets, even after retries.
+
+    Nothing was written for the call (no ledger, charge or period row); the message names the
+    call, its cost and how to charge it again once the store works.
+    """
 
 
 class UnreadableRowError(StoreError):

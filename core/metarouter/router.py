@@ -132,6 +132,17 @@ def _cost_factors(
 DECISION_TEMPERATURE = 0.01
 
 
+def _decision_scores(util: np.ndarray, cost: np.ndarray, cost_penalty: float) -> np.ndarray:
+    """Softmax of the utilities less ``cost_penalty`` times the normalised costs (rows sum to 1)."""
+    if cost_penalty and not (np.isfinite(cost_penalty) and cost_penalty >= 0):
+        raise ConfigError(f"cost_penalty must be a finite number >= 0, got {cost_penalty!r}.")
+    if cost_penalty:
+        util = util - cost_penalty * cost
+    z = util / DECISION_TEMPERATURE
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
 def _write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
     """Write each file to a fresh temporary file in ``folder``, then rename them all into place.
 
@@ -732,16 +743,10 @@ class MetaRouter:
             ``(scores (n, K), expected quality (n, K), expected cost USD (n, K))``: scores are a
             softmax of the posterior expected utilities (their argmax is the Bayes decision).
         """
-        if cost_penalty and not (np.isfinite(cost_penalty) and cost_penalty >= 0):
-            raise ConfigError(f"cost_penalty must be a finite number >= 0, got {cost_penalty!r}.")
         util, quality, usd, cost = self.utilities_embeddings(
             embeddings, tokens, candidates, preference
         )
-        if cost_penalty:
-            util = util - cost_penalty * cost
-        z = util / DECISION_TEMPERATURE
-        probs = np.exp(z - z.max(axis=1, keepdims=True))
-        return probs / probs.sum(axis=1, keepdims=True), quality, usd
+        return _decision_scores(util, cost, cost_penalty), quality, usd
 
     def _prior_utility(
         self,
@@ -761,10 +766,10 @@ class MetaRouter:
         u0, q0 = familiar.posterior.expected_utility(logits, base, cost, names)
         u1, q1 = novel.posterior.expected_utility(logits, base, cost, names)
         reference = self._reference_embeddings()
-        if len(reference) == 0:
+        w0, w1 = familiar.novel_share, novel.novel_share
+        if len(reference) == 0 or w1 - w0 < 1e-9:  # no reference, or one regime only
             return u0, q0
         model = self.config.novelty_model()
-        w0, w1 = familiar.novel_share, novel.novel_share
         share = np.clip(model.probability(emb, reference), REGIME_FLOOR, 1 - REGIME_FLOOR)
         t = ((share - w0) / (w1 - w0))[:, None]
         return u0 + t * (u1 - u0), q0 + t * (q1 - q0)
@@ -811,10 +816,34 @@ class MetaRouter:
         ``cost_penalty``: see :meth:`score_embeddings`.
         """
         arms = self.resolve(candidates)
-        names = [a.name for a in arms]
-        probs, quality, costs = self.score_embeddings(
-            embeddings, tokens, arms, preference, cost_penalty=cost_penalty
-        )
+        utilities = self.utilities_embeddings(embeddings, tokens, arms, preference)
+        return self.decisions(utilities, arms, preference, cost_penalty=cost_penalty)
+
+    def decisions(
+        self,
+        utilities: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        candidates: Sequence[Candidate],
+        preference: Preference | None = None,
+        *,
+        cost_penalty: float = 0.0,
+    ) -> list[RoutingDecision]:
+        """The routing decisions from :meth:`utilities_embeddings`' output, under a cost penalty.
+
+        One quality-head pass can serve several penalties (a budget's paced call and the
+        choice it would have had without the budget): ``route_embeddings(e, t, c, p,
+        cost_penalty=x)`` equals ``decisions(utilities_embeddings(e, t, c, p), c, p,
+        cost_penalty=x)``.
+
+        Args:
+            utilities: ``(utility, expected quality, expected cost USD, normalised cost)``, each
+                (n, K), as :meth:`utilities_embeddings` returns them for ``candidates``.
+            candidates: The candidate arms, in the order of the arrays' columns.
+            preference: The preference the utilities were computed with (None: the prior).
+            cost_penalty: See :meth:`score_embeddings`.
+        """
+        util, quality, costs, cost = utilities
+        names = [a.name for a in self.resolve(candidates)]
+        probs = _decision_scores(util, cost, cost_penalty)
         weight = (
             preference.quality_weight if preference is not None else self.prior().quality_weight
         )

@@ -40,6 +40,7 @@ from metarouter.budgets import (
 )
 from metarouter.errors import (
     BudgetExceededError,
+    ChargeError,
     ConfigError,
     FeedbackError,
     StoreError,
@@ -552,12 +553,14 @@ class RoutingService:
         tokens = estimate_tokens(query)
         arms = [self.descriptors[n] for n in names]
         emb, tok = embedding[None, :], np.asarray([tokens], float)
-        routing = self.router.route_embeddings(emb, tok, arms, pref)[0]
+        # one pass of the quality head; a paced call derives its penalised decision from it
+        utilities = self.router.utilities_embeddings(emb, tok, arms, pref)
+        routing = self.router.decisions(utilities, arms, pref)[0]
         chosen = forced or routing.model
         budget = None
         if check is not None:
             chosen, routing, budget = self._apply_budget(
-                check, names, emb, tok, arms, pref, routing, forced
+                check, names, utilities, arms, pref, routing, forced
             )
         decision = Decision(
             new_id(),
@@ -608,8 +611,7 @@ class RoutingService:
         self,
         check: BudgetCheck,
         names: Sequence[str],
-        emb: np.ndarray,
-        tok: np.ndarray,
+        utilities: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         arms: Sequence[ArmDescriptor],
         pref: Preference,
         routing: RoutingDecision,
@@ -626,13 +628,12 @@ class RoutingService:
                 )
                 data["policy"] = why
         elif check.multiplier > 0:
-            tau = self.router.config.cost_scale_usd
-            costs = [min(routing.expected_costs_usd[n] / tau, 1.0) for n in names]
-            penalty = pacing_penalty(check.multiplier, costs)
+            util, _, _, costs = utilities
+            penalty = pacing_penalty(
+                check.multiplier, costs[0].tolist(), util[0].tolist(), self.budgets.pacing
+            )
             if penalty > 0:
-                routing = self.router.route_embeddings(emb, tok, arms, pref, cost_penalty=penalty)[
-                    0
-                ]
+                routing = self.router.decisions(utilities, arms, pref, cost_penalty=penalty)[0]
                 data.update(cost_penalty=penalty, policy="paced")
                 chosen = forced or routing.model
         data.update(
@@ -665,7 +666,11 @@ class RoutingService:
             return
         try:
             self._budgets.charge(did, uid, model, float(charge), is_estimate=cost is None)
-        except StoreError as exc:
+        except ChargeError as exc:  # retried by the store already: the budgets miss this call
+            self._writes.failed("charge a call to spend budgets", exc)
+            logger.error("decision %s: %s", did, exc)
+            raise
+        except StoreError as exc:  # e.g. the decision was completed (and charged) before
             self._writes.failed("charge a call to spend budgets", exc)
             logger.error(
                 "the cost of decision %s (%.6f USD) could not be charged to the budgets of "
@@ -689,10 +694,15 @@ class RoutingService:
         """Record the model that answered and the call's real cost; returns the cost in USD.
 
         If the store cannot be written the outcome is kept and retried like the decision (see
-        :mod:`metarouter.store.pending`); it never fails the call for that.
+        :mod:`metarouter.store.pending`); it never fails the call for that. A call under a
+        spend budget is then charged to it; the store retries a failed charge a few times
+        (:meth:`~metarouter.store.sql.SQLStore.record_spend`).
 
         Raises:
             FeedbackError: A malformed or unknown decision id, or an invalid model or cost.
+            ChargeError: The call's cost could not be charged to its budgets (after the
+                outcome was recorded); nothing was written for the charge, and the message
+                says how to charge it again. The adapters log it and return the answer.
         """
         did = validate_decision_id(
             decision.decision_id if isinstance(decision, Decision) else decision

@@ -99,6 +99,21 @@ def test_batched_routing_matches_single_routing(default_router):
             assert single.scores[name] == pytest.approx(d.scores[name], abs=1e-5)
 
 
+def test_one_utilities_pass_gives_the_decisions_of_every_cost_penalty(default_router):
+    queries = ["What is the capital of Peru?", "Write a proof that sqrt(2) is irrational."]
+    emb = default_router.embedder.encode(queries)
+    tok = np.asarray([12.0, 20.0])
+    utilities = default_router.utilities_embeddings(emb, tok, CANDS)
+    for penalty in (0.0, 0.5, 50.0):
+        routed = default_router.route_embeddings(emb, tok, CANDS, cost_penalty=penalty)
+        built = default_router.decisions(utilities, CANDS, cost_penalty=penalty)
+        assert [d.to_dict() for d in built] == [d.to_dict() for d in routed]
+    cheapest = min(CANDS, key=lambda n: routed[0].expected_costs_usd[n])
+    assert built[0].model == cheapest  # a large penalty routes to the cheapest
+    with pytest.raises(ConfigError, match="cost_penalty"):
+        default_router.decisions(utilities, CANDS, cost_penalty=-1.0)
+
+
 def test_unknown_candidate_error_says_how_to_describe_it(default_router):
     with pytest.raises(UnknownArmError, match=r"not in this router's catalog.*describe"):
         default_router.route("hi", ["gemma-2-9b-it", "gpt-9"])
@@ -320,3 +335,24 @@ def test_warm_up_loads_the_embedder_before_the_first_call(default_router):
     assert default_router.embedder.encode_one("after warm-up").shape == (
         default_router.config.embedding_dim,
     )
+
+
+def test_a_router_with_one_traffic_regime_routes_new_users_without_nan(
+    default_router, llmrouter_heldout, tmp_path, embedder
+):
+    """A user-edited config with a single regime (no familiar/novel split) is a valid router."""
+    default_router.save_pretrained(tmp_path / "r")
+    path = tmp_path / "r" / CONFIG_FILE
+    meta = json.loads(path.read_text())
+    meta["config"]["posterior"]["regimes"] = [
+        {"name": "familiar", "query_weight": 1.0, "shared_sd": 0.3, "arm_sd": 0.3}
+    ]
+    path.write_text(json.dumps(meta))
+    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=embedder)
+    held = llmrouter_heldout
+    with np.errstate(all="raise"):
+        scores, quality, _ = loaded.score_embeddings(held.embeddings, held.tokens, CANDS)
+    assert np.isfinite(scores).all() and np.isfinite(quality).all()
+    # with one regime the prior trusts the per-query estimates: the same as the familiar prior
+    familiar = loaded.score_embeddings(held.embeddings, held.tokens, CANDS, loaded.prior(0.0))[0]
+    np.testing.assert_allclose(scores, familiar, rtol=1e-6, atol=1e-9)

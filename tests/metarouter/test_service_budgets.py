@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from metarouter.budgets import pacing_penalty
 from metarouter.dispatch import CallFlow, CallRequest
 from metarouter.errors import BudgetExceededError
-from metarouter.pricing import Price
+from metarouter.pricing import Price, estimate_tokens
 from metarouter.service import ArmSpec, RoutingService
 from metarouter.store import SQLStore, new_id
 
@@ -64,6 +65,26 @@ def test_pacing_moves_the_call_to_a_cheaper_model_and_says_so(service):
     assert stored.metadata["budget"]["changed_choice"] is True
 
 
+def test_a_paced_call_runs_the_quality_head_once_and_uses_the_capped_penalty(service, monkeypatch):
+    _ahead_of_pace(service)
+    router, passes = service.router, []
+    original = router._logits
+    monkeypatch.setattr(router, "_logits", lambda *a: passes.append(1) or original(*a))
+    decision = service.decide(QUERY, "alice")
+    assert len(passes) == 1 and decision.budget["policy"] == "paced"
+    monkeypatch.undo()
+    emb = router.embedder.encode_one(QUERY)[None, :]
+    arms = [service.descriptors[n] for n in service.arm_names]
+    tok = np.asarray([estimate_tokens(QUERY)], float)
+    util, _, _, cost = router.utilities_embeddings(emb, tok, arms, service.preference("alice"))
+    mu = decision.budget["multiplier"]
+    expected = pacing_penalty(mu, cost[0].tolist(), util[0].tolist())
+    assert decision.budget["cost_penalty"] == pytest.approx(expected)
+    assert expected <= mu / cost[0].mean()
+    assert expected <= util[0, cost[0].argmin()] / cost[0].min() + 1e-12
+    assert decision.model == service.arm_names[int(np.argmax(util[0] - expected * cost[0]))]
+
+
 def test_a_budget_on_pace_leaves_the_choice_to_the_preference(service):
     service.budgets.set(1000.0, user="alice", per="month")
     decision = service.decide(QUERY, "alice")
@@ -119,6 +140,46 @@ def test_the_call_flow_reports_the_budget_and_charges_the_answer(service):
     assert answer == f"answer of {model}"
     state = service.budgets.check("alice").states[0]
     assert state.calls == 1 and state.spent_usd == pytest.approx(data["cost_usd"])
+
+
+def test_a_charge_that_cannot_be_written_raises_after_the_outcome_is_recorded(service, monkeypatch):
+    import sqlalchemy as sa
+    from metarouter.errors import ChargeError
+    from metarouter.store import spend, sql
+
+    service.budgets.set(10.0, user="alice")
+    decision = service.decide(QUERY, "alice")
+
+    def broken(conn, tables, record, pacing):
+        raise sa.exc.OperationalError("INSERT ...", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(sql, "CHARGE_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(spend, "record_spend", broken)
+    with pytest.raises(ChargeError, match=decision.decision_id):
+        service.complete(decision, model="weak", input_tokens=100, output_tokens=50)
+    assert service.store.get_decision(decision.decision_id).cost_usd == pytest.approx(
+        ARMS[0].price.cost(100, 50)
+    )
+    assert service.store_health().failures == 1
+    assert service.budgets.check("alice").states[0].calls == 0
+
+
+def test_the_call_flow_returns_the_answer_when_its_charge_fails(service, monkeypatch):
+    import sqlalchemy as sa
+    from metarouter.store import spend, sql
+
+    service.budgets.set(10.0, user="alice")
+    monkeypatch.setattr(sql, "CHARGE_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(
+        spend,
+        "record_spend",
+        lambda *a: (_ for _ in ()).throw(sa.exc.OperationalError("X", {}, Exception("down"))),
+    )
+    flow = CallFlow(service, ["weak", "middling", "strong"], integration="test")
+    call = flow.start(CallRequest(QUERY, user_id="alice"))
+    answer, model = flow.attempt(call, lambda name: f"answer of {name}")
+    data = flow.finish(call, model, input_tokens=200, output_tokens=100)
+    assert answer == f"answer of {model}" and data["model"] == model
 
 
 def test_budgets_can_be_ignored(default_router):

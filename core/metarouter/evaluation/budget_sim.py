@@ -19,14 +19,21 @@ Methods (all route with the same user preference; they differ only in how cost i
 * ``no budget``: the user's preference alone (the reference for quality and spend).
 * ``hard block``: the user's preference until the budget is spent, then every call is refused
   (a gateway's budget).
-* ``fixed alpha (tuned offline)``: a constant extra weight on cost, chosen on last month's
-  traffic so that last month would have spent exactly the budget; refused once the budget is
-  spent (so it never overspends by more than a call). Two variants: a constant
-  ``cost_penalty`` and a constant pacing multiplier (``mu / c_mean``, pacing's own scale).
+* ``fixed alpha, tuned offline``: a constant extra weight on cost, tuned on last month's
+  traffic (never on the scored month) and refused once the budget is spent (so it never
+  overspends by more than a call). Three variants: the constant with which last month would
+  have spent exactly the budget, as a constant ``cost_penalty`` or a constant pacing multiplier
+  (``mu / c_mean``, pacing's own scale); and the constant multiplier (from
+  :data:`MULTIPLIER_GRID`) that gave last month the most quality under the budget.
 * ``MetaRouter pacing``: :mod:`metarouter.budgets` (the dual-ascent multiplier, updated on
-  every charge exactly as the store does), ``on_exhausted="error"``. Like a budget's second
-  period in the store, this month starts from the time-averaged multiplier of last month (run
-  under the same budget): the same information the offline baselines are tuned on.
+  every charge exactly as the store does, and the value cap of :func:`pacing_penalty`),
+  ``on_exhausted="error"``. Like a budget's second period in the store, this month starts from
+  the time-averaged multiplier of last month (run under the same budget): the same information
+  the offline baselines are tuned on. ``MetaRouter pacing, no value cap`` is the same with
+  ``Pacing(value_cap=False)``.
+* ``fixed alpha, hindsight (upper reference)``: the grid's best constant for this very month
+  (chosen with its outcomes): not something an operator can do, and not one of the
+  :data:`BASELINES` the issue's bar compares pacing with.
 
 Decisions use :meth:`metarouter.router.MetaRouter.utilities_embeddings`: the router's choice
 under a cost penalty ``lam`` is ``argmax(utility - lam * cost)``, the same rule
@@ -45,7 +52,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,10 +64,22 @@ from metarouter.budgets import (
     carried_multiplier,
     decayed_multiplier,
     multiplier_area,
+    pacing_penalty,
     updated_multiplier,
 )
 
-__all__ = ["SimConfig", "Traffic", "make_traffic", "run_simulation", "simulate_pacing"]
+__all__ = [
+    "BASELINES",
+    "METHODS",
+    "MULTIPLIER_GRID",
+    "SimConfig",
+    "Traffic",
+    "bar_check",
+    "make_traffic",
+    "markdown_table",
+    "run_simulation",
+    "simulate_pacing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -233,14 +252,13 @@ def simulate_pacing(
     served = np.zeros(n, bool)
     mus = np.zeros(n)
     mu, paced_at, spent, area = float(initial), start, 0.0, 0.0
-    mean_norm = norm.mean(axis=1)
     for i in range(n):
         now = float(times[i])
         if spent >= budget:  # on_exhausted="error": refused
             continue
         current = decayed_multiplier(mu, paced_at, now, start, end, pacing)
         mus[i] = current
-        penalty = current / mean_norm[i] if current > 0 and mean_norm[i] > 0 else 0.0
+        penalty = pacing_penalty(current, norm[i].tolist(), util[i].tolist(), pacing)
         k = int(np.argmax(util[i] - penalty * norm[i]))
         chosen[i], served[i] = k, True
         charge = float(cost[i, k])
@@ -249,6 +267,20 @@ def simulate_pacing(
         paced_at = now
         spent += charge
     return chosen, served, mus, carried_multiplier(mu, paced_at, area, start, end, pacing)
+
+
+def _blocked_quality(
+    util: np.ndarray,
+    norm: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    multiplier: float,
+    budget: float,
+) -> float:
+    """Total quality of a month routed with a constant multiplier, refused past the budget."""
+    k = _choose(util, norm, multiplier / norm.mean(axis=1))
+    served = _blocked(k, cost, budget)
+    return float(np.where(served, quality[np.arange(len(k)), k], 0.0).sum())
 
 
 def _tune(spend_at: Any, budget: float, high: float) -> float:
@@ -316,8 +348,25 @@ METHODS = (
     "hard block",
     "fixed alpha, tuned offline (cost_penalty)",
     "fixed alpha, tuned offline (multiplier)",
+    "fixed alpha, tuned offline (best quality)",
     "MetaRouter pacing",
+    "MetaRouter pacing, no value cap",
+    "fixed alpha, hindsight (upper reference)",
 )
+#: The methods the issue's bar compares pacing with (the hindsight one is a reference only).
+BASELINES = METHODS[1:5]
+#: The methods drawn in the plot (the others overlap them or are references).
+_PLOTTED = (METHODS[0], METHODS[1], METHODS[3], METHODS[4], METHODS[5])
+#: Constant multipliers the best-quality fixed alpha is chosen from (pacing's scale).
+MULTIPLIER_GRID = (0.0, *np.geomspace(1e-3, 30.0, 50).tolist())
+
+
+def _best_multiplier(
+    util: np.ndarray, norm: np.ndarray, quality: np.ndarray, cost: np.ndarray, budget: float
+) -> float:
+    """The grid's constant multiplier with the highest quality in a month (smallest on ties)."""
+    values = [_blocked_quality(util, norm, quality, cost, mu, budget) for mu in MULTIPLIER_GRID]
+    return float(MULTIPLIER_GRID[int(np.argmax(values))])
 
 
 def run_simulation(
@@ -359,7 +408,7 @@ def run_simulation(
                     pool.quality[traffic.rows],
                     pool.cost[traffic.rows],
                 )
-            lt, lu, ln, _, lc = months["last"]
+            lt, lu, ln, lq, lc = months["last"]
             tt, tu, tn, tq, tc = months["this"]
             free = _choose(tu, tn, 0.0)
             free_spend = float(tc[np.arange(len(tt)), free].sum())
@@ -391,13 +440,28 @@ def run_simulation(
                 mu = _tune(spend_mu, budget, 1e3)
                 k = _choose(tu, tn, mu / tn.mean(axis=1))
                 res[METHODS[3]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
-                # last month under the same budget (in USD) gives the multiplier this month
-                # starts from, as a budget's next period does in the store
-                *_, carried = simulate_pacing(lt, lu, ln, lc, budget, start, end, cfg.pacing)
-                k, served, mus, _ = simulate_pacing(
-                    tt, tu, tn, tc, budget, start, end, cfg.pacing, initial=carried
-                )
-                res["MetaRouter pacing"] = _run(tt, k, served, tq, tc, budget, start, end)
+                # the operator's other offline choice: the constant that gave last month the
+                # best quality under the budget (needs last month's quality, not only its cost)
+                mu = _best_multiplier(lu, ln, lq, lc, budget)
+                k = _choose(tu, tn, mu / tn.mean(axis=1))
+                res[METHODS[4]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
+                for method, pacing in (
+                    (METHODS[5], cfg.pacing),
+                    (METHODS[6], replace(cfg.pacing, value_cap=False)),
+                ):
+                    # last month under the same budget (in USD) gives the multiplier this month
+                    # starts from, as a budget's next period does in the store
+                    *_, carried = simulate_pacing(lt, lu, ln, lc, budget, start, end, pacing)
+                    k, served, mus_, _ = simulate_pacing(
+                        tt, tu, tn, tc, budget, start, end, pacing, initial=carried
+                    )
+                    res[method] = _run(tt, k, served, tq, tc, budget, start, end)
+                    if method == METHODS[5]:
+                        mus = mus_
+                # not something an operator can do: the best constant for this very month
+                mu = _best_multiplier(tu, tn, tq, tc, budget)
+                k = _choose(tu, tn, mu / tn.mean(axis=1))
+                res[METHODS[7]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
                 base_q = res["no budget"].quality
                 cheapest = float(tc.min(axis=1).sum())
                 for method, r in res.items():
@@ -421,7 +485,7 @@ def run_simulation(
                         "seed": seed,
                         "budget": budget,
                         "bursts": this.bursts,
-                        "curves": {m: r.curve for m, r in res.items()},
+                        "curves": {m: res[m].curve for m in _PLOTTED},
                         "multiplier": ((tt - start) / 86400.0, mus),
                     }
         logger.info("seed %d done (%.0fs)", seed, time.perf_counter() - began)
@@ -438,7 +502,10 @@ def run_simulation(
         (folder / "budget_simulation.json").write_text(
             json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8"
         )
-        (folder / "budget_simulation.md").write_text(markdown_table(rows), encoding="utf-8")
+        text = markdown_table(rows) + "\nThe bar (quality in % of no budget, mean of runs):\n\n"
+        (folder / "budget_simulation.md").write_text(
+            text + "\n".join(bar_check(rows, runs)) + "\n", encoding="utf-8"
+        )
         if example is not None:
             result["plot"] = str(_plot(example, folder / "budget_simulation.png"))
     return result
@@ -474,6 +541,45 @@ def _summarise(runs: Sequence[dict[str, Any]], cfg: SimConfig) -> list[dict[str,
                 }
             )
     return rows
+
+
+def bar_check(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Per budget level: pacing's quality against each baseline's, and runs won/tied/lost."""
+    lines = []
+    for level in sorted({r["level"] for r in rows}):
+        at = {r["method"]: r for r in rows if r["level"] == level}
+        if METHODS[5] not in at:
+            continue
+        pace = at[METHODS[5]]
+        parts = []
+        for method in BASELINES:
+            if method not in at:
+                continue
+            mine = {
+                (r["seed"], r["alpha"]): r["quality_pct"]
+                for r in runs
+                if r["level"] == level and r["method"] == METHODS[5]
+            }
+            diffs = [
+                mine[(r["seed"], r["alpha"])] - r["quality_pct"]
+                for r in runs
+                if r["level"] == level and r["method"] == method
+            ]
+            won = sum(d > 1e-9 for d in diffs)
+            lost = sum(d < -1e-9 for d in diffs)
+            parts.append(
+                f"{method}: {at[method]['quality_pct']:.2f} "
+                f"({won} runs better, {len(diffs) - won - lost} equal, {lost} worse)"
+            )
+        higher = all(pace["quality_pct"] > at[m]["quality_pct"] for m in BASELINES if m in at)
+        over = pace["max_overspend_calls"] <= 1.0
+        lines.append(
+            f"* {100 * level:.0f}%: pacing {pace['quality_pct']:.2f} against "
+            + "; ".join(parts)
+            + f". Higher than every baseline: {'yes' if higher else 'NO'}; overspend "
+            f"<= 1 call: {'yes' if over else 'NO'} ({pace['max_overspend_calls']:.2f})."
+        )
+    return lines
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,7 +17,7 @@ import numpy as np
 
 from metarouter.config import TrainingConfig
 from metarouter.data import OutcomeMatrix, llmrouter_prices, load_dataset, load_outcomes
-from metarouter.embeddings import DEFAULT_EMBEDDER, Embedder, EmbedderSpec
+from metarouter.embeddings import DEFAULT_EMBEDDER, Embedder
 from metarouter.errors import ConfigError
 from metarouter.evaluation.active import ActiveFeedback
 from metarouter.evaluation.baselines import (
@@ -70,6 +73,9 @@ class EvalConfig:
             Per-user routing works on small tensors, where one thread is about 1.5x faster
             than two on this project's 2-core reference machine; router training keeps
             torch's setting.
+        workers: Processes that train routers and score settings side by side (1: all in
+            this process). Each worker uses one torch thread; results do not depend on the
+            number of workers (every setting's draws come from its own seeds).
         embedder: The embedding backend (queries, trained routers and the baselines' vectors);
             trained routers are cached per backend.
     """
@@ -86,7 +92,12 @@ class EvalConfig:
     ood_tasks: tuple[str, ...] = ()
     threads: int = 1
     active: bool = True
+    workers: int = 1
     embedder: str = DEFAULT_EMBEDDER
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"EvalConfig.workers must be >= 1, got {self.workers}.")
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -123,34 +134,44 @@ def _methods(routers: dict[str, MetaRouter]) -> list[Method]:
     ]
 
 
-def _train_routers(
-    settings: list[Setting], cfg: EvalConfig, out: Path, progress: bool, embedder: EmbedderSpec
-) -> tuple[dict[str, MetaRouter], dict[str, Any]]:
-    from metarouter.report import write_training_report
-    from metarouter.training import train_router
+def _router_folder(out: Path, s: Setting) -> Path:
+    return out / "routers" / s.train_key.replace("/", "-")
 
-    routers: dict[str, MetaRouter] = {}
-    info: dict[str, Any] = {}
-    for s in settings:
-        key = s.train_key
-        if key in routers:
-            continue
-        folder = out / "routers" / key.replace("/", "-")
-        stamp = {
-            "queries": len(s.train),
-            "models": list(s.train.models),
-            "tau": s.tau,
-            "steps": cfg.train_steps,
-            "format": 3,  # routers of earlier training code retrain
-            "embedder": f"{embedder.name}:{embedder.dim}:{embedder.fingerprint}",
-        }
-        stamp_file = folder / "eval_stamp.json"
-        if stamp_file.is_file() and _stamp_of(stamp_file, embedder) == stamp:
-            routers[key] = MetaRouter.from_pretrained(folder)
-            info[key] = json.loads((folder / "training.json").read_text())["seconds"]
-            logger.info("reusing trained router %s", folder)
-            continue
-        prices = llmrouter_prices() if s.dataset == "llmrouter" else None
+
+def _embedder_stamp(name: str) -> str:
+    spec = Embedder(name).spec
+    return f"{spec.name}:{spec.dim}:{spec.fingerprint}"
+
+
+def _stamp(s: Setting, cfg: EvalConfig) -> dict[str, Any]:
+    return {
+        "queries": len(s.train),
+        "models": list(s.train.models),
+        "tau": s.tau,
+        "steps": cfg.train_steps,
+        "format": 3,  # routers of earlier training code retrain
+        "embedder": _embedder_stamp(cfg.embedder),
+    }
+
+
+def _is_trained(folder: Path, stamp: dict[str, Any]) -> bool:
+    stamp_file = folder / "eval_stamp.json"
+    if not stamp_file.is_file():
+        return False
+    stored = json.loads(stamp_file.read_text())
+    if isinstance(stored, dict) and "embedder" not in stored:
+        # stamps written before embedder backends existed: routers of minilm-torch
+        stored["embedder"] = _embedder_stamp(DEFAULT_EMBEDDER)
+    return bool(stored == stamp)
+
+
+def _train_one(s: Setting, cfg: EvalConfig, folder: Path, progress: bool, threads: int) -> float:
+    """Train the router of one setting's training split and save it with its stamp."""
+    from metarouter.report import write_training_report
+    from metarouter.training import torch_threads, train_router
+
+    prices = llmrouter_prices() if s.dataset == "llmrouter" else None
+    with torch_threads(threads):
         result = train_router(
             s.train,
             s.train_emb,
@@ -158,23 +179,98 @@ def _train_routers(
             prices=prices,
             training=TrainingConfig(steps=cfg.train_steps),
             progress=progress,
-            description=f"metarouter eval: {key}",
-            embedder=embedder,
+            description=f"metarouter eval: {s.train_key}",
+            embedder=Embedder(cfg.embedder).spec,
         )
-        result.router.save_pretrained(folder)
-        write_training_report(result, folder)
-        stamp_file.write_text(json.dumps(stamp))
-        routers[key] = result.router
-        info[key] = round(result.seconds, 1)
+    result.router.save_pretrained(folder)
+    write_training_report(result, folder)
+    (folder / "eval_stamp.json").write_text(json.dumps(_stamp(s, cfg)))
+    return round(result.seconds, 1)
+
+
+def _train_routers(
+    settings: list[Setting], cfg: EvalConfig, out: Path, progress: bool
+) -> tuple[dict[str, MetaRouter], dict[str, Any]]:
+    """Train (or reuse, by stamp) one router per training split; ``cfg.workers`` at a time."""
+    todo: dict[str, Setting] = {}
+    for s in settings:
+        if s.train_key not in todo:
+            todo[s.train_key] = s
+    info: dict[str, Any] = {}
+    missing = []
+    for key, s in todo.items():
+        folder = _router_folder(out, s)
+        if _is_trained(folder, _stamp(s, cfg)):
+            logger.info("reusing trained router %s", folder)
+            info[key] = json.loads((folder / "training.json").read_text())["seconds"]
+        else:
+            missing.append(s)
+    if cfg.workers > 1 and len(missing) > 1:
+        with _pool(min(cfg.workers, len(missing))) as pool:
+            futures = {
+                pool.submit(_train_one, s, cfg, _router_folder(out, s), False, 1): s
+                for s in missing
+            }
+            for fut in _progress(as_completed(futures), len(futures), "training routers", progress):
+                info[futures[fut].train_key] = fut.result()
+    else:
+        for s in missing:
+            info[s.train_key] = _train_one(s, cfg, _router_folder(out, s), progress, 0)
+    routers = {key: MetaRouter.from_pretrained(_router_folder(out, s)) for key, s in todo.items()}
     return routers, info
 
 
-def _stamp_of(stamp_file: Path, embedder: EmbedderSpec) -> Any:
-    """A cached router's stamp; stamps written before backends existed mean minilm-torch."""
-    stored = json.loads(stamp_file.read_text())
-    if isinstance(stored, dict) and "embedder" not in stored and embedder.name == DEFAULT_EMBEDDER:
-        stored["embedder"] = f"{embedder.name}:{embedder.dim}:{embedder.fingerprint}"
-    return stored
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes, started fresh (``spawn``: no inherited torch thread pools)."""
+    os.environ.setdefault("METAROUTER_NUM_THREADS", "1")
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _progress(items: Any, total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, disable=not enabled)
+
+
+def _score_setting(
+    s: Setting, routers: dict[str, MetaRouter], cfg: EvalConfig, progress: bool
+) -> tuple[EvalRun, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """Every method on one setting: standard track, training-comparisons variant, active track."""
+    from metarouter.training import torch_threads
+
+    with torch_threads(cfg.threads):
+        methods = _methods(routers) + [SingleModel(k, m) for k, m in enumerate(s.models)]
+        run = run_setting(s, methods, seeds=cfg.seeds, n_values=cfg.n_values, progress=progress)
+        variant_entry = None
+        if cfg.train_variant and s.kset in ("K2", "K5"):
+            variant = run_setting(
+                s,
+                _methods(routers),
+                seeds=cfg.seeds,
+                n_values=(6,),
+                source="train",
+                progress=progress,
+            )
+            variant_entry = _setting_entry(s, variant)
+        active_entry = None
+        if cfg.active:
+            active = run_setting(
+                s,
+                methods,
+                seeds=cfg.seeds,
+                n_values=(6,),
+                progress=progress,
+                feedback=ActiveFeedback(routers),
+            )
+            active_entry = _setting_entry(s, active)
+    return run, _setting_entry(s, run), variant_entry, active_entry
+
+
+def _score_in_worker(
+    s: Setting, folder: Path, cfg: EvalConfig
+) -> tuple[EvalRun, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """:func:`_score_setting` in a worker process, with the router loaded from its folder."""
+    return _score_setting(s, {s.train_key: MetaRouter.from_pretrained(folder)}, cfg, False)
 
 
 def _dataset(
@@ -258,38 +354,31 @@ def run_evaluation(
             max_train=cfg.max_train,
             max_test=cfg.max_test,
         )
-    routers, train_seconds = _train_routers(settings, cfg, out, progress, embedder.spec)
-    from metarouter.training import torch_threads
-
+    routers, train_seconds = _train_routers(settings, cfg, out, progress)
     scoring_start = time.perf_counter()
-    runs: list[EvalRun] = []
     results: dict[str, Any] = {"settings": {}, "variant_train_comparisons": {}, "active": {}}
-    with torch_threads(cfg.threads):
+    scored: dict[str, tuple[EvalRun, dict[str, Any], Any, Any]] = {}
+    if cfg.workers > 1 and len(settings) > 1:
+        # largest first, so the last setting to finish is a small one
+        order = sorted(settings, key=lambda s: -len(s.test) * len(s.models))
+        with _pool(min(cfg.workers, len(settings))) as pool:
+            futures = {
+                pool.submit(_score_in_worker, s, _router_folder(out, s), cfg): s for s in order
+            }
+            for fut in _progress(as_completed(futures), len(futures), "scoring settings", progress):
+                scored[futures[fut].name] = fut.result()
+    else:
         for s in settings:
-            methods = _methods(routers) + [SingleModel(k, m) for k, m in enumerate(s.models)]
-            run = run_setting(s, methods, seeds=cfg.seeds, n_values=cfg.n_values, progress=progress)
-            runs.append(run)
-            results["settings"][s.name] = _setting_entry(s, run)
-            if cfg.train_variant and s.kset in ("K2", "K5"):
-                variant = run_setting(
-                    s,
-                    _methods(routers),
-                    seeds=cfg.seeds,
-                    n_values=(6,),
-                    source="train",
-                    progress=progress,
-                )
-                results["variant_train_comparisons"][s.name] = _setting_entry(s, variant)
-            if cfg.active:
-                active = run_setting(
-                    s,
-                    methods,
-                    seeds=cfg.seeds,
-                    n_values=(6,),
-                    progress=progress,
-                    feedback=ActiveFeedback(routers),
-                )
-                results["active"][s.name] = _setting_entry(s, active)
+            scored[s.name] = _score_setting(s, routers, cfg, progress)
+    runs: list[EvalRun] = []
+    for s in settings:  # the report lists settings in their own order, whoever finished first
+        run, entry, variant_entry, active_entry = scored[s.name]
+        runs.append(run)
+        results["settings"][s.name] = entry
+        if variant_entry is not None:
+            results["variant_train_comparisons"][s.name] = variant_entry
+        if active_entry is not None:
+            results["active"][s.name] = active_entry
     scoring_seconds = time.perf_counter() - scoring_start
     results["config"] = {
         "datasets": list(cfg.datasets),
@@ -308,6 +397,7 @@ def run_evaluation(
         "scoring_threads": cfg.threads,
         "embedder": embedder.spec.name,
         "embedder_fingerprint": embedder.spec.fingerprint,
+        "workers": cfg.workers,
         "versions": _versions(),
         "normalisation": "cost scaled by [cheapest, dearest] single-model mean cost on the "
         "setting's test queries, quality by [0, 1], reference point (1, 0); "

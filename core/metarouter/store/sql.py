@@ -41,6 +41,7 @@ import sqlalchemy as sa
 
 from metarouter.budgets import Budget, BudgetState, Pacing, SpendRecord
 from metarouter.errors import (
+    ChargeError,
     ConfigError,
     DependencyError,
     FeedbackError,
@@ -85,6 +86,10 @@ _WRITE_ATTEMPTS = 4
 #: SQLSTATEs worth retrying: serialization_failure, deadlock_detected.
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: Attempts to charge a call to its budgets when the store fails (any failure, not only the
+#: transient ones every write retries), and the wait before the second (doubled after).
+CHARGE_ATTEMPTS = 3
+CHARGE_BACKOFF_SECONDS = 0.1
 
 
 def _normalise_url(target: str | os.PathLike[str]) -> str:
@@ -1344,24 +1349,62 @@ class SQLStore(PreferenceStore):
             "read budgets", lambda conn: spend.budget_states(conn, self.tables, uid, at, pacing)
         )
 
-    def record_spend(self, record: SpendRecord, *, pacing: Pacing) -> list[BudgetState]:
+    def record_spend(
+        self, record: SpendRecord, *, pacing: Pacing, attempts: int = CHARGE_ATTEMPTS
+    ) -> list[BudgetState]:
         """Charge one call to its user's active budgets, atomically; returns their new states.
 
-        Nothing is written when no budget applies. Retried on PostgreSQL serialisation
-        failures and deadlocks like every write.
+        Nothing is written when no budget applies. Each attempt is one transaction (all or
+        nothing; PostgreSQL serialisation failures and deadlocks are retried inside it like
+        every write). A failed attempt is tried again, up to ``attempts`` in all, after
+        ``CHARGE_BACKOFF_SECONDS`` (doubled each time): a charge is not dropped for a lock held
+        too long or a dropped connection. If a retry finds the call already charged (an earlier
+        attempt was committed but its answer was lost), that charge stands; it is not doubled.
 
         Raises:
-            StoreError: The spend id is already charged, or the database failed.
+            StoreError: The spend id was already charged before this call (nothing written).
+            ChargeError: Every attempt failed; nothing was written for the call.
         """
         from metarouter.store import spend
 
         validate_user_id(record.user_id)
         validate_model_name(record.model)
         check_usd("the charged cost", record.cost_usd)
-        return self._write(
-            f"charge call {record.spend_id}",
-            lambda conn: spend.record_spend(conn, self.tables, record, pacing),
-        )
+        action = f"charge call {record.spend_id}"
+        attempts = max(1, int(attempts))
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._write(
+                    action, lambda conn: spend.record_spend(conn, self.tables, record, pacing)
+                )
+            except StoreError as exc:
+                if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                    if attempt == 1:
+                        raise  # charged before this call: a duplicate, refused
+                    logger.warning("%s: %s was committed by an earlier attempt", self.url, action)
+                    return self.budget_states(record.user_id, now=record.created_at, pacing=pacing)
+                if self.read_only or attempt == attempts:
+                    raise ChargeError(
+                        f"could not charge call {record.spend_id} ({record.cost_usd:.6f} USD, "
+                        f"user {excerpt(record.user_id)}, model {excerpt(record.model)}) to its "
+                        f"spend budgets after {attempt} attempt(s): {exc} No ledger, charge or "
+                        "period row was written for it, so the budgets do not count it. Fix the "
+                        "store, then charge it again: Budgets.charge("
+                        f"{record.spend_id!r}, {record.user_id!r}, {record.model!r}, "
+                        f"{record.cost_usd!r}, is_estimate={record.is_estimate})."
+                    ) from exc
+                wait = CHARGE_BACKOFF_SECONDS * 2 ** (attempt - 1)
+                logger.warning(
+                    "%s: %s failed (attempt %d of %d), retrying in %.2fs: %s",
+                    self.url,
+                    action,
+                    attempt,
+                    attempts,
+                    wait,
+                    exc,
+                )
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def spend_history(
         self, scope: str, name: str, *, since: float | None = None, until: float | None = None

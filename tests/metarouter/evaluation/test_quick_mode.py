@@ -1,6 +1,8 @@
 """The evaluation pipeline end to end, in its CI-sized quick mode."""
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 from metarouter.cli import app
@@ -92,3 +94,26 @@ def test_report_assets_are_copied_beside_the_report_and_never_onto_themselves(tm
     same = _report_assets(out, tmp_path / "runs.md")
     assert same == out
     assert sorted(p.name for p in out.iterdir()) == ["fronts.png", "results.json"]
+
+
+@pytest.mark.slow
+def test_results_do_not_depend_on_the_number_of_worker_processes(tmp_path):
+    from metarouter.evaluation.runner import EvalConfig, run_evaluation
+
+    cfg = dataclasses.replace(EvalConfig.quick(), seeds=(0,), n_values=(6,), active=False)
+    one = run_evaluation(cfg, tmp_path / "one", progress=False)
+    # the second run reuses the trained router (same stamp) and scores in two processes
+    (tmp_path / "two").mkdir()
+    shutil.copytree(tmp_path / "one" / "routers", tmp_path / "two" / "routers")
+    two = run_evaluation(dataclasses.replace(cfg, workers=2), tmp_path / "two", progress=False)
+    assert two["config"]["workers"] == 2 and one["config"]["workers"] == 1
+    assert list(two["settings"]) == list(one["settings"])  # same order, whoever finished first
+    assert two["settings"] == one["settings"]
+
+
+def test_workers_below_one_are_refused_with_the_fix():
+    from metarouter.errors import ConfigError
+    from metarouter.evaluation.runner import EvalConfig
+
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        EvalConfig(workers=0)

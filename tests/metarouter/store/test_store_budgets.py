@@ -150,6 +150,84 @@ def test_a_charge_id_is_charged_once(budgets, store):
     assert budgets.check("alice").states[0].calls == 1
 
 
+def _failing_statements(monkeypatch, fails: int) -> list[int]:
+    """The next ``fails`` charges write their rows, then the database fails (rolled back)."""
+    import sqlalchemy as sa
+    from metarouter.store import spend, sql
+
+    original, calls = spend.record_spend, []
+    monkeypatch.setattr(sql, "CHARGE_BACKOFF_SECONDS", 0.0)
+
+    def flaky(conn, tables, record, pacing):
+        calls.append(1)
+        states = original(conn, tables, record, pacing)  # rows written inside the transaction
+        if len(calls) <= fails:
+            raise sa.exc.OperationalError("UPDATE ...", {}, Exception("connection lost"))
+        return states
+
+    monkeypatch.setattr(spend, "record_spend", flaky)
+    return calls
+
+
+def test_a_charge_that_fails_is_retried_and_recorded_once(budgets, monkeypatch):
+    budgets.set(1.0, user="alice")
+    calls = _failing_statements(monkeypatch, fails=2)
+    spend_id = new_id()
+    states = budgets.charge(spend_id, "alice", "m", 0.25, is_estimate=False)
+    assert len(calls) == 3 and states[0].spent_usd == pytest.approx(0.25)
+    state = budgets.check("alice").states[0]
+    assert state.calls == 1 and state.spent_usd == pytest.approx(0.25)
+    assert [r.spend_id for r in budgets.history(user="alice")] == [spend_id]
+
+
+def test_a_charge_that_keeps_failing_raises_and_leaves_no_partial_rows(budgets, store, monkeypatch):
+    from metarouter.errors import ChargeError, StoreError
+
+    budgets.set(1.0, user="alice")
+    budgets.set_team("research", ["alice"])
+    budgets.set(5.0, team="research")
+    calls = _failing_statements(monkeypatch, fails=99)
+    spend_id = new_id()
+    with pytest.raises(ChargeError, match="after 3 attempt") as caught:
+        budgets.charge(spend_id, "alice", "m", 0.25, is_estimate=False)
+    assert isinstance(caught.value, StoreError)
+    message = str(caught.value)
+    assert spend_id in message and "connection lost" in message and "Budgets.charge(" in message
+    assert len(calls) == 3
+    # every attempt wrote a ledger row, two charge rows and two period updates, then failed:
+    # none of it is left
+    assert store.stats()["charged_calls"] == 0
+    assert budgets.history(user="alice") == [] and budgets.history(team="research") == []
+    assert all(s.calls == 0 and s.spent_usd == 0 for s in budgets.check("alice").states)
+
+
+def test_a_charge_committed_before_its_connection_failed_is_not_doubled(
+    budgets, store, monkeypatch
+):
+    import sqlalchemy as sa
+    from metarouter.errors import StoreError
+    from metarouter.store import sql
+
+    budgets.set(1.0, user="alice")
+    monkeypatch.setattr(sql, "CHARGE_BACKOFF_SECONDS", 0.0)
+    original, calls = sql.SQLStore._write, []
+
+    def lost_answer(self, action, fn):
+        result = original(self, action, fn)
+        calls.append(action)
+        if len(calls) == 1:  # committed, but the client never heard back
+            raise StoreError("connection lost") from sa.exc.OperationalError(
+                "COMMIT", {}, Exception("connection lost")
+            )
+        return result
+
+    monkeypatch.setattr(sql.SQLStore, "_write", lost_answer)
+    states = budgets.charge(new_id(), "alice", "m", 0.25, is_estimate=False)
+    assert len(calls) == 1  # the retry found the charge (a duplicate) and did not write again
+    assert states[0].calls == 1 and states[0].spent_usd == pytest.approx(0.25)
+    assert store.stats()["charged_calls"] == 1
+
+
 def test_bad_charges_are_refused(store):
     with pytest.raises(Exception, match="cost"):
         store.record_spend(SpendRecord(new_id(), "alice", "m", -1.0, False, 1.0), pacing=Pacing())
@@ -184,8 +262,11 @@ def test_a_spend_report_has_days_models_and_a_plot(budgets, clock, tmp_path):
 
 
 @pytest.mark.slow
-def test_eight_processes_charging_one_team_honour_its_budget_and_lose_nothing(store_url, tmp_path):
-    workers, budget = 8, 1.0
+def test_eight_processes_routing_for_one_team_honour_its_budget_and_lose_nothing(
+    store_url, tmp_path
+):
+    """Eight app instances route real calls (the bundled router, RoutingService) for one team."""
+    workers, budget = 8, 0.005  # about 100 calls of the cheapest candidate
     members = ["alice", "bob", "carol", "dave"]
     with SQLStore(store_url) as store:
         setup = Budgets(store)
@@ -200,10 +281,10 @@ def test_eight_processes_charging_one_team_honour_its_budget_and_lose_nothing(st
     ]
     for p in procs:
         p.start()
-    start.set()
+    start.set()  # the workers load the router first, then race from this point
     began = time.monotonic()
     for p in procs:
-        p.join(max(1.0, 600 - (time.monotonic() - began)))
+        p.join(max(1.0, 900 - (time.monotonic() - began)))
     for p in procs:
         if p.is_alive():
             p.kill()
@@ -212,16 +293,23 @@ def test_eight_processes_charging_one_team_honour_its_budget_and_lose_nothing(st
     assert all(log["refused"] == 1 for log in logs), "every worker ran until the budget was spent"
     charged = {sid: cost for log in logs for sid, cost in log["charged"]}
     assert len(charged) == sum(len(log["charged"]) for log in logs)
+    # routed for real: spending ahead of the month's pace made the router pace some calls
+    policies = [p for log in logs for p in log["policies"]]
+    assert "paced" in policies
 
     with SQLStore(store_url) as store:
         check = Budgets(store)
         ledger = check.history(team="research")
         state = check.states()[0]
+        decisions = {did: store.get_decision(did) for did in charged}
     # no lost (or doubled) spend record: the ledger, the counters and the workers agree
     assert {r.spend_id: r.cost_usd for r in ledger} == pytest.approx(charged)
     assert state.calls == len(charged)
     assert state.spent_usd == pytest.approx(sum(charged.values()))
-    assert state.estimated_calls == sum(r.is_estimate for r in ledger)
+    assert state.estimated_calls == 0  # every call reported its token usage
+    # each charge is the routed call's: its decision is stored, answered by the charged model
+    assert {r.spend_id: r.model for r in ledger} == {d: rec.chosen for d, rec in decisions.items()}
+    assert all("budget" in rec.metadata for rec in decisions.values())
     # honoured: spent, and overrun by at most the call each instance had in flight
     last_calls = [log["charged"][-1][1] for log in logs if log["charged"]]
     assert budget <= state.spent_usd <= budget + sum(last_calls)
