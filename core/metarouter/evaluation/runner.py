@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -222,7 +221,6 @@ def _train_routers(
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes, started fresh (``spawn``: no inherited torch thread pools)."""
-    os.environ.setdefault("METAROUTER_NUM_THREADS", "1")
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
