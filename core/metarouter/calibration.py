@@ -15,7 +15,13 @@ column) as users' traffic:
   independence predicts, given the head's probabilities (method of moments).
 
 Sampling noise is subtracted from every spread, and each is floored, so a table with few groups
-still gives a usable, wide-enough prior. The result is a
+still gives a usable, wide-enough prior. The novel regime's spread is measured from few
+independent task families (often 2-15), so it is read conservatively: the 90% upper confidence
+bound of a standard deviation estimated from that many families (``sd * sqrt(df /
+chi2_0.1(df))``, df = families - 1), capped at :data:`MAX_NOVEL_SD`. A table with many families
+keeps about its measured spread; one with two or three (where the groups are query clusters of
+the same few tasks) cannot tell how far a new task moves the arms and gets a wide prior. The
+result is a
 :class:`~metarouter.posterior.PosteriorConfig` saved with the router.
 """
 
@@ -42,6 +48,11 @@ MIN_SD = 0.15
 #: training families are closer to the rest than such tasks are, so on data with few families
 #: the measured spread alone is too narrow (docs/evaluation.md, "width of the novel regime").
 MIN_NOVEL_SD = 1.5
+#: Cap of the novel regime's standard deviations (logit units): at 3, a new task may move an
+#: arm's odds of a good answer by a factor of e^3 ~ 20, i.e. from 90% to 30%.
+MAX_NOVEL_SD = 3.0
+#: One-sided confidence of the upper bound on the novel regime's spread.
+_SPREAD_CONFIDENCE = 0.9
 _P_CLIP = 0.02
 
 
@@ -84,6 +95,14 @@ def _spread(gaps: np.ndarray, noise: np.ndarray) -> tuple[float, float]:
     return float(np.sqrt(max(shared_var, MIN_SD**2))), float(np.sqrt(max(own_var, MIN_SD**2)))
 
 
+def _upper_sd(sd: float, families: int) -> float:
+    """The upper confidence bound of a std measured across ``families`` independent groups."""
+    from scipy.stats import chi2
+
+    df = max(families - 1, 1)
+    return float(sd * np.sqrt(df / chi2.ppf(1 - _SPREAD_CONFIDENCE, df)))
+
+
 def _logit_noise(p: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Sampling variance of the logit of a mean of ``n`` Bernoulli(p) outcomes."""
     p = np.clip(p, _P_CLIP, 1 - _P_CLIP)
@@ -115,6 +134,7 @@ def fit_posterior_config(
     val_prob: np.ndarray,
     val_groups: np.ndarray,
     *,
+    families: int | None = None,
     base: PosteriorConfig | None = None,
 ) -> AdaptationFit:
     """Fit the two regimes and the outcome coupling (see the module docstring).
@@ -125,6 +145,8 @@ def fit_posterior_config(
         val_quality: (m, A) outcomes of held-out validation queries.
         val_prob: (m, A) the trained quality head's probabilities on them.
         val_groups: (m,) their task groups.
+        families: Independent task families behind the groups (default: the number of groups
+            measured); fewer when the groups are query clusters of a few tasks.
         base: Grids and other settings to keep (default :class:`PosteriorConfig`).
     """
     cfg = base or PosteriorConfig()
@@ -155,9 +177,11 @@ def fit_posterior_config(
     else:
         nov_shared = nov_arm = 1.0
     measured = {"measured_shared_sd": nov_shared, "measured_arm_sd": nov_arm}
+    n_families = max(2, families if families is not None else len(nov_gaps))
+    # few families measure the spread poorly: plan for its upper confidence bound (capped);
     # a new task is at least as uncertain as a familiar one, and at least MIN_NOVEL_SD
-    nov_shared = max(nov_shared, fam_shared, MIN_NOVEL_SD)
-    nov_arm = max(nov_arm, fam_arm, MIN_NOVEL_SD)
+    nov_shared = max(min(_upper_sd(nov_shared, n_families), MAX_NOVEL_SD), fam_shared, MIN_NOVEL_SD)
+    nov_arm = max(min(_upper_sd(nov_arm, n_families), MAX_NOVEL_SD), fam_arm, MIN_NOVEL_SD)
     coupling = _coupling(val_quality, val_prob) if len(val_quality) >= MIN_GROUP else 0.0
     regimes = (
         Regime("familiar", 1.0, round(fam_shared, 4), round(fam_arm, 4)),
@@ -166,7 +190,7 @@ def fit_posterior_config(
     fitted = replace(cfg, regimes=regimes, outcome_coupling=round(coupling, 4))
     logger.info(
         "adaptation prior: familiar sd %.2f/%.2f, novel sd %.2f/%.2f (measured %.2f/%.2f), "
-        "coupling %.2f (%d groups)",
+        "coupling %.2f (%d groups, %d task families)",
         fam_shared,
         fam_arm,
         nov_shared,
@@ -175,6 +199,7 @@ def fit_posterior_config(
         measured["measured_arm_sd"],
         coupling,
         len(nov_gaps),
+        n_families,
     )
     return AdaptationFit(
         fitted,

@@ -501,7 +501,15 @@ def _fit_adaptation(
             .numpy()
         )
     prob = 1.0 / (1.0 + np.exp(-logits))
-    fit = fit_posterior_config(train_m.quality, groups, val_m.quality, prob, val_groups)
+    families = len(np.unique(np.concatenate([train_m.tasks, val_m.tasks])))
+    fit = fit_posterior_config(
+        train_m.quality,
+        groups,
+        val_m.quality,
+        prob,
+        val_groups,
+        families=families if families >= 2 else None,
+    )
     keep = rng.permutation(len(h_train))[:REFERENCE_SIZE]
     novelty = fit_novelty(h_train[keep], groups[keep], h_val)
     config = dataclasses.replace(
