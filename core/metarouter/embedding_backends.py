@@ -42,6 +42,7 @@ __all__ = [
     "MINILM_DIM",
     "STATIC_MODEL_NAME",
     "THREADS_ENV",
+    "TORCH_FREE_EMBEDDERS",
     "Backend",
     "EmbedderSpec",
     "MiniLMTorchBackend",
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 #: Backend names, as ``metarouter train --embedder`` and ``Embedder(backend=...)`` take them.
 EMBEDDERS = ("minilm-torch", "static")
+#: Backends that embed without torch: a router trained for one loads and routes without
+#: importing torch (the network is built only for training, fine-tuning or saving).
+TORCH_FREE_EMBEDDERS = frozenset({"static"})
 #: The backend of routers whose config does not say (saved before backends existed).
 DEFAULT_EMBEDDER = "minilm-torch"
 MINILM_DIM = 384
