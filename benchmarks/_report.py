@@ -794,6 +794,13 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         "call's embedding is an LRU hit.",
         "* **Start-up**: `MetaRouter.warm_up()` and the adapters' `warm_up()` load the "
         "embedder and run one query before the first call.",
+        "* **Torch-free routers** (`static`): `MetaRouter.from_pretrained` reads a static "
+        "router's weights with `safetensors.numpy` into the numpy quality head (the prior "
+        "evidence computed in numpy), and the per-user cost calibration and the service's "
+        "router fingerprint are numpy too, so building the router or `MetaRouterChat` and "
+        "routing import neither torch nor sentence-transformers (tested in a fresh process, "
+        "with the torch network's decisions). The torch network is built on first use of "
+        "`router.model` (training, fine-tuning, saving). `minilm-torch` routers load as before.",
         "",
         "The raw figures of this run (every sample) are in "
         f"[`{json_path.relative_to(out.parent).as_posix()}`]"
