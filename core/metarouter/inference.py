@@ -17,6 +17,11 @@ The first layer's matrix is split by input block, so the sums are in another ord
 matrix product: results agree with the torch module to float32 rounding (~1e-6), which
 ``tests/metarouter/test_inference.py`` checks along with identical routing decisions.
 GELU is the exact (erf) form, with erf from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+
+The head is built from the torch network, or from the router's saved tensors without importing
+torch (:meth:`QualityHead.from_state`: the prior evidence is then the evidence network on a
+zero input, computed here in float64), which is how a router for the ``static`` embedder routes
+without torch.
 """
 
 from __future__ import annotations

@@ -393,9 +393,9 @@ class MetaRouter:
     def model(self) -> MetaRouterModel:
         """The torch network (training, fine-tuning, saving).
 
-        A router for a torch-free embedder (:data:`~metarouter.embedding_backends.
-        TORCH_FREE_EMBEDDERS`) loaded by :meth:`from_pretrained` routes and adapts without it:
-        the network, and torch, load on first access of this attribute.
+        A router for a torch-free embedder (``TORCH_FREE_EMBEDDERS`` of
+        :mod:`metarouter.embedding_backends`) loaded by :meth:`from_pretrained` routes and adapts
+        without it: the network, and torch, load on first access of this attribute.
         """
         if self._model is None:
             with self._cache_lock:
