@@ -257,24 +257,24 @@ def _build_network(
 
 def _load_tensors(weights: Path) -> dict[str, Any]:
     """The saved tensors as torch tensors."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    try:
-        return load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
-        ) from exc
+    return _read_safetensors(weights, load_file)
 
 
 def _load_arrays(weights: Path) -> dict[str, np.ndarray]:
     """The saved tensors as numpy arrays (no torch import)."""
-    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    return _read_safetensors(weights, load_file)
+
+
+def _read_safetensors(weights: Path, load_file: Any) -> dict[str, Any]:
+    """``load_file(weights)``, a damaged file raised as :class:`ModelLoadError`."""
+    from safetensors import SafetensorError
+
     try:
-        return load_file(str(weights))
+        return dict(load_file(str(weights)))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
