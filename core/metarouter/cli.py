@@ -355,6 +355,17 @@ def evaluate(
         ),
     ] = None,
     embedder: EmbedderOption = "minilm-torch",
+    active: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the active track (MetaRouter picks its comparisons; about a third "
+            "of the scoring time)."
+        ),
+    ] = True,
+    train_variant: Annotated[
+        bool,
+        typer.Option(help="Also score the variant with comparisons drawn from training queries."),
+    ] = True,
 ) -> None:
     """Evaluate MetaRouter against the baselines (docs/method.md protocol).
 
@@ -372,7 +383,9 @@ def evaluate(
     cfg = EvalConfig.quick() if quick else EvalConfig(seeds=tuple(range(seeds)), train_steps=steps)
     if dataset:
         cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
-    cfg = dataclasses.replace(cfg, embedder=embedder)
+    cfg = dataclasses.replace(cfg, embedder=embedder, active=active)
+    if not train_variant:
+        cfg = dataclasses.replace(cfg, train_variant=False)
     if workers < 0:
         raise typer.BadParameter("--workers must be >= 0 (0: one per CPU core, at most 4).")
     cfg = dataclasses.replace(cfg, workers=workers or min(4, os.cpu_count() or 1))
