@@ -383,9 +383,13 @@ def evaluate(
     cfg = EvalConfig.quick() if quick else EvalConfig(seeds=tuple(range(seeds)), train_steps=steps)
     if dataset:
         cfg = dataclasses.replace(cfg, datasets=tuple(dataset))
-    cfg = dataclasses.replace(cfg, embedder=embedder, active=active)
-    if not train_variant:
-        cfg = dataclasses.replace(cfg, train_variant=False)
+    # --no-active / --no-train-variant switch a track off; neither switches one on (--quick)
+    cfg = dataclasses.replace(
+        cfg,
+        embedder=embedder,
+        active=cfg.active and active,
+        train_variant=cfg.train_variant and train_variant,
+    )
     if workers < 0:
         raise typer.BadParameter("--workers must be >= 0 (0: one per CPU core, at most 4).")
     cfg = dataclasses.replace(cfg, workers=workers or min(4, os.cpu_count() or 1))

@@ -89,11 +89,11 @@ def check_state_shapes(
             detail = (
                 f"tensor {name!r} is missing"
                 if found is None
-                else f"tensor {name!r} has shape {list(found.shape)} but the config implies "
+                else f"tensor {name!r} has shape {list(found.shape)} but config.json implies "
                 f"{list(shape)}"
             )
             raise ModelLoadError(
-                f"{what} do not match the router's config.json ({detail}); nothing was loaded. "
+                f"{what} do not match config.json ({detail}); nothing was loaded. "
                 "Fix: keep the two files of one save together (re-download or re-save the "
                 "router)."
             )

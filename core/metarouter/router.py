@@ -183,15 +183,13 @@ def _write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
 
 def _file_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     """The tensors' shapes in a safetensors file, read from its header (nothing allocated)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
-    try:
-        with safe_open(str(weights), "np") as fh:
+    def shapes(path: str) -> dict[str, tuple[int, ...]]:
+        with safe_open(path, "np") as fh:
             return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
-        ) from exc
+
+    return _read_safetensors(weights, shapes)
 
 
 def _check_weight_shapes(
@@ -269,12 +267,12 @@ def _load_arrays(weights: Path) -> dict[str, np.ndarray]:
     return _read_safetensors(weights, load_file)
 
 
-def _read_safetensors(weights: Path, load_file: Any) -> dict[str, Any]:
-    """``load_file(weights)``, a damaged file raised as :class:`ModelLoadError`."""
+def _read_safetensors(weights: Path, read: Any) -> dict[str, Any]:
+    """``read(path)`` of a safetensors file, a damaged file raised as :class:`ModelLoadError`."""
     from safetensors import SafetensorError
 
     try:
-        return dict(load_file(str(weights)))
+        return dict(read(str(weights)))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{weights}: corrupted weights ({exc}). Fix: re-save or retrain the router."
@@ -407,17 +405,21 @@ class MetaRouter:
                     self._model = network.eval()  # the source of the weights from now on
         return self._model
 
+    def _saved_state(self) -> dict[str, np.ndarray] | None:
+        """The saved tensors while the network is not built (None once it is, or never was)."""
+        return self._state if self._model is None else None
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The network's tensors as numpy arrays, by ``state_dict`` name (read-only use)."""
-        model, state = self._model, self._state
-        if model is None and state is not None:
+        state = self._saved_state()
+        if state is not None:
             return dict(state)
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
 
     def _tensor(self, name: str) -> np.ndarray:
         """One of the network's tensors as a numpy array (without building the network)."""
-        model, state = self._model, self._state
-        if model is None and state is not None:
+        state = self._saved_state()
+        if state is not None:
             return state[name]
         value: Any = self.model.get_buffer(name)
         return np.asarray(value.detach().cpu().numpy())
@@ -427,11 +429,12 @@ class MetaRouter:
         if self._head is None:
             with self._cache_lock:
                 if self._head is None:
-                    model, state = self._model, self._state
-                    if model is None and state is not None:
-                        self._head = QualityHead.from_state(self.config, state)
-                    else:
-                        self._head = QualityHead(self.model)
+                    state = self._saved_state()
+                    self._head = (
+                        QualityHead(self.model)
+                        if state is None
+                        else QualityHead.from_state(self.config, state)
+                    )
         return self._head
 
     @property

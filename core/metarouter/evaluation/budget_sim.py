@@ -208,8 +208,26 @@ def _run(
     )
 
 
+def _blocked_run(
+    chosen: np.ndarray,
+    times: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    budget: float,
+    start: float,
+    end: float,
+) -> Run:
+    """:func:`_run` of a month routed by ``chosen`` and refused once the budget is spent."""
+    return _run(times, chosen, _blocked(chosen, cost, budget), quality, cost, budget, start, end)
+
+
 def _choose(util: np.ndarray, norm: np.ndarray, penalty: np.ndarray | float) -> np.ndarray:
     return np.argmax(util - np.asarray(penalty, float).reshape(-1, 1) * norm, axis=1)
+
+
+def _choose_multiplier(util: np.ndarray, norm: np.ndarray, multiplier: float) -> np.ndarray:
+    """The choices under a constant pacing multiplier (``mu / c_mean``, pacing's scale)."""
+    return _choose(util, norm, multiplier / norm.mean(axis=1))
 
 
 def _blocked(chosen: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
@@ -278,7 +296,7 @@ def _blocked_quality(
     budget: float,
 ) -> float:
     """Total quality of a month routed with a constant multiplier, refused past the budget."""
-    k = _choose(util, norm, multiplier / norm.mean(axis=1))
+    k = _choose_multiplier(util, norm, multiplier)
     served = _blocked(k, cost, budget)
     return float(np.where(served, quality[np.arange(len(k)), k], 0.0).sum())
 
@@ -422,7 +440,7 @@ def run_simulation(
             def spend_mu(
                 mu: float, u_: np.ndarray = lu, n_: np.ndarray = ln, c_: np.ndarray = lc
             ) -> float:
-                k = _choose(u_, n_, mu / n_.mean(axis=1))
+                k = _choose_multiplier(u_, n_, mu)
                 return float(c_[np.arange(len(k)), k].sum())
 
             for level in cfg.levels:
@@ -431,20 +449,16 @@ def run_simulation(
                 res["no budget"] = _run(
                     tt, free, np.ones(len(tt), bool), tq, tc, budget, start, end
                 )
-                res["hard block"] = _run(
-                    tt, free, _blocked(free, tc, budget), tq, tc, budget, start, end
-                )
+                month = (tt, tq, tc, budget, start, end)
+                res["hard block"] = _blocked_run(free, *month)
                 lam = _tune(spend_penalty, budget, 1e4)
-                k = _choose(tu, tn, lam)
-                res[METHODS[2]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
+                res[METHODS[2]] = _blocked_run(_choose(tu, tn, lam), *month)
                 mu = _tune(spend_mu, budget, 1e3)
-                k = _choose(tu, tn, mu / tn.mean(axis=1))
-                res[METHODS[3]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
+                res[METHODS[3]] = _blocked_run(_choose_multiplier(tu, tn, mu), *month)
                 # the operator's other offline choice: the constant that gave last month the
                 # best quality under the budget (needs last month's quality, not only its cost)
                 mu = _best_multiplier(lu, ln, lq, lc, budget)
-                k = _choose(tu, tn, mu / tn.mean(axis=1))
-                res[METHODS[4]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
+                res[METHODS[4]] = _blocked_run(_choose_multiplier(tu, tn, mu), *month)
                 for method, pacing in (
                     (METHODS[5], cfg.pacing),
                     (METHODS[6], replace(cfg.pacing, value_cap=False)),
@@ -460,8 +474,7 @@ def run_simulation(
                         mus = mus_
                 # not something an operator can do: the best constant for this very month
                 mu = _best_multiplier(tu, tn, tq, tc, budget)
-                k = _choose(tu, tn, mu / tn.mean(axis=1))
-                res[METHODS[7]] = _run(tt, k, _blocked(k, tc, budget), tq, tc, budget, start, end)
+                res[METHODS[7]] = _blocked_run(_choose_multiplier(tu, tn, mu), *month)
                 base_q = res["no budget"].quality
                 cheapest = float(tc.min(axis=1).sum())
                 for method, r in res.items():
@@ -551,15 +564,15 @@ def bar_check(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) ->
         if METHODS[5] not in at:
             continue
         pace = at[METHODS[5]]
+        mine = {
+            (r["seed"], r["alpha"]): r["quality_pct"]
+            for r in runs
+            if r["level"] == level and r["method"] == METHODS[5]
+        }
         parts = []
         for method in BASELINES:
             if method not in at:
                 continue
-            mine = {
-                (r["seed"], r["alpha"]): r["quality_pct"]
-                for r in runs
-                if r["level"] == level and r["method"] == METHODS[5]
-            }
             diffs = [
                 mine[(r["seed"], r["alpha"])] - r["quality_pct"]
                 for r in runs
