@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from metarouter.embedding_backends import ROUTER_EMBEDDER
 from metarouter.errors import MetaRouterError
 from metarouter.validation import excerpt
 
@@ -34,8 +35,9 @@ EmbedderOption = Annotated[
     str,
     typer.Option(
         "--embedder",
-        help="Embedding backend the router is trained for: minilm-torch (all-MiniLM-L6-v2 on "
-        "torch) or static (a table distilled from it; ~100x faster). See docs/benchmarks.md.",
+        help="Embedding backend the router is trained for: static (the default: a table "
+        "distilled from all-MiniLM-L6-v2, routes without torch in under a millisecond) or "
+        "minilm-torch (the model itself on torch). See docs/benchmarks.md.",
     ),
 ]
 
@@ -155,7 +157,7 @@ def train(
             "--init", help="With --from-feedback: router to start from (default: bundled)."
         ),
     ] = None,
-    embedder: EmbedderOption = "minilm-torch",
+    embedder: EmbedderOption = ROUTER_EMBEDDER,
 ) -> None:
     """Meta-train a router on an outcome log and write it with a training report.
 
@@ -354,7 +356,7 @@ def evaluate(
             help="With --data FILE: task families left out of training for the OOD split.",
         ),
     ] = None,
-    embedder: EmbedderOption = "minilm-torch",
+    embedder: EmbedderOption = ROUTER_EMBEDDER,
     active: Annotated[
         bool,
         typer.Option(

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_EMBEDDER",
     "EMBEDDERS",
     "MINILM_DIM",
+    "ROUTER_EMBEDDER",
     "STATIC_MODEL_NAME",
     "THREADS_ENV",
     "TORCH_FREE_EMBEDDERS",
@@ -61,8 +62,15 @@ EMBEDDERS = ("minilm-torch", "static")
 #: Backends that embed without torch: a router trained for one loads and routes without
 #: importing torch (the network is built only for training, fine-tuning or saving).
 TORCH_FREE_EMBEDDERS = frozenset({"static"})
-#: The backend of routers whose config does not say (saved before backends existed).
+#: The backend of ``Embedder()`` with no argument (all-MiniLM-L6-v2 itself, e.g. for the
+#: LlamaIndex embedding model) and of routers whose config does not say (saved before backends
+#: existed).
 DEFAULT_EMBEDDER = "minilm-torch"
+#: The backend new routers are trained for unless told otherwise (``metarouter train`` and
+#: ``metarouter eval``'s ``--embedder``), and the bundled router's: chosen by measurement, routing
+#: quality within 0.005 HV of minilm-torch on average at a fraction of the cost per call
+#: (docs/benchmarks.md, "Routing quality per embedding backend").
+ROUTER_EMBEDDER = "static"
 MINILM_DIM = 384
 #: Folder (under ``metarouter/weights``) of the packaged static table.
 STATIC_MODEL_NAME = "static-minilm-l6-v2"

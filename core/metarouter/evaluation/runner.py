@@ -16,7 +16,7 @@ import numpy as np
 
 from metarouter.config import TrainingConfig
 from metarouter.data import OutcomeMatrix, llmrouter_prices, load_dataset, load_outcomes
-from metarouter.embeddings import DEFAULT_EMBEDDER, Embedder
+from metarouter.embeddings import DEFAULT_EMBEDDER, ROUTER_EMBEDDER, Embedder
 from metarouter.errors import ConfigError
 from metarouter.evaluation.active import ActiveFeedback
 from metarouter.evaluation.baselines import (
@@ -92,7 +92,7 @@ class EvalConfig:
     threads: int = 1
     active: bool = True
     workers: int = 1
-    embedder: str = DEFAULT_EMBEDDER
+    embedder: str = ROUTER_EMBEDDER
 
     def __post_init__(self) -> None:
         if self.workers < 1:
