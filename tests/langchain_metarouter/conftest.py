@@ -35,10 +35,10 @@ def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def lc_router(embedder) -> MetaRouter:
+def lc_router(router_embedder) -> MetaRouter:
     """The bundled router with the session's embedder."""
     router = shared_router()
-    router._embedder = router._embedder or embedder
+    router._embedder = router._embedder or router_embedder
     return router
 
 

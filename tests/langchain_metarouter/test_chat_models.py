@@ -561,17 +561,15 @@ def test_dumps_writes_not_implemented_rather_than_a_router_on_another_store(rout
 def test_warm_up_loads_the_models_before_the_first_call_and_records_nothing(
     candidates, tmp_path, monkeypatch
 ):
-    from metarouter.embedding_backends import MiniLMTorchBackend
-    from metarouter.embeddings import Embedder
+    from metarouter.embedding_backends import StaticBackend
+    from metarouter.embeddings import ROUTER_EMBEDDER, Embedder
     from metarouter.router import MetaRouter, default_router_dir
     from metarouter.store.sql import SQLStore
 
     loads: list[str] = []
-    load = MiniLMTorchBackend._load_model
-    monkeypatch.setattr(
-        MiniLMTorchBackend, "_load_model", lambda self: loads.append("model") or load(self)
-    )
-    fresh = MetaRouter.from_pretrained(default_router_dir(), embedder=Embedder())
+    read = StaticBackend._read
+    monkeypatch.setattr(StaticBackend, "_read", lambda self: loads.append("model") or read(self))
+    fresh = MetaRouter.from_pretrained(default_router_dir(), embedder=Embedder(ROUTER_EMBEDDER))
     store = SQLStore(tmp_path / "warm.db")
     router = MetaRouterChat(candidates=candidates, arms=arm_specs(), router=fresh, store=store)
     assert loads == []

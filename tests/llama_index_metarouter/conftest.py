@@ -56,11 +56,11 @@ def routerbench(shared_data) -> RecordedAnswers:
 
 # -- routers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def meta_router(embedder):
-    """The bundled router, loaded once (with the session's embedding model)."""
+def meta_router(router_embedder):
+    """The bundled router, loaded once (with the session's embedder for it)."""
     from metarouter.router import MetaRouter
 
-    return MetaRouter.default(embedder=embedder)
+    return MetaRouter.default(embedder=router_embedder)
 
 
 @pytest.fixture

@@ -37,7 +37,16 @@ async def test_async_embeddings_match_sync_ones(embed_model):
     assert await embed_model.aget_query_embedding(text) == pytest.approx(sync, abs=1e-6)
 
 
-def test_shares_the_routers_loaded_model(make_router, mock_candidates):
+def test_shares_a_given_minilm_embedder(embedder):
+    assert MiniLMEmbedding(embedder)._embedder is embedder
+
+
+def test_refuses_the_bundled_routers_static_table_and_says_what_to_pass(
+    make_router, mock_candidates
+):
+    from metarouter.errors import ConfigError
+
     router = make_router(mock_candidates())
-    shared = router.service.router.embedder
-    assert MiniLMEmbedding(shared)._embedder is shared
+    assert router.service.router.embedder.name == "static"
+    with pytest.raises(ConfigError, match=r"pass no embedder .*minilm-torch"):
+        MiniLMEmbedding(router.service.router.embedder)

@@ -44,17 +44,17 @@ class HeldOut:
 
 
 @pytest.fixture(scope="session")
-def default_router(embedder):
+def default_router(router_embedder):
     from metarouter.router import MetaRouter
 
-    return MetaRouter.default(embedder=embedder)
+    return MetaRouter.default(embedder=router_embedder)
 
 
 @pytest.fixture(scope="session")
-def llmrouter_heldout(embedder) -> HeldOut:
+def llmrouter_heldout(router_embedder) -> HeldOut:
     """The bundled LLMRouter test split: queries the bundled router never trained on."""
     matrix = load_dataset("llmrouter").to_matrix()
     test = matrix.split("test")
-    emb = embedder.encode(list(test.queries))
+    emb = router_embedder.encode(list(test.queries))
     tokens = np.asarray([estimate_tokens(q) for q in test.queries], float)
     return HeldOut(test, emb, tokens)

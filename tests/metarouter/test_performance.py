@@ -127,7 +127,7 @@ def test_thread_setting_rejects_a_bad_value_with_a_fix(monkeypatch, value):
 
 
 def test_cached_candidate_and_preference_tensors_give_the_same_scores_as_a_fresh_router(
-    default_router, llmrouter_heldout, embedder
+    default_router, llmrouter_heldout, router_embedder
 ):
     pref = default_router.adapt(llmrouter_heldout.comparisons(CANDS, 6))
     arms = default_router.resolve(CANDS)
@@ -136,7 +136,7 @@ def test_cached_candidate_and_preference_tensors_give_the_same_scores_as_a_fresh
     cached_arms = default_router._candidate_tensors(arms)
     second = default_router.score_embeddings(emb, tok, arms, pref)
     assert default_router._candidate_tensors(arms) is cached_arms
-    fresh = MetaRouter.default(embedder=embedder).score_embeddings(emb, tok, CANDS, pref)
+    fresh = MetaRouter.default(embedder=router_embedder).score_embeddings(emb, tok, CANDS, pref)
     for a, b, c in zip(first, second, fresh, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)

@@ -167,13 +167,13 @@ def test_descriptor_from_price_and_like(default_router):
 
 
 def test_save_and_load_reproduce_decisions_exactly(
-    default_router, llmrouter_heldout, tmp_path, embedder
+    default_router, llmrouter_heldout, tmp_path, router_embedder
 ):
     held = llmrouter_heldout
     comps = held.comparisons(CANDS, 6, seed=5)
     default_router.save_pretrained(tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
-    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=embedder)
+    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=router_embedder)
     a = default_router.score_embeddings(
         held.embeddings, held.tokens, CANDS, default_router.adapt(comps)
     )[0]
@@ -338,7 +338,7 @@ def test_warm_up_loads_the_embedder_before_the_first_call(default_router):
 
 
 def test_a_router_with_one_traffic_regime_routes_new_users_without_nan(
-    default_router, llmrouter_heldout, tmp_path, embedder
+    default_router, llmrouter_heldout, tmp_path, router_embedder
 ):
     """A user-edited config with a single regime (no familiar/novel split) is a valid router."""
     default_router.save_pretrained(tmp_path / "r")
@@ -348,7 +348,7 @@ def test_a_router_with_one_traffic_regime_routes_new_users_without_nan(
         {"name": "familiar", "query_weight": 1.0, "shared_sd": 0.3, "arm_sd": 0.3}
     ]
     path.write_text(json.dumps(meta))
-    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=embedder)
+    loaded = MetaRouter.from_pretrained(tmp_path / "r", embedder=router_embedder)
     held = llmrouter_heldout
     with np.errstate(all="raise"):
         scores, quality, _ = loaded.score_embeddings(held.embeddings, held.tokens, CANDS)

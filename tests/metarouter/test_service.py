@@ -15,10 +15,10 @@ QUERY = "Summarise the plot of Hamlet in two sentences."
 
 
 @pytest.fixture(scope="module")
-def router(embedder):
+def router(router_embedder):
     from metarouter.router import MetaRouter
 
-    return MetaRouter.default(embedder=embedder)
+    return MetaRouter.default(embedder=router_embedder)
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ def _blocks(language: str) -> list[str]:
 
 
 @pytest.fixture
-def prefs_db(tmp_path, monkeypatch, embedder):
+def prefs_db(tmp_path, monkeypatch, router_embedder):
     """The page's ``prefs.db`` in the working folder: ten users' feedback, alice among them."""
     monkeypatch.chdir(tmp_path)
     with SQLStore("prefs.db") as store:
-        record_population(store, embedder.encode(QUERIES), USERS)
+        record_population(store, router_embedder.encode(QUERIES), USERS)
     return tmp_path / "prefs.db"
 
 

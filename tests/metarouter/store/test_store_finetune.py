@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
-def query_embeddings(embedder) -> np.ndarray:
-    return embedder.encode(QUERIES)
+def query_embeddings(router_embedder) -> np.ndarray:
+    return router_embedder.encode(QUERIES)
 
 
 def _comparisons(embeddings, seed, rank, n=6):

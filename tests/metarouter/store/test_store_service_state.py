@@ -21,10 +21,10 @@ QUERIES = [
 
 
 @pytest.fixture(scope="module")
-def router(embedder):
+def router(router_embedder):
     from metarouter.router import MetaRouter
 
-    return MetaRouter.default(embedder=embedder)
+    return MetaRouter.default(embedder=router_embedder)
 
 
 @pytest.fixture
