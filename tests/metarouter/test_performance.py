@@ -147,7 +147,8 @@ def test_tensor_caches_are_bounded(default_router):
     base = default_router.resolve(CANDS)
     for i in range(_TENSOR_CACHE_SIZE + 10):
         arms = [*base[:2], default_router.describe(f"new-{i}", _price(), quality=0.5)]
-        default_router.score_embeddings(np.zeros((1, 384), np.float32), np.ones(1), arms, prior)
+        dim = default_router.config.embedding_dim
+        default_router.score_embeddings(np.zeros((1, dim), np.float32), np.ones(1), arms, prior)
     assert len(default_router._arm_tensors) == _TENSOR_CACHE_SIZE
 
 

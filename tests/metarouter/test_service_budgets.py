@@ -195,7 +195,7 @@ def test_the_router_decides_under_a_penalty_as_argmax_of_utility_minus_penalised
     default_router,
 ):
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(40, 384)).astype(np.float32)
+    emb = rng.normal(size=(40, default_router.config.embedding_dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     tokens = rng.integers(20, 2000, 40).astype(float)
     arms = ["gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"]

@@ -14,11 +14,11 @@ from metarouter.router import MetaRouter
 
 
 @pytest.fixture(scope="module")
-def setting():
+def setting(default_router):
     """A small LLMRouter K = 5 setting (random unit embeddings: the decision rule is tested)."""
     matrix = load_dataset("llmrouter").to_matrix()
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(len(matrix), 384)).astype(np.float32)
+    emb = rng.normal(size=(len(matrix), default_router.config.embedding_dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     plan = default_plans()["llmrouter"]
     (s,) = build_settings(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from metarouter.router import default_router_dir
 from metarouter.store import ComparisonRecord, DecisionRecord, SQLStore, new_id, query_hash
 
 MODELS = ("gemma-2-9b-it", "qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct")
@@ -41,7 +42,13 @@ def _seed(text: str) -> int:
     return int(query_hash(text)[:8], 16)
 
 
-def unit_vectors(n: int, seed: int, dim: int = 384) -> np.ndarray:
+#: Width of the bundled router's query vectors (its embedder's).
+ROUTER_DIM = int(
+    json.loads((default_router_dir() / "config.json").read_text())["config"]["embedding_dim"]
+)
+
+
+def unit_vectors(n: int, seed: int, dim: int = ROUTER_DIM) -> np.ndarray:
     """``n`` random unit vectors (float32)."""
     rng = np.random.default_rng(seed)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from _store_helpers import MODELS, make_comparison, make_decision
+from _store_helpers import MODELS, ROUTER_DIM, make_comparison, make_decision
 from metarouter.errors import DataError
 from metarouter.store import load_comparison_export, load_decision_export
 from metarouter.store.export import DATASET_FORMAT
@@ -84,7 +84,7 @@ def test_dataset_export_has_header_footer_and_no_query_text(filled, tmp_path):
     assert rows[-1] == {"type": "footer", "decisions": 6, "comparisons": 4}
     decision_rows = [r for r in rows if r["type"] == "decision"]
     assert all("metadata" not in r and "run_id" not in r for r in decision_rows)
-    assert all(len(r["embedding"]) == 384 for r in rows[1:-1])
+    assert all(len(r["embedding"]) == ROUTER_DIM for r in rows[1:-1])
     store.export_comparisons(out, include_metadata=True)
     decision_rows = [r for r in _lines(out) if r["type"] == "decision"]
     assert {r["metadata"].get("ticket") for r in decision_rows} == {7, None}
