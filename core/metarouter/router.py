@@ -38,7 +38,7 @@ from metarouter._version import __version__
 from metarouter.arms import ArmDescriptor, CostModel, Prototypes
 from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
-from metarouter.embedding_backends import TORCH_FREE_EMBEDDERS
+from metarouter.embedding_backends import ROUTER_EMBEDDER, TORCH_FREE_EMBEDDERS
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError, EmbedderMismatchError, ModelLoadError, UnknownArmError
 from metarouter.inference import ArmPart, QualityHead, check_state_shapes, head_shapes
@@ -56,7 +56,14 @@ from metarouter.types import Comparison, Preference, RoutingDecision
 if TYPE_CHECKING:
     from metarouter.model import MetaRouterModel
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Candidate", "MetaRouter", "default_router_dir"]
+__all__ = [
+    "BUNDLED_ROUTERS",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "Candidate",
+    "MetaRouter",
+    "default_router_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -314,9 +321,25 @@ def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
             )
 
 
-def default_router_dir() -> Path:
-    """Folder of the router bundled with the package (trained on the bundled LLMRouter data)."""
-    return Path(str(resources.files("metarouter") / "weights" / "default"))
+#: Bundled routers (folders under ``metarouter/weights``) by the embedder they were trained for.
+BUNDLED_ROUTERS = {"static": "default", "minilm-torch": "default-minilm"}
+
+
+def default_router_dir(embedder: str | None = None) -> Path:
+    """Folder of a router bundled with the package (trained on the bundled LLMRouter data).
+
+    Args:
+        embedder: The backend the router must be trained for (default: the default embedder,
+            ``static``); ``minilm-torch`` has a bundled router of its own.
+    """
+    name = embedder or ROUTER_EMBEDDER
+    if name not in BUNDLED_ROUTERS:
+        raise ConfigError(
+            f"no router is bundled for the {name!r} embedder (bundled: "
+            f"{sorted(BUNDLED_ROUTERS)}). Fix: train one with `metarouter train --embedder "
+            f"{name} --out DIR` and load it with MetaRouter.from_pretrained(DIR)."
+        )
+    return Path(str(resources.files("metarouter") / "weights" / BUNDLED_ROUTERS[name]))
 
 
 class MetaRouter:
@@ -463,8 +486,14 @@ class MetaRouter:
 
     @classmethod
     def default(cls, embedder: Embedder | None = None) -> MetaRouter:
-        """The router bundled with the package (no training step needed)."""
-        return cls.from_pretrained(default_router_dir(), embedder=embedder)
+        """The router bundled with the package (no training step needed).
+
+        Args:
+            embedder: An embedder to share; the bundled router trained for its backend is
+                loaded (``static``: the default one; ``minilm-torch``: the MiniLM one).
+        """
+        backend = getattr(embedder, "name", None) if embedder is not None else None
+        return cls.from_pretrained(default_router_dir(backend), embedder=embedder)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``.

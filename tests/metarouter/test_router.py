@@ -123,41 +123,65 @@ def test_unknown_candidate_error_says_how_to_describe_it(default_router):
         default_router.describe("gpt-9", Price(1, 2))
 
 
+#: Share of held-out code queries (by task) for which the new code arm must be chosen, per
+#: bundled router. The static table embeds HumanEval's docstring prompts ("Given a positive
+#: integer n, return the product of the odd digits ...") among the math word problems: with
+#: its regions only 26% of held-out HumanEval queries read as code (MBPP 90%), so the arm is
+#: chosen on about half of the code traffic; MiniLM separates both (92%). docs/benchmarks.md.
+NEW_ARM_BARS = {"static": {"mbpp": 0.8, "code": 0.5}, "minilm-torch": {"mbpp": 0.8, "code": 0.8}}
+
+
+@pytest.mark.parametrize("backend", sorted(NEW_ARM_BARS))
 def test_new_arm_routes_without_retraining_where_it_is_cheap_and_good(
-    default_router, llmrouter_heldout
+    backend, router_embedder, default_router, llmrouter_heldout
 ):
     """A model never seen in training, described only by outcomes on probe queries."""
     from metarouter.data import load_dataset
+    from metarouter.embeddings import Embedder
 
+    if backend == router_embedder.name:
+        router, held_emb = default_router, llmrouter_heldout.embeddings
+    else:
+        router = MetaRouter.default(embedder=Embedder(backend))
+        held_emb = router.embedder.encode(list(llmrouter_heldout.matrix.queries))
+    assert router.config.embedder == backend
     train = load_dataset("llmrouter").to_matrix().split("train")
     rng = np.random.default_rng(0)
     probe = rng.choice(len(train), 1200, replace=False)
     code_tasks = {"mbpp", "human_eval"}
     probe_quality = np.isin(train.tasks[probe], list(code_tasks)).astype(float)
-    new = default_router.describe(
+    new = router.describe(
         "code-specialist",
         Price(0.05, 0.05),
         outcomes=(list(train.queries[probe]), probe_quality),
     )
-    assert isinstance(new, ArmDescriptor) and new.name not in default_router.catalog
+    assert isinstance(new, ArmDescriptor) and new.name not in router.catalog
     held = llmrouter_heldout
     cands = [new, "llama-3.1-8b-instruct", "llama-3.1-nemotron-51b-instruct"]
-    out = default_router.route_embeddings(held.embeddings, held.tokens, cands)
+    out = router.route_embeddings(held_emb, held.tokens, cands)
     chosen_new = np.array([d.model == "code-specialist" for d in out])
     is_code = np.isin(held.matrix.tasks, list(code_tasks))
-    assert chosen_new[is_code].mean() > 0.8
+    bars = NEW_ARM_BARS[backend]
+    assert chosen_new[held.matrix.tasks == "mbpp"].mean() > bars["mbpp"]
+    assert chosen_new[is_code].mean() > bars["code"]
     assert chosen_new[~is_code].mean() < 0.2
 
 
-def test_descriptor_from_price_and_like(default_router):
+def test_descriptor_from_price_and_like(default_router, llmrouter_heldout):
     arm = default_router.describe("my-gemma-clone", Price(0.1, 0.1), like="gemma-2-9b-it")
     np.testing.assert_array_equal(
         arm.capability, default_router.catalog["gemma-2-9b-it"].capability
     )
     flat = default_router.describe("mystery", Price(1.0, 2.0), quality=0.6)
     assert np.allclose(flat.capability, 0.6)
+    # a flat prior is a statement about the average query: the quality head's prediction
+    # varies with the query (one word, "hello": 0.53 with the static router, 0.61 with the
+    # MiniLM one), its mean over real held-out traffic stays at the prior
+    held = llmrouter_heldout
+    out = default_router.route_embeddings(held.embeddings[:200], held.tokens[:200], [arm, flat])
+    assert np.mean([o.predicted_quality["mystery"] for o in out]) == pytest.approx(0.6, abs=0.05)
     d = default_router.route("hello", [arm, flat])
-    assert d.predicted_quality["mystery"] == pytest.approx(0.6, abs=0.05)
+    assert 0.45 < d.predicted_quality["mystery"] < 0.75
     assert d.expected_costs_usd["mystery"] > 10 * d.expected_costs_usd["my-gemma-clone"]
     assert d.model == "my-gemma-clone"  # +0.12 expected quality is not worth 20x the price
     twin = default_router.route("hello", [arm, "gemma-2-9b-it"])
@@ -389,3 +413,15 @@ def test_cost_calibration_in_numpy_equals_the_training_episodes_torch_estimate()
         ref = np.exp(cost_log_factors(support, ids)[0].double().numpy())  # type: ignore[arg-type]
         np.testing.assert_allclose(factors, np.where(known, ref[:-1], ref[-1]), rtol=1e-12)
         assert default == pytest.approx(ref[-1], rel=1e-12)
+
+
+def test_each_bundled_router_is_found_by_its_embedder():
+    from metarouter.embeddings import ROUTER_EMBEDDER
+    from metarouter.router import BUNDLED_ROUTERS, default_router_dir
+
+    for backend in BUNDLED_ROUTERS:
+        meta = json.loads((default_router_dir(backend) / CONFIG_FILE).read_text())
+        assert meta["config"].get("embedder", "minilm-torch") == backend
+    assert default_router_dir() == default_router_dir(ROUTER_EMBEDDER)
+    with pytest.raises(ConfigError, match=r"no router is bundled.*metarouter train --embedder"):
+        default_router_dir("no-such-backend")
