@@ -74,7 +74,7 @@ EMBEDDERS = ("minilm-torch", "static", "minilm-onnx", "minilm-onnx-int8")
 #: for training, fine-tuning or saving).
 TORCH_FREE_EMBEDDERS = frozenset({"static", "minilm-onnx", "minilm-onnx-int8"})
 #: Backend -> the backend whose vectors it reproduces (to float32 rounding, measured in
-#: tests/metarouter/test_onnx_backends.py): a router trained for the latter may use the former.
+#: tests/metarouter/test_onnx_backends.py): a router trained for one may use the other.
 SAME_VECTORS = {"minilm-onnx": "minilm-torch"}
 #: The backend of ``Embedder()`` with no argument (all-MiniLM-L6-v2 itself, e.g. for the
 #: LlamaIndex embedding model) and of routers whose config does not say (saved before backends
@@ -470,9 +470,14 @@ class StaticBackend:
 
 
 def same_vectors(trained_for: str, name: str) -> bool:
-    """Whether backend ``name`` gives the vectors of ``trained_for`` (same name, or
-    :data:`SAME_VECTORS`), so a router trained for ``trained_for`` may run with it."""
-    return name == trained_for or SAME_VECTORS.get(name) == trained_for
+    """Whether backend ``name`` gives the vectors of ``trained_for``, so that a router trained
+    for ``trained_for`` may run with it: the same backend, or a pair of :data:`SAME_VECTORS`
+    (either way round)."""
+    return (
+        name == trained_for
+        or SAME_VECTORS.get(name) == trained_for
+        or SAME_VECTORS.get(trained_for) == name
+    )
 
 
 def _onnx_runtime() -> Any:

@@ -38,7 +38,12 @@ from metarouter._version import __version__
 from metarouter.arms import ArmDescriptor, CostModel, Prototypes
 from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
-from metarouter.embedding_backends import ROUTER_EMBEDDER, TORCH_FREE_EMBEDDERS, same_vectors
+from metarouter.embedding_backends import (
+    EMBEDDERS,
+    ROUTER_EMBEDDER,
+    TORCH_FREE_EMBEDDERS,
+    same_vectors,
+)
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError, EmbedderMismatchError, ModelLoadError, UnknownArmError
 from metarouter.inference import ArmPart, QualityHead, check_state_shapes, head_shapes
@@ -306,19 +311,22 @@ def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
     if not same_vectors(config.embedder, name) or (
         dim is not None and dim != config.embedding_dim
     ):
+        same = [n for n in EMBEDDERS if n != config.embedder and same_vectors(config.embedder, n)]
+        also = "".join(f" or Embedder({n!r}) (the same vectors)" for n in same)
         raise EmbedderMismatchError(
             f"this router was trained for the {config.embedder!r} embedder "
             f"({config.embedding_dim}-d vectors) but is given the {name!r} embedder ({dim}-d). "
-            f"Fix: build it with Embedder({config.embedder!r}) (or pass no embedder, and the "
-            "router makes the right one), or retrain the router for this embedder: "
+            f"Fix: build it with Embedder({config.embedder!r}){also} (or pass no embedder, and "
+            "the router makes the right one), or retrain the router for this embedder: "
             f"`metarouter train --embedder {name} ...`."
         )
     if config.embedder_fingerprint:
         spec = getattr(embedder, "spec", None)
         found = getattr(spec, "fingerprint", None)
-        if found and name != config.embedder:
-            found = found.split(";")[0]
-        if found and found != config.embedder_fingerprint:
+        trained = config.embedder_fingerprint
+        if found and name != config.embedder:  # a stand-in: compare the source weights
+            found, trained = found.split(";")[0], trained.split(";")[0]
+        if found and found != trained:
             logger.warning(
                 "the %s embedder's weights (%s) differ from the ones this router was trained "
                 "with (%s); routing quality may differ. Retrain to silence this.",
