@@ -470,9 +470,11 @@ class StaticBackend:
 
 
 def same_vectors(trained_for: str, name: str) -> bool:
-    """Whether backend ``name`` gives the vectors of ``trained_for``, so that a router trained
-    for ``trained_for`` may run with it: the same backend, or a pair of :data:`SAME_VECTORS`
-    (either way round)."""
+    """Whether backend ``name`` gives the vectors of backend ``trained_for``.
+
+    True for the same backend and for a pair of :data:`SAME_VECTORS` (either way round): a
+    router trained for ``trained_for`` may then run with ``name``.
+    """
     return (
         name == trained_for
         or SAME_VECTORS.get(name) == trained_for

@@ -197,7 +197,9 @@ def _export_fp32(source: Path, target: Path) -> None:
     from metarouter.embedding_backends import apply_thread_setting
 
     apply_thread_setting()
-    model = AutoModel.from_pretrained(str(source), local_files_only=True, attn_implementation="eager")
+    model = AutoModel.from_pretrained(
+        str(source), local_files_only=True, attn_implementation="eager"
+    )
     model.eval()
 
     class _Transformer(torch.nn.Module):
@@ -272,7 +274,9 @@ def export_onnx(
     try:
         import onnx  # noqa: F401  (the exporter and the quantizer need it)
     except ImportError as exc:
-        raise DependencyError(f"exporting to ONNX needs the onnx package. Fix: {_INSTALL}.") from exc
+        raise DependencyError(
+            f"exporting to ONNX needs the onnx package. Fix: {_INSTALL}."
+        ) from exc
     src = Path(source) if source is not None else _model_source()
     max_seq_length = _check_pooling(src)
     folder = Path(directory) if directory is not None else onnx_cache_dir()

@@ -308,9 +308,7 @@ def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
     if name is None:
         return
     dim = getattr(embedder, "dim", None)
-    if not same_vectors(config.embedder, name) or (
-        dim is not None and dim != config.embedding_dim
-    ):
+    if not same_vectors(config.embedder, name) or (dim is not None and dim != config.embedding_dim):
         same = [n for n in EMBEDDERS if n != config.embedder and same_vectors(config.embedder, n)]
         also = "".join(f" or Embedder({n!r}) (the same vectors)" for n in same)
         raise EmbedderMismatchError(

@@ -14,18 +14,18 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from metarouter.data import load_dataset  # noqa: E402
-from metarouter.embedding_backends import same_vectors  # noqa: E402
-from metarouter.embeddings import Embedder, embedding_text  # noqa: E402
-from metarouter.errors import DependencyError, EmbedderMismatchError, ModelLoadError  # noqa: E402
-from metarouter.onnx_export import (  # noqa: E402
+from metarouter.data import load_dataset
+from metarouter.embedding_backends import same_vectors
+from metarouter.embeddings import Embedder, embedding_text
+from metarouter.errors import DependencyError, EmbedderMismatchError, ModelLoadError
+from metarouter.onnx_export import (
     MANIFEST_FILE,
     export_onnx,
     onnx_cache_dir,
     read_manifest,
 )
-from metarouter.router import MetaRouter  # noqa: E402
-from metarouter.types import Comparison  # noqa: E402
+from metarouter.router import MetaRouter
+from metarouter.types import Comparison
 
 #: Bounds measured on the bundled LLMRouter prompts (300 sampled): fp32 vs minilm-torch max abs
 #: difference 1.7e-7; int8 vs fp32 cosine min 0.987, mean 0.994.
