@@ -137,7 +137,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rss < 700,
         )
     b = results.get("backends")
-    if b:
+    if b and b.get(_DEFAULT, "minilm-torch") in b["backends"]:  # --backends may leave it out
         default = b.get(_DEFAULT, "minilm-torch")
         figs = {n: _backend_figures(b[n]) for n in b["backends"]}
         d = figs[default]
