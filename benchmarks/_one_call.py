@@ -5,8 +5,8 @@ stops after the import; a router folder routes with that router instead of the b
 (``-``: the bundled one); EMBEDDER routes with that embedding backend instead of the router's
 own (e.g. ``minilm-onnx`` with the bundled ``minilm-torch`` router). The candidates are
 LangChain's scripted ``FakeListChatModel``s, so no network is used. Peak RSS is the process's
-own high-water mark, ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would not do: Linux carries it over from the parent
-benchmark process across fork and exec).
+own high-water mark, ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would not do: Linux
+carries it over from the parent benchmark process across fork and exec).
 """
 
 from __future__ import annotations
