@@ -11,7 +11,9 @@ Usage::
     METAROUTER_NUM_THREADS=1 python benchmarks/bench_embedders.py \\
         [--backends minilm-torch,minilm-onnx,minilm-onnx-int8] [--calls 100] [--batches 2]
 
-Prints one JSON object (p50/p95 per call in ms, texts/s per batch, ratios to the first backend).
+Prints one JSON object: p50/p95 per call in ms, texts/s per batch, ratios to the first backend,
+and how far each backend's vectors of the batched prompts are from the first backend's (max
+absolute difference, cosine min and mean).
 Not part of the test suite.
 """
 
@@ -22,6 +24,7 @@ import json
 import os
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
@@ -56,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             if i >= 5:  # warm-up
                 calls[n].append((time.perf_counter() - start) * 1e3)
     rates: dict[str, list[float]] = {n: [] for n in names}
+    vectors: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for b in range(args.batches):
         batch = mixed[b * args.batch_size : (b + 1) * args.batch_size]
         for n in rng.permutation(names):
             start = time.perf_counter()
-            embedders[n].encode(batch, prepare=False)
+            vectors[n].append(embedders[n].encode(batch, prepare=False))
             rates[n].append(len(batch) / (time.perf_counter() - start))
     ref = names[0]
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "threads": os.environ.get("METAROUTER_NUM_THREADS", "1 (default)"),
         "load_average": os.getloadavg(),
         "calls": args.calls,
@@ -80,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 statistics.median(rates[n]) / statistics.median(rates[ref]), 2
             ),
         }
+        mine, theirs = np.concatenate(vectors[n]), np.concatenate(vectors[ref])
+        if mine.shape == theirs.shape:  # vectors of the batched prompts against the first's
+            cosine = (mine * theirs).sum(axis=1)
+            out[n] |= {
+                "max_abs_diff_vs_" + ref: float(np.abs(mine - theirs).max()),
+                "cosine_vs_" + ref: {"min": float(cosine.min()), "mean": float(cosine.mean())},
+            }
     print(json.dumps(out, indent=2))
     return 0
 
