@@ -27,11 +27,12 @@ from metarouter.onnx_export import (
 from metarouter.router import MetaRouter
 from metarouter.types import Comparison
 
-#: Bounds measured on the bundled LLMRouter prompts (300 sampled): fp32 vs minilm-torch max abs
-#: difference 1.7e-7; int8 vs fp32 cosine min 0.987, mean 0.994.
+#: fp32 against minilm-torch: max abs difference measured 1.7e-7 on 300 bundled LLMRouter prompts.
 FP32_ATOL = 1e-5
-INT8_MIN_COSINE = 0.98
-INT8_MEAN_COSINE = 0.99
+#: int8 against fp32, cosine: min 0.987 / mean 0.994 on this test's 300 prompts, min 0.975 /
+#: mean 0.994 on bench_embedders.py's 300; the bounds leave room for other CPUs' int8 kernels.
+INT8_MIN_COSINE = 0.95
+INT8_MEAN_COSINE = 0.985
 
 
 @pytest.fixture(scope="session")
