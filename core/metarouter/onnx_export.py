@@ -322,7 +322,12 @@ def export_onnx(
 
 
 def _source_name(src: Path) -> str:
-    if src == _model_source():
+    """The manifest's ``source``: the weights package's identity, or ``path:<folder name>``."""
+    try:
+        packaged = _model_source()
+    except DependencyError:
+        packaged = None
+    if packaged is not None and src.resolve() == packaged.resolve():
         return source_fingerprint()
     return f"path:{src.name}"
 
