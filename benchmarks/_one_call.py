@@ -2,8 +2,8 @@
 
 Run as ``python benchmarks/_one_call.py STORE_PATH [ROUTER] [EMBEDDER]``: ``import`` as ROUTER
 stops after the import; a router folder routes with that router instead of the bundled one
-(``-``: the bundled one); EMBEDDER routes with that embedding backend instead of the router's
-own (e.g. ``minilm-onnx`` with the bundled ``minilm-torch`` router). The candidates are
+(``-``: the bundled one for EMBEDDER); EMBEDDER routes with that embedding backend instead of
+the router's own (e.g. ``minilm-onnx`` with the bundled ``minilm-torch`` router). The candidates are
 LangChain's scripted ``FakeListChatModel``s, so no network is used. Peak RSS is the process's
 own high-water mark, ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would not do: Linux
 carries it over from the parent benchmark process across fork and exec).
@@ -46,8 +46,9 @@ def main() -> None:
         from metarouter.embeddings import Embedder
         from metarouter.router import MetaRouter, default_router_dir
 
-        folder = default_router_dir() if sys.argv[2] == "-" else Path(sys.argv[2])
-        embedder = Embedder(sys.argv[3]) if len(sys.argv) > 3 else None
+        backend = sys.argv[3] if len(sys.argv) > 3 else None
+        folder = default_router_dir(backend) if sys.argv[2] == "-" else Path(sys.argv[2])
+        embedder = Embedder(backend) if backend is not None else None
         router = MetaRouter.from_pretrained(folder, embedder=embedder)
     chat = langchain_metarouter.MetaRouterChat(
         router=router,

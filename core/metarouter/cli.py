@@ -42,7 +42,7 @@ EmbedderOption = Annotated[
         "distilled from all-MiniLM-L6-v2, routes without torch in under a millisecond), "
         "minilm-torch (the model itself on torch), minilm-onnx (the model on onnxruntime, the "
         "same vectors as minilm-torch) or minilm-onnx-int8 (its int8 weights); the onnx ones "
-        'need pip install "metarouter[onnx]". See docs/benchmarks.md.",
+        "need pip install metarouter[onnx]. See docs/benchmarks.md.",
     ),
 ]
 

@@ -343,9 +343,12 @@ def default_router_dir(embedder: str | None = None) -> Path:
 
     Args:
         embedder: The backend the router must be trained for (default: the default embedder,
-            ``static``); ``minilm-torch`` has a bundled router of its own.
+            ``static``); ``minilm-torch`` has a bundled router of its own, which
+            ``minilm-onnx`` (the same vectors) uses too.
     """
     name = embedder or ROUTER_EMBEDDER
+    # a backend giving a bundled router's vectors uses that router (minilm-onnx: the MiniLM one)
+    name = next((k for k in BUNDLED_ROUTERS if same_vectors(k, name)), name)
     if name not in BUNDLED_ROUTERS:
         raise ConfigError(
             f"no router is bundled for the {name!r} embedder (bundled: "

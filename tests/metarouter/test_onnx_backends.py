@@ -17,14 +17,14 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 from metarouter.data import load_dataset
 from metarouter.embedding_backends import same_vectors
 from metarouter.embeddings import Embedder, embedding_text
-from metarouter.errors import DependencyError, EmbedderMismatchError, ModelLoadError
+from metarouter.errors import ConfigError, DependencyError, EmbedderMismatchError, ModelLoadError
 from metarouter.onnx_export import (
     MANIFEST_FILE,
     export_onnx,
     onnx_cache_dir,
     read_manifest,
 )
-from metarouter.router import MetaRouter
+from metarouter.router import MetaRouter, default_router_dir
 from metarouter.types import Comparison
 
 #: fp32 against minilm-torch: max abs difference measured 1.7e-7 on 300 bundled LLMRouter prompts.
@@ -92,14 +92,22 @@ def test_int8_vectors_are_close_to_fp32_but_a_different_embedder(onnx_dir, promp
 
 
 @pytest.fixture(scope="module")
+def minilm_router(embedder):
+    """The bundled router trained for minilm-torch."""
+    return MetaRouter.default(embedder=embedder)
+
+
+@pytest.fixture(scope="module")
 def onnx_router(onnx_dir):
     return MetaRouter.default(embedder=Embedder("minilm-onnx", model_path=onnx_dir))
 
 
 def test_a_minilm_torch_router_makes_the_same_decisions_with_minilm_onnx(
-    onnx_router, default_router, caplog
+    onnx_router, minilm_router, caplog
 ):
+    default_router = minilm_router
     assert default_router.config.embedder == "minilm-torch"
+    assert default_router_dir("minilm-onnx") == default_router_dir("minilm-torch")
     assert onnx_router._model is None  # loaded without building the torch network
     test = load_dataset("llmrouter").to_matrix().split("test")
     queries = list(dict.fromkeys(test.queries))[:150]
@@ -121,21 +129,22 @@ def test_a_minilm_torch_router_makes_the_same_decisions_with_minilm_onnx(
     assert "differ" not in caplog.text  # same source weights: no fingerprint warning
 
 
-def test_a_minilm_torch_router_refuses_the_int8_embedder_and_names_what_fits(
-    onnx_dir, default_router
-):
+def test_a_minilm_torch_router_refuses_the_int8_embedder_and_names_what_fits(onnx_dir):
+    int8 = Embedder("minilm-onnx-int8", model_path=onnx_dir)
     with pytest.raises(EmbedderMismatchError) as err:
-        MetaRouter.default(embedder=Embedder("minilm-onnx-int8", model_path=onnx_dir))
+        MetaRouter.from_pretrained(default_router_dir("minilm-torch"), embedder=int8)
     message = str(err.value)
     assert "Embedder('minilm-torch')" in message and "Embedder('minilm-onnx')" in message
     assert "--embedder minilm-onnx-int8" in message
+    with pytest.raises(ConfigError, match="--embedder minilm-onnx-int8"):
+        MetaRouter.default(embedder=int8)  # no router is bundled for it
 
 
 _TORCH_FREE = textwrap.dedent(
     """
     import json, sys
     from metarouter.embeddings import Embedder
-    from metarouter.router import MetaRouter
+    from metarouter.router import MetaRouter, default_router_dir
     from metarouter.types import Comparison
 
     folder, backend = sys.argv[1], sys.argv[2]
@@ -157,9 +166,7 @@ _TORCH_FREE = textwrap.dedent(
 def test_routing_with_an_onnx_embedder_imports_neither_torch_nor_sentence_transformers(
     backend, onnx_cache, tmp_path
 ):
-    from metarouter.router import default_router_dir
-
-    folder = default_router_dir()
+    folder = default_router_dir("minilm-torch")
     if backend == "minilm-onnx-int8":  # the bundled router is for minilm-torch: train one
         folder = _int8_router(tmp_path, onnx_cache)
     env = {**os.environ, "METAROUTER_CACHE": str(onnx_cache)}  # the export is found there
