@@ -1,11 +1,12 @@
 """Child process of the benchmark: import the LangChain adapter, route one call, report JSON.
 
-Run as ``python benchmarks/_one_call.py STORE_PATH`` (``import`` as the second argument stops
-after the import; a router folder as the second argument routes with that router instead of
-the bundled one). The candidates are LangChain's scripted ``FakeListChatModel``s, so no
-network is used. Peak RSS is the process's own high-water mark, ``VmHWM`` of
-``/proc/self/status`` (``ru_maxrss`` would not do: Linux carries it over from the parent
-benchmark process across fork and exec).
+Run as ``python benchmarks/_one_call.py STORE_PATH [ROUTER] [EMBEDDER]``: ``import`` as ROUTER
+stops after the import; a router folder routes with that router instead of the bundled one
+(``-``: the bundled one for EMBEDDER); EMBEDDER routes with that embedding backend instead of
+the router's own (e.g. ``minilm-onnx`` with the bundled ``minilm-torch`` router). The candidates are
+LangChain's scripted ``FakeListChatModel``s, so no network is used. Peak RSS is the process's
+own high-water mark, ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would not do: Linux
+carries it over from the parent benchmark process across fork and exec).
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ def main() -> None:
     start = time.perf_counter()
     router = None
     if len(sys.argv) > 2:
-        from metarouter.router import MetaRouter
+        from metarouter.embeddings import Embedder
+        from metarouter.router import MetaRouter, default_router_dir
 
-        router = MetaRouter.from_pretrained(sys.argv[2])
+        backend = sys.argv[3] if len(sys.argv) > 3 else None
+        folder = default_router_dir(backend) if sys.argv[2] == "-" else Path(sys.argv[2])
+        embedder = Embedder(backend) if backend is not None else None
+        router = MetaRouter.from_pretrained(folder, embedder=embedder)
     chat = langchain_metarouter.MetaRouterChat(
         router=router,
         candidates={

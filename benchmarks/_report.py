@@ -137,7 +137,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rss < 700,
         )
     b = results.get("backends")
-    if b:
+    if b and b.get(_DEFAULT, "minilm-torch") in b["backends"]:  # --backends may leave it out
         default = b.get(_DEFAULT, "minilm-torch")
         figs = {n: _backend_figures(b[n]) for n in b["backends"]}
         d = figs[default]
@@ -402,7 +402,8 @@ def _backends_section(results: dict[str, Any]) -> list[str]:
         "## Embedding backends (issue 16)",
         "",
         "Each backend in the same run: a router trained for it (the bundled one for the "
-        "default backend; for the other a router trained 30 steps on the bundled LLMRouter "
+        "default backend and for a backend giving its vectors, `minilm-onnx`; for the others "
+        "a router trained 30 steps on the bundled LLMRouter "
         "training split, for timing only: same architecture, same work per call), one user "
         "with 6 comparisons cached by the `RoutingService`, five candidates (K5). Per call: "
         "new short prompts (20-100 characters). Batched: `route_batch` on batches of "
@@ -814,10 +815,11 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def _other_sections(page: Path) -> str:
-    """Sections other scripts keep in the page (bench_store.py's, backend_quality.py's)."""
+    """Sections kept in the page across runs (bench_store.py's, backend_quality.py's, the
+    ONNX backends' quick check)."""
     text = page.read_text(encoding="utf-8") if page.exists() else ""
     kept = []
-    for name in ("store-load", "backend-quality"):
+    for name in ("store-load", "backend-quality", "onnx-backends"):
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         if start in text and end in text:
             kept.append(start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n")

@@ -84,6 +84,8 @@ class Plan:
         self.backend_batches = 2 if quick else 8
         self.backend_processes = 1 if quick else 3
         self.thread_calls = 15 if quick else 60
+        #: Embedding backends the ``backends`` section measures (``--backends``).
+        self.backends: tuple[str, ...] = ()
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -545,13 +547,14 @@ def _timing_router(b: Bench, backend: str) -> tuple[Any, Path | None]:
     """
     from metarouter.config import TrainingConfig
     from metarouter.data import load_dataset
+    from metarouter.embedding_backends import same_vectors
     from metarouter.embeddings import Embedder
-    from metarouter.router import MetaRouter, default_router_dir
+    from metarouter.router import BUNDLED_ROUTERS, MetaRouter, default_router_dir
     from metarouter.training import train_router
 
-    bundled = MetaRouter.from_pretrained(default_router_dir())
-    if bundled.config.embedder == backend:
-        return bundled, None
+    for trained_for in BUNDLED_ROUTERS:
+        if same_vectors(trained_for, backend):  # minilm-onnx: the MiniLM router's vectors
+            return MetaRouter.from_pretrained(default_router_dir(trained_for)), None
     train = load_dataset("llmrouter").to_matrix().split("train")
     embedder = Embedder(backend, cache=True)
     result = train_router(
@@ -573,8 +576,11 @@ def _cpu_hog() -> subprocess.Popen[bytes]:
 
 
 def backends(b: Bench) -> dict[str, Any]:
-    """Each embedding backend: per-call overhead, batched throughput, fresh-process start-up."""
-    from metarouter.embedding_backends import EMBEDDERS
+    """Each embedding backend: per-call overhead, batched throughput, fresh-process start-up.
+
+    ``--backends`` restricts the backends (default: every one); the thread table under load
+    (``minilm-torch`` only) is measured when ``minilm-torch`` is among them.
+    """
     from metarouter.embeddings import Embedder
     from metarouter.pricing import estimate_tokens
     from metarouter.router import MetaRouter, default_router_dir
@@ -582,22 +588,24 @@ def backends(b: Bench) -> dict[str, Any]:
     # the same new prompts for every backend (no backend caches them: memory_cache_size=0)
     short = b.take("short", b.plan.warmup + b.plan.backend_calls)
     chunks = [b.take("mixed", b.plan.batch) for _ in range(b.plan.backend_batches + 1)]
+    names = list(b.plan.backends)
     out: dict[str, Any] = {
-        "backends": list(EMBEDDERS),
+        "backends": names,
         "default_backend": MetaRouter.from_pretrained(default_router_dir()).config.embedder,
     }
     env = _child_env(b.workdir)
     script = str(HERE / "_one_call.py")
-    for backend in EMBEDDERS:
+    for backend in names:
         task = b.progress.add_task(f"backend {backend}: router", total=None)
         router, folder = _timing_router(b, backend)
         router.embedder = Embedder(backend, memory_cache_size=0)
-        router.warm_up()
+        router.warm_up()  # the ONNX backends export into the cache here if they must
         b.progress.update(task, total=1, completed=1)
         service = b._service_for(router)
         arms = [service.descriptors[n] for n in K5]
+        bundled = f"bundled ({router.config.embedder})"
         entry: dict[str, Any] = {
-            "router": "bundled" if folder is None else "trained 30 steps for timing",
+            "router": bundled if folder is None else "trained 30 steps for timing",
             "dim": router.embedder.dim,
         }
         # per call, short new prompts: lookup + embedding + policy
@@ -640,8 +648,7 @@ def backends(b: Bench) -> dict[str, Any]:
         )
         for i in range(b.plan.backend_processes):
             args = [sys.executable, script, str(b.workdir / f"{backend}-{i}.db")]
-            if folder is not None:
-                args.append(str(folder))
+            args += [str(folder) if folder is not None else "-", backend]
             res = subprocess.run(
                 args, capture_output=True, text=True, env=env, check=True, cwd=b.workdir
             )
@@ -649,7 +656,8 @@ def backends(b: Bench) -> dict[str, Any]:
             b.progress.advance(task)
         entry["process"] = calls
         out[backend] = entry
-    out["threads"] = _threads_under_load(b)
+    if "minilm-torch" in names:
+        out["threads"] = _threads_under_load(b)
     return out
 
 
@@ -715,6 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     parser.add_argument(
+        "--backends",
+        default="",
+        help="comma-separated embedders the backends section measures (default: all of "
+        "metarouter.embedding_backends.EMBEDDERS)",
+    )
+    parser.add_argument(
         "--compare-to",
         type=Path,
         nargs="*",
@@ -761,10 +775,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
 
+    from metarouter.embedding_backends import EMBEDDERS
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     plan = Plan(args.quick)
+    plan.backends = tuple(n.strip() for n in args.backends.split(",") if n.strip()) or EMBEDDERS
+    if set(plan.backends) - set(EMBEDDERS):
+        parser.error(f"unknown backends in {args.backends!r}; choose from {list(EMBEDDERS)}")
     command = "python benchmarks/bench_routing.py" + (" --quick" if args.quick else "")
+    if args.sections != ",".join(SECTIONS):
+        command += f" --sections {shlex.quote(args.sections)}"
+    if args.backends:
+        command += f" --backends {shlex.quote(args.backends)}"
     if args.out != ROOT / "docs" / "benchmarks.md":
         command += f" --out {shlex.quote(str(args.out))}"
     results: dict[str, Any] = {

@@ -1,4 +1,7 @@
-"""The ``metarouter`` command line (Typer). Subcommands: data, train, demo, eval, store, budget."""
+"""The ``metarouter`` command line (Typer).
+
+Subcommands: data, train, demo, eval, embedder, store, budget.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ EmbedderOption = Annotated[
     typer.Option(
         "--embedder",
         help="Embedding backend the router is trained for: static (the default: a table "
-        "distilled from all-MiniLM-L6-v2, routes without torch in under a millisecond) or "
-        "minilm-torch (the model itself on torch). See docs/benchmarks.md.",
+        "distilled from all-MiniLM-L6-v2, routes without torch in under a millisecond), "
+        "minilm-torch (the model itself on torch), minilm-onnx (the model on onnxruntime, the "
+        "same vectors as minilm-torch) or minilm-onnx-int8 (its int8 weights); the onnx ones "
+        "need pip install metarouter[onnx]. See docs/benchmarks.md.",
     ),
 ]
 
@@ -408,6 +413,40 @@ def evaluate(
         write_markdown(results, report, plots_dir=assets, command=command)
         md = report
     console.print(f"evaluation finished in {results['seconds'] / 60:.1f} min; report {md}")
+
+
+# -- embedders ----------------------------------------------------------------------------------
+embedder_app = typer.Typer(
+    help="Embedding backends: export all-MiniLM-L6-v2 to ONNX for the minilm-onnx embedders.",
+    no_args_is_help=True,
+)
+app.add_typer(embedder_app, name="embedder")
+
+
+@embedder_app.command("export-onnx")
+def embedder_export_onnx(
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Export folder (use it with Embedder('minilm-onnx', model_path=DIR)). Default: "
+            "the cache the minilm-onnx embedders read ($METAROUTER_CACHE/onnx/...).",
+        ),
+    ] = None,
+    fp32_only: Annotated[
+        bool, typer.Option("--fp32-only", help="Skip the int8 quantized graph.")
+    ] = False,
+) -> None:
+    """Export the packaged all-MiniLM-L6-v2 to ONNX (fp32 and int8), offline.
+
+    The minilm-onnx embedders also export on first use when the files are missing; run this
+    ahead of time (needs torch and metarouter[onnx]) so that no process has to.
+    """
+    from metarouter.onnx_export import export_onnx
+
+    variants = ("fp32",) if fp32_only else ("fp32", "int8")
+    folder = export_onnx(directory, variants=variants)
+    console.print(f"exported all-MiniLM-L6-v2 to ONNX ({', '.join(variants)}) in {folder}")
 
 
 # -- the preference store ---------------------------------------------------------------------

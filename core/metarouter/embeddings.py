@@ -188,23 +188,26 @@ class Embedder:
     """Query embeddings on the CPU: batched, normalised, deterministic, offline.
 
     The backend (see :mod:`metarouter.embedding_backends`) is ``minilm-torch``
-    (all-MiniLM-L6-v2 on torch, 384-d) or ``static`` (a table distilled from it, 256-d, no
-    torch). A router is trained for one backend and must be used with it; a router built
+    (all-MiniLM-L6-v2 on torch, 384-d), ``static`` (a table distilled from it, 256-d, no
+    torch), ``minilm-onnx`` (the same model on onnxruntime: ``minilm-torch``'s vectors, no
+    torch) or ``minilm-onnx-int8`` (its int8 graph; other vectors). A router is trained for one
+    backend and must be used with it (or with one giving the same vectors); a router built
     without an embedder gets the one its config names. Weights load on first use (or on
     :meth:`warm_up`), never from the network. Identical prompts are served from a small
     in-memory LRU; datasets can also use the disk :class:`EmbeddingCache` (``cache=True`` or
     an instance), whose keys include the backend.
 
-    Torch threads (``minilm-torch`` only): one intra-op thread unless
-    ``$METAROUTER_NUM_THREADS`` says otherwise (0 leaves torch's own setting), applied when the
-    model first loads. See docs/benchmarks.md for measured effects.
+    Threads (``minilm-torch``: torch; ``minilm-onnx*``: onnxruntime): one intra-op thread
+    unless ``$METAROUTER_NUM_THREADS`` says otherwise (0 leaves the library's own setting),
+    applied when the model first loads. See docs/benchmarks.md for measured effects.
 
     Args:
         backend: Backend name, one of :data:`EMBEDDERS` (default ``minilm-torch``).
         batch_size: Texts per forward pass (``minilm-torch``).
         cache: A disk cache, ``True`` for the default one, or ``None`` for none.
         memory_cache_size: Entries kept in the in-memory LRU for repeated prompts (0 disables).
-        model_path: A local folder to use instead of the packaged weights of the backend.
+        model_path: A local folder to use instead of the packaged weights of the backend (for
+            ``minilm-onnx*``: a folder written by ``metarouter embedder export-onnx --dir``).
 
     Example:
         >>> emb = Embedder()

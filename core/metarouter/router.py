@@ -38,7 +38,12 @@ from metarouter._version import __version__
 from metarouter.arms import ArmDescriptor, CostModel, Prototypes
 from metarouter.calibration import base_logit
 from metarouter.config import FORMAT_VERSION, MetaRouterConfig
-from metarouter.embedding_backends import ROUTER_EMBEDDER, TORCH_FREE_EMBEDDERS
+from metarouter.embedding_backends import (
+    EMBEDDERS,
+    ROUTER_EMBEDDER,
+    TORCH_FREE_EMBEDDERS,
+    same_vectors,
+)
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError, EmbedderMismatchError, ModelLoadError, UnknownArmError
 from metarouter.inference import ArmPart, QualityHead, check_state_shapes, head_shapes
@@ -290,8 +295,11 @@ def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
     """Raise if ``embedder`` is not the backend ``config`` was trained for.
 
     Objects without a backend ``name`` (e.g. a table of precomputed vectors in a benchmark)
-    are trusted. A different weights fingerprint with the same backend only logs a warning
-    (e.g. a newer release of the weights package).
+    are trusted. A backend that reproduces the trained-for backend's vectors is accepted
+    (:func:`~metarouter.embedding_backends.same_vectors`: ``minilm-onnx`` for a router trained
+    for ``minilm-torch``). A different weights fingerprint with the same backend only logs a
+    warning (e.g. a newer release of the weights package); for such a stand-in the source
+    weights (the fingerprint before ``;``) are compared.
 
     Raises:
         EmbedderMismatchError: Another backend or vector size.
@@ -300,18 +308,23 @@ def check_embedder(config: MetaRouterConfig, embedder: object) -> None:
     if name is None:
         return
     dim = getattr(embedder, "dim", None)
-    if name != config.embedder or (dim is not None and dim != config.embedding_dim):
+    if not same_vectors(config.embedder, name) or (dim is not None and dim != config.embedding_dim):
+        same = [n for n in EMBEDDERS if n != config.embedder and same_vectors(config.embedder, n)]
+        also = "".join(f" or Embedder({n!r}) (the same vectors)" for n in same)
         raise EmbedderMismatchError(
             f"this router was trained for the {config.embedder!r} embedder "
             f"({config.embedding_dim}-d vectors) but is given the {name!r} embedder ({dim}-d). "
-            f"Fix: build it with Embedder({config.embedder!r}) (or pass no embedder, and the "
-            "router makes the right one), or retrain the router for this embedder: "
+            f"Fix: build it with Embedder({config.embedder!r}){also} (or pass no embedder, and "
+            "the router makes the right one), or retrain the router for this embedder: "
             f"`metarouter train --embedder {name} ...`."
         )
     if config.embedder_fingerprint:
         spec = getattr(embedder, "spec", None)
         found = getattr(spec, "fingerprint", None)
-        if found and found != config.embedder_fingerprint:
+        trained = config.embedder_fingerprint
+        if found and name != config.embedder:  # a stand-in: compare the source weights
+            found, trained = found.split(";")[0], trained.split(";")[0]
+        if found and found != trained:
             logger.warning(
                 "the %s embedder's weights (%s) differ from the ones this router was trained "
                 "with (%s); routing quality may differ. Retrain to silence this.",
@@ -330,9 +343,12 @@ def default_router_dir(embedder: str | None = None) -> Path:
 
     Args:
         embedder: The backend the router must be trained for (default: the default embedder,
-            ``static``); ``minilm-torch`` has a bundled router of its own.
+            ``static``); ``minilm-torch`` has a bundled router of its own, which
+            ``minilm-onnx`` (the same vectors) uses too.
     """
     name = embedder or ROUTER_EMBEDDER
+    # a backend giving a bundled router's vectors uses that router (minilm-onnx: the MiniLM one)
+    name = next((k for k in BUNDLED_ROUTERS if same_vectors(k, name)), name)
     if name not in BUNDLED_ROUTERS:
         raise ConfigError(
             f"no router is bundled for the {name!r} embedder (bundled: "
@@ -415,7 +431,8 @@ class MetaRouter:
         """The torch network (training, fine-tuning, saving).
 
         A router for a torch-free embedder (``TORCH_FREE_EMBEDDERS`` of
-        :mod:`metarouter.embedding_backends`) loaded by :meth:`from_pretrained` routes and adapts
+        :mod:`metarouter.embedding_backends`), or loaded by :meth:`from_pretrained` with one
+        (e.g. a ``minilm-torch`` router with ``Embedder("minilm-onnx")``), routes and adapts
         without it: the network, and torch, load on first access of this attribute.
         """
         if self._model is None:
@@ -539,6 +556,11 @@ class MetaRouter:
     ) -> MetaRouter:
         """Load a router saved with :meth:`save_pretrained`.
 
+        Args:
+            directory: The saved router's folder.
+            embedder: Its embedder (default: one of the backend its config names). A
+                torch-free one (``static``, ``minilm-onnx``...) loads the router without torch.
+
         Raises:
             ModelLoadError: The folder or a file is missing, unreadable, from an incompatible
                 format version, or the weights do not match the config.
@@ -570,7 +592,9 @@ class MetaRouter:
             catalog_meta = meta["catalog"]
         except (KeyError, TypeError, ConfigError) as exc:
             raise ModelLoadError(f"{cfg_path}: invalid config ({exc}).") from exc
-        if config.embedder in TORCH_FREE_EMBEDDERS:
+        if config.embedder in TORCH_FREE_EMBEDDERS or getattr(embedder, "name", None) in (
+            TORCH_FREE_EMBEDDERS
+        ):
             state = _load_arrays(w_path)
             expected = {
                 **head_shapes(config),

@@ -29,7 +29,7 @@ def static():
 
 
 def test_backends_are_selected_by_name_and_an_unknown_name_lists_the_valid_ones():
-    assert EMBEDDERS == ("minilm-torch", "static")
+    assert EMBEDDERS == ("minilm-torch", "static", "minilm-onnx", "minilm-onnx-int8")
     assert Embedder().name == "minilm-torch"
     assert Embedder("static").name == "static"
     with pytest.raises(ConfigError, match="minilm-torch") as err:
