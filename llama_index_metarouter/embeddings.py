@@ -14,6 +14,7 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
+from metarouter.embedding_backends import same_vectors
 from metarouter.embeddings import Embedder
 from metarouter.errors import ConfigError
 
@@ -25,8 +26,9 @@ class MiniLMEmbedding(BaseEmbedding):
 
     Args:
         embedder: The :class:`~metarouter.embeddings.Embedder` to use, of the
-            ``minilm-torch`` backend, e.g. ``router.service.router.embedder`` of a router
-            trained for it, to share its loaded model (default: a new one, loaded on first use).
+            ``minilm-torch`` backend or ``minilm-onnx`` (the same vectors on onnxruntime), e.g.
+            ``router.service.router.embedder`` of a router trained for it, to share its loaded
+            model (default: a new one, loaded on first use).
         embed_batch_size: Texts per batch.
         **kwargs: Other :class:`~llama_index.core.base.embeddings.base.BaseEmbedding` fields.
 
@@ -42,12 +44,14 @@ class MiniLMEmbedding(BaseEmbedding):
     ) -> None:
         kwargs.setdefault("model_name", "sentence-transformers/all-MiniLM-L6-v2")
         super().__init__(embed_batch_size=embed_batch_size, **kwargs)
-        if embedder is not None and getattr(embedder, "name", "minilm-torch") != "minilm-torch":
+        name = getattr(embedder, "name", "minilm-torch")
+        if embedder is not None and not same_vectors("minilm-torch", name):
             raise ConfigError(
-                f"MiniLMEmbedding needs an all-MiniLM-L6-v2 embedder (backend 'minilm-torch'), "
-                f"got the {embedder.name!r} backend (the bundled router's routing table). Fix: "
-                "pass no embedder (MiniLMEmbedding() loads the model), or the embedder of a "
-                "router trained with `metarouter train --embedder minilm-torch`."
+                f"MiniLMEmbedding needs an all-MiniLM-L6-v2 embedder (backend 'minilm-torch', "
+                f"or 'minilm-onnx': the same vectors), got the {name!r} backend (the bundled "
+                "router's routing table). Fix: pass no embedder (MiniLMEmbedding() loads the "
+                "model), Embedder('minilm-onnx') (faster, needs the onnx extra), or the embedder "
+                "of a router trained with `metarouter train --embedder minilm-torch`."
             )
         self._embedder = embedder if embedder is not None else Embedder()
 

@@ -41,6 +41,18 @@ def test_shares_a_given_minilm_embedder(embedder):
     assert MiniLMEmbedding(embedder)._embedder is embedder
 
 
+def test_takes_the_onnx_runtime_of_the_same_model(embedder):
+    pytest.importorskip("onnxruntime")
+    from metarouter.embeddings import Embedder
+
+    onnx = Embedder("minilm-onnx")
+    embed_model = MiniLMEmbedding(onnx)
+    text = "How do I reverse a linked list in place?"
+    assert embed_model.get_text_embedding(text) == pytest.approx(
+        MiniLMEmbedding(embedder).get_text_embedding(text), abs=1e-5
+    )
+
+
 def test_refuses_the_bundled_routers_static_table_and_says_what_to_pass(
     make_router, mock_candidates
 ):
