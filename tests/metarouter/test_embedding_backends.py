@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _router_helpers import tiny_router
 from metarouter.config import MetaRouterConfig
 from metarouter.embedding_backends import EMBEDDERS, STATIC_MODEL_NAME, static_model_dir
 from metarouter.embeddings import Embedder, EmbeddingCache, embedding_text
@@ -114,23 +115,8 @@ def test_bundled_router_records_its_embedder(default_router):
 
 
 def _static_router(tmp_path_factory):
-    from metarouter.config import TrainingConfig
-    from metarouter.data import load_dataset
-    from metarouter.training import train_router
-
-    matrix = load_dataset("llmrouter").to_matrix().split("train")
-    matrix = matrix.rows(np.arange(300))
-    emb = Embedder("static")
-    result = train_router(
-        matrix,
-        emb.encode(list(matrix.queries)),
-        training=TrainingConfig(steps=5, eval_every=5, episodes_per_step=4),
-        progress=False,
-        embedder=emb.spec,
-    )
     folder = tmp_path_factory.mktemp("static-router")
-    result.router.save_pretrained(folder)
-    return folder
+    return tiny_router(Embedder("static"), folder, queries=300, steps=5)
 
 
 @pytest.fixture(scope="module")

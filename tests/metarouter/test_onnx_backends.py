@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _router_helpers import tiny_router
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
@@ -183,21 +184,11 @@ def test_routing_with_an_onnx_embedder_imports_neither_torch_nor_sentence_transf
 
 
 def _int8_router(tmp_path, onnx_cache):
-    from metarouter.config import TrainingConfig
-    from metarouter.training import train_router
-
-    matrix = load_dataset("llmrouter").to_matrix().split("train").rows(np.arange(200))
     emb = Embedder("minilm-onnx-int8", model_path=onnx_cache / "onnx" / onnx_cache_dir().name)
-    result = train_router(
-        matrix,
-        emb.encode(list(matrix.queries)),
-        training=TrainingConfig(steps=3, eval_every=3, episodes_per_step=4),
-        progress=False,
-        embedder=emb.spec,
-    )
-    meta = result.router.config
+    folder = tiny_router(emb, tmp_path / "int8-router", queries=200, steps=3)
+    meta = MetaRouter.from_pretrained(folder, embedder=emb).config
     assert meta.embedder == "minilm-onnx-int8" and "int8" in meta.embedder_fingerprint
-    return result.router.save_pretrained(tmp_path / "int8-router")
+    return folder
 
 
 def test_a_missing_onnxruntime_is_a_clear_error_naming_the_extra(onnx_dir, monkeypatch):
