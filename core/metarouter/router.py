@@ -509,8 +509,9 @@ class MetaRouter:
             embedder: An embedder to share; the bundled router trained for its backend is
                 loaded (``static``: the default one; ``minilm-torch``: the MiniLM one).
         """
-        backend = getattr(embedder, "name", None) if embedder is not None else None
-        return cls.from_pretrained(default_router_dir(backend), embedder=embedder)
+        return cls.from_pretrained(
+            default_router_dir(getattr(embedder, "name", None)), embedder=embedder
+        )
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) to ``directory``.
