@@ -14,10 +14,12 @@ starts from the previous period's time-averaged multiplier (the first one from 0
 routes with ``cost_penalty = mu / c_mean`` on top of the user's own cost weight
 (:meth:`metarouter.router.MetaRouter.score_embeddings`), where ``c_mean`` is the call's mean
 normalised candidate cost: ``mu`` is in units of "utility per average candidate cost", so the
-same setting works whatever the models cost. The penalty is capped at the cheapest candidate's
-utility per cost (:func:`pacing_penalty`, :attr:`Pacing.value_cap`): at the cap the router picks
-the candidate with the most utility per cost. While a scope spends at or below its pace, ``mu``
-is 0 and the user's learned preference routes alone.
+same setting works whatever the models cost. The penalty is capped at a share
+(:attr:`Pacing.value_cap_factor`, 0.5) of the cheapest candidate's utility per cost
+(:func:`pacing_penalty`, :attr:`Pacing.value_cap`): once the budget binds, a dearer candidate
+is chosen only where its extra utility per extra cost beats that share, so the money goes to the
+calls where it buys the most. While a scope spends at or below its pace, ``mu`` is 0 and the
+user's learned preference routes alone.
 
 When a budget is spent (``spent >= usd``), its :attr:`Budget.on_exhausted` policy applies:
 ``"error"`` refuses the call (:class:`~metarouter.errors.BudgetExceededError`), ``"cheapest"``
@@ -233,10 +235,16 @@ class Pacing:
             the calls that overrun it).
         max_multiplier: Upper bound of the multiplier (at the bound, cost outweighs any
             quality difference the router predicts).
-        value_cap: Cap each call's cost penalty at the cheapest candidate's utility per cost
-            (see :func:`pacing_penalty`): a budget that binds buys the most utility per dollar
-            instead of only the cheapest calls. Chosen on simulated months (seeds 100 to 102);
-            see docs/budgets.md.
+        value_cap: Cap each call's cost penalty at ``value_cap_factor`` times the cheapest
+            candidate's utility per cost (see :func:`pacing_penalty`): a budget that binds buys
+            the most utility per dollar instead of only the cheapest calls. Chosen on simulated
+            months (seeds 100 to 102); see docs/budgets.md.
+        value_cap_factor: The share of the cheapest candidate's utility per cost the penalty
+            is capped at, in (0, 1]. Below 1, a dearer candidate wins when its extra utility
+            per extra cost is at least this share of the cheapest one's ratio: the router's
+            expected qualities are shrunk towards each other, so the realised gain of a dearer
+            answer is larger than the expected one. 0.5 was chosen on simulated months (seeds
+            100 to 109; docs/budgets.md), not on the months reported there.
     """
 
     enabled: bool = True
@@ -244,6 +252,7 @@ class Pacing:
     target: float = 0.97
     max_multiplier: float = 10.0
     value_cap: bool = True
+    value_cap_factor: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("step", "max_multiplier"):
@@ -255,6 +264,13 @@ class Pacing:
         if not isinstance(self.value_cap, bool):
             raise ConfigError(
                 f"Pacing.value_cap must be True or False, got {excerpt(self.value_cap)}."
+            )
+        factor = self.value_cap_factor
+        if isinstance(factor, bool) or not (
+            isinstance(factor, (int, float)) and 0 < factor <= 1
+        ):
+            raise ConfigError(
+                f"Pacing.value_cap_factor must be in (0, 1], got {excerpt(factor)}."
             )
         if isinstance(self.target, bool) or not (
             isinstance(self.target, (int, float)) and 0 < self.target <= 1
@@ -328,18 +344,22 @@ def pacing_penalty(
 
     ``multiplier / c_mean``, with ``c_mean`` the candidates' mean normalised expected cost. With
     the router's expected ``utilities`` of the candidates and ``pacing.value_cap`` (the
-    default), the penalty is at most ``u_0 / c_0``, the utility per normalised cost of the
-    cheapest candidate: at that penalty the router picks the candidate with the most utility
-    per cost (``argmax(u - (u_0 / c_0) c)`` ranks candidates by ``u / c``), which is what the
-    money buys most of once the budget binds; a larger penalty only trades quality for savings
-    the ratio says are worth less. A cheapest candidate that costs nothing, or is worth nothing,
-    sets no cap.
+    default), the penalty is at most ``f * u_0 / c_0``, with ``u_0 / c_0`` the utility per
+    normalised cost of the cheapest candidate and ``f`` ``pacing.value_cap_factor`` (0.5;
+    ``pacing=None`` means the default :class:`Pacing`). At ``f = 1`` the router picks the
+    candidate with the most utility per cost, which is what the money buys most of once the
+    budget binds; a larger penalty only trades quality for savings the ratio says are worth
+    less. ``f < 1`` lets a dearer candidate win where its extra utility per extra cost is at
+    least ``f`` times that ratio, because the expected qualities understate how much better a
+    dearer answer turns out (chosen on simulated months, docs/budgets.md). A cheapest
+    candidate that costs nothing, or is worth nothing, sets no cap.
     """
+    pacing = pacing if pacing is not None else Pacing()
     if multiplier <= 0 or not normalised_costs:
         return 0.0
     mean = sum(normalised_costs) / len(normalised_costs)
     penalty = float(multiplier / mean) if mean > 0 else 0.0
-    if len(utilities) and (pacing is None or pacing.value_cap):
+    if len(utilities) and pacing.value_cap:
         if len(utilities) != len(normalised_costs):
             raise ConfigError(
                 f"pacing_penalty got {len(utilities)} utilities for {len(normalised_costs)} "
@@ -348,7 +368,7 @@ def pacing_penalty(
         cheapest = min(range(len(normalised_costs)), key=normalised_costs.__getitem__)
         cost, value = normalised_costs[cheapest], utilities[cheapest]
         if cost > 0 and value > 0:
-            penalty = min(penalty, float(value / cost))
+            penalty = min(penalty, float(pacing.value_cap_factor * value / cost))
     return penalty
 
 

@@ -148,16 +148,21 @@ def test_exhausted_policies_pick_the_cheapest_or_the_named_arm():
 
 def test_the_penalty_is_capped_at_the_cheapest_candidates_utility_per_cost():
     costs, utils = [0.01, 0.02, 0.2], [0.3, 0.5, 0.9]
+    full = Pacing(value_cap_factor=1.0)
     assert pacing_penalty(0.5, costs, utils) == pytest.approx(0.5 / (0.23 / 3))  # below the cap
-    assert pacing_penalty(10.0, costs, utils) == pytest.approx(30.0)  # u0 / c0
+    assert pacing_penalty(10.0, costs, utils, full) == pytest.approx(30.0)  # u0 / c0
+    assert pacing_penalty(10.0, costs, utils) == pytest.approx(15.0)  # the default: 0.5 u0 / c0
     assert pacing_penalty(10.0, costs, utils, Pacing(value_cap=False)) == pytest.approx(
         10.0 / (0.23 / 3)
     )
-    # at the cap the choice is the candidate with the most utility per cost
+    # at the full cap the choice is the candidate with the most utility per cost
     u, c = np.asarray(utils), np.asarray(costs)
     assert np.argmax(u - 30.0 * c) == np.argmax(u / c) == 0
+    # at half of it, a dearer candidate whose extra utility per extra cost (0.2 / 0.01 = 20)
+    # is at least half the cheapest one's ratio (15) wins
+    assert np.argmax(u - pacing_penalty(10.0, costs, utils) * c) == 1
     utils_b = [0.1, 0.5, 0.9]  # the middle one now buys more utility per cost
-    cap = pacing_penalty(10.0, costs, utils_b)
+    cap = pacing_penalty(10.0, costs, utils_b, full)
     assert cap == pytest.approx(10.0) and np.argmax(np.asarray(utils_b) - cap * c) == 1
     # a worthless or free cheapest candidate sets no cap
     assert pacing_penalty(10.0, costs, [-0.1, 0.5, 0.9]) == pytest.approx(10.0 / (0.23 / 3))
@@ -166,3 +171,6 @@ def test_the_penalty_is_capped_at_the_cheapest_candidates_utility_per_cost():
         pacing_penalty(1.0, costs, [0.1, 0.2])
     with pytest.raises(ConfigError, match="value_cap"):
         Pacing(value_cap="yes")  # type: ignore[arg-type]
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ConfigError, match=r"value_cap_factor must be in \(0, 1\]"):
+            Pacing(value_cap_factor=bad)  # type: ignore[arg-type]
