@@ -266,12 +266,8 @@ class Pacing:
                 f"Pacing.value_cap must be True or False, got {excerpt(self.value_cap)}."
             )
         factor = self.value_cap_factor
-        if isinstance(factor, bool) or not (
-            isinstance(factor, (int, float)) and 0 < factor <= 1
-        ):
-            raise ConfigError(
-                f"Pacing.value_cap_factor must be in (0, 1], got {excerpt(factor)}."
-            )
+        if isinstance(factor, bool) or not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+            raise ConfigError(f"Pacing.value_cap_factor must be in (0, 1], got {excerpt(factor)}.")
         if isinstance(self.target, bool) or not (
             isinstance(self.target, (int, float)) and 0 < self.target <= 1
         ):
