@@ -6,7 +6,8 @@ familiarity means "new task" depends on the data, so the mapping to a probabilit
 when the router is trained: a logistic regression separates the familiarity of held-out
 training queries (familiar traffic) from that of queries whose whole task group was removed
 from the reference sample (novel traffic). A user's novelty combines the evidence of all the
-queries they compared (:meth:`NoveltyModel.traffic_novelty`).
+queries they compared, read from a sample of their recent traffic where one is known
+(:meth:`NoveltyModel.traffic_novelty`).
 
 References:
     Sun et al. (2022), "Out-of-distribution detection with deep nearest neighbors".
@@ -64,20 +65,37 @@ class NoveltyModel:
         fam = familiarity(embeddings, reference, self.neighbours)
         return 1.0 / (1.0 + np.exp(-(self.slope * fam + self.intercept)))
 
-    def traffic_novelty(self, embeddings: np.ndarray, reference: np.ndarray) -> float:
+    def traffic_novelty(
+        self,
+        embeddings: np.ndarray,
+        reference: np.ndarray,
+        *,
+        traffic: np.ndarray | None = None,
+    ) -> float:
         """P(novel) of a user's traffic given these of its queries.
 
         Each query's log odds (a log likelihood ratio: the model is fitted on balanced classes)
         adds up, as for independent observations of one regime, from even prior odds; each
         query's odds are capped at 49:1 either way so no single query decides alone. Without
         queries: 0.5 (or the flat prior of a model without task groups).
+
+        With ``traffic`` (embeddings of more of the user's queries, e.g. their recent routed
+        traffic), the evidence keeps the weight of ``len(embeddings)`` queries, but each
+        query's log odds is the mean over ``embeddings`` and ``traffic`` together: the same
+        strength of belief, read from a larger sample of the user's traffic, so a few unusual
+        compared queries no longer decide the regime alone.
         """
         if self.slope == 0:
             return float(1 / (1 + np.exp(-self.intercept)))
         if len(embeddings) == 0:
             return 0.5
-        p = np.clip(self.probability(embeddings, reference), _QUERY_FLOOR, 1 - _QUERY_FLOOR)
-        log_odds = float(np.log(p / (1 - p)).sum())
+        sample = np.asarray(embeddings)
+        pooled = traffic is not None and len(traffic) > 0
+        if pooled:
+            sample = np.vstack([sample, np.asarray(traffic, sample.dtype)])
+        p = np.clip(self.probability(sample, reference), _QUERY_FLOOR, 1 - _QUERY_FLOOR)
+        each = np.log(p / (1 - p))
+        log_odds = float(each.mean()) * len(embeddings) if pooled else float(each.sum())
         return float(1 / (1 + np.exp(-np.clip(log_odds, -30, 30))))
 
     def to_dict(self) -> dict[str, float | int]:

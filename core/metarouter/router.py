@@ -717,12 +717,18 @@ class MetaRouter:
             self._posterior_config = self.config.posterior_config()
         return self._posterior_config
 
-    def novelty(self, embeddings: np.ndarray) -> float:
-        """How unlike the training queries these queries are, in [0, 1] (see :mod:`.novelty`)."""
+    def novelty(self, embeddings: np.ndarray, *, traffic: np.ndarray | None = None) -> float:
+        """How unlike the training queries these queries are, in [0, 1] (see :mod:`.novelty`).
+
+        Args:
+            embeddings: The queries whose evidence is counted (e.g. the compared ones).
+            traffic: Embeddings of more of the user's queries to read that evidence from
+                (:meth:`metarouter.novelty.NoveltyModel.traffic_novelty`).
+        """
         reference = self._reference_embeddings()
         if len(reference) == 0:
             return 0.0
-        return self.config.novelty_model().traffic_novelty(embeddings, reference)
+        return self.config.novelty_model().traffic_novelty(embeddings, reference, traffic=traffic)
 
     def _reference_embeddings(self) -> np.ndarray:
         """The saved sample of training-query embeddings (novelty's reference), read once."""
@@ -753,7 +759,11 @@ class MetaRouter:
         return hit
 
     def adapt(
-        self, comparisons: Sequence[Comparison], *, arms: Iterable[Candidate] = ()
+        self,
+        comparisons: Sequence[Comparison],
+        *,
+        arms: Iterable[Candidate] = (),
+        traffic: np.ndarray | None = None,
     ) -> Preference:
         """Infer a user's preference from their comparisons (the user posterior).
 
@@ -761,6 +771,11 @@ class MetaRouter:
             comparisons: The user's pairwise feedback (any number, including none).
             arms: Descriptors of compared models that are not in the catalog; models known
                 neither way are treated as an average catalog model.
+            traffic: Optional (M, D) embeddings of the user's recent queries. The prior odds
+                that their traffic is unlike the training data are then read from these and
+                the compared queries together, with the weight of the compared ones (see
+                :meth:`novelty`), instead of from the few compared queries alone. The
+                service passes the user's last routed queries.
         """
         if not comparisons:
             return self.prior()
@@ -790,7 +805,14 @@ class MetaRouter:
             win_cost=np.minimum([c.winner_cost_usd / tau for c in comparisons], 1.0),
             lose_cost=np.minimum([c.loser_cost_usd / tau for c in comparisons], 1.0),
         )
-        novelty = self.novelty(emb)
+        if traffic is not None:
+            traffic = np.asarray(traffic, np.float32)
+            if traffic.ndim != 2 or traffic.shape[1] != self.config.embedding_dim:
+                raise ConfigError(
+                    f"adapt(traffic=...) takes an (M, {self.config.embedding_dim}) array of query "
+                    f"embeddings from this router's embedder, got shape {traffic.shape}."
+                )
+        novelty = self.novelty(emb, traffic=traffic)
         posterior = infer_posterior(data, self.posterior_config, novelty=novelty)
         known_cost = np.asarray([a.name in self.catalog or a.name in known for a in descs])
         factors, default = _cost_factors(comparisons, win, lose, expected, known_cost)

@@ -80,6 +80,9 @@ logger = logging.getLogger(__name__)
 
 #: Queries of a user's last comparisons that stand for their traffic when choosing a pair.
 _TRAFFIC_SAMPLE = 32
+#: A user's last routed queries the router reads their traffic's novelty from when it
+#: re-estimates their preference (:meth:`MetaRouter.adapt`, ``traffic``).
+RECENT_TRAFFIC = 40
 
 #: Environment variable overriding the default SQLite store location.
 STORE_ENV = "METAROUTER_STORE"
@@ -451,6 +454,21 @@ class RoutingService:
             usable.append(comparison)
         return usable
 
+    def _recent_traffic(self, uid: str) -> np.ndarray | None:
+        """Embeddings of the user's last routed queries (the novelty evidence), if readable.
+
+        Only vectors of the router's embedding size are used; a store that cannot be read
+        gives none (the compared queries alone then carry the evidence, as without a store).
+        """
+        try:
+            rows = self.store.recent_embeddings(uid, RECENT_TRAFFIC)
+        except StoreError as exc:
+            self._writes.failed("read a user's recent decisions", exc)
+            return None
+        dim = self.router.config.embedding_dim
+        usable = [r for r in rows if r.shape == (dim,) and np.isfinite(r).all()]
+        return np.stack(usable).astype(np.float32) if usable else None
+
     def _recompute(self, uid: str) -> tuple[Preference | None, int]:
         """Recompute and cache the user's preference; (None, 0) if the store cannot be read."""
         try:
@@ -460,8 +478,11 @@ class RoutingService:
             self._writes.failed("read a user's comparisons", exc)
             return None, 0
         comparisons = self._usable(uid, rows)
+        traffic = self._recent_traffic(uid) if comparisons else None
         try:
-            pref = self.router.adapt(comparisons, arms=list(self.descriptors.values()))
+            pref = self.router.adapt(
+                comparisons, arms=list(self.descriptors.values()), traffic=traffic
+            )
             pref.check()
         except (
             ArithmeticError,

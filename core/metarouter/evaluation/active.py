@@ -96,7 +96,7 @@ class ActiveFeedback:
             win.append(a if a_wins else b)
             lose.append(b if a_wins else a)
             fb = _feedback(rows, win, lose, cost)
-            pref = router.adapt(fb.comparisons(s), arms=arms)
+            pref = router.adapt(fb.comparisons(s), arms=arms, traffic=emb[traffic])
         return _feedback(rows, win, lose, cost)
 
 

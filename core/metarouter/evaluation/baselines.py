@@ -578,6 +578,7 @@ class MetaRouterMethod(Method):
             return encoder_scores(
                 router, fb.comparisons(s), arms, s.test_emb[scored], s.test_tok[scored]
             ).argmax(axis=1)
-        pref = router.adapt(fb.comparisons(s), arms=arms)
+        traffic = s.test_emb[fb.recent] if fb.recent is not None else None
+        pref = router.adapt(fb.comparisons(s), arms=arms, traffic=traffic)
         scores, _, _ = router.score_embeddings(s.test_emb[scored], s.test_tok[scored], arms, pref)
         return scores.argmax(axis=1)

@@ -24,6 +24,9 @@ class Feedback:
         lose: Index of the other.
         win_cost: Its cost (USD).
         lose_cost: The other's cost (USD).
+        recent: Rows of ``setting.test`` standing for the user's recent traffic (a sample of
+            their adaptation pool), which a router may read without labels; ``None`` if
+            unknown.
     """
 
     source: str
@@ -32,6 +35,7 @@ class Feedback:
     lose: np.ndarray
     win_cost: np.ndarray
     lose_cost: np.ndarray
+    recent: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)

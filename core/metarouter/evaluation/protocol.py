@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 #: ``(context, profile, n, adaptation pool, rng, temperature) -> Feedback``: who picks comparisons.
 FeedbackSource = Callable[[Context, Profile, int, np.ndarray, np.random.Generator, float], Feedback]
 
+#: Size of the sample of a user's adaptation pool that stands for their recent traffic.
+RECENT_SIZE = 40
+#: Seed stream of that sample (apart from the comparisons' draws).
+RECENT_STREAM = 7
 ALPHA_GRID = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))
 N_SWEEP = (0, 1, 2, 4, 6, 8, 12, 20, 50)
 
@@ -209,6 +213,10 @@ def run_setting(
         pool, scored = perm[:n_pool], np.sort(perm[n_pool:])
         if source == "train":
             pool = np.arange(len(setting.train))
+        # the user's recent traffic as a router sees it (unlabelled): a sample of the test pool,
+        # drawn from its own generator so the comparisons are the same as without it
+        recent_rng = np.random.default_rng([seed, RECENT_STREAM])
+        recent = recent_rng.choice(perm[:n_pool], size=min(RECENT_SIZE, n_pool), replace=False)
         q, c = q_all[scored], c_all[scored]
         rows = np.arange(len(scored))
         run.single_points[seed] = np.c_[c.mean(0), q.mean(0)]
@@ -228,6 +236,7 @@ def run_setting(
                     )
                 else:
                     fb = feedback(ctx, profile, n, pool, fb_rng, temperature)
+                fb = replace(fb, recent=recent)
                 util = profile.utility(q, c, setting.tau)
                 arrays["_best_single"][p_i] = (np.nan, np.nan, util.mean(0).max())
                 for method in usable:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from metarouter.store.records import ComparisonRecord, DecisionRecord, validate_user_id
 
 __all__ = ["PreferenceStore"]
@@ -58,6 +60,16 @@ class PreferenceStore(ABC):
     @abstractmethod
     def comparisons(self, user_id: str) -> list[ComparisonRecord]:
         """All comparisons of a user, oldest first."""
+
+    def recent_embeddings(self, user_id: str, limit: int = 40) -> list[np.ndarray]:
+        """Query embeddings of the user's last ``limit`` routed decisions, newest first.
+
+        The router reads how unlike its training data a user's traffic is from them
+        (:meth:`metarouter.router.MetaRouter.adapt`). A store that keeps no decisions returns
+        none (the default).
+        """
+        validate_user_id(user_id)
+        return []
 
     @abstractmethod
     def user_version(self, user_id: str) -> int:

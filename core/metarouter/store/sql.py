@@ -810,6 +810,29 @@ class SQLStore(PreferenceStore):
         )
         return [rec for rec in map(self._readable(self._comparison_from_row), rows) if rec]
 
+    def recent_embeddings(self, user_id: str, limit: int = 40) -> list[np.ndarray]:
+        """Query embeddings of the user's last ``limit`` routed decisions, newest first."""
+        uid = validate_user_id(user_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"limit must be an integer >= 0, got {limit!r}.")
+        d = self.tables.decisions
+        rows = self._read(
+            "read recent decisions",
+            lambda conn: conn.execute(
+                sa.select(d.c.embedding)
+                .where(d.c.user_id == uid)
+                .order_by(d.c.created_at.desc(), d.c.decision_id.desc())
+                .limit(limit)
+            ).all(),
+        )
+        out = []
+        for row in rows:
+            try:
+                out.append(self._vec(row.embedding))
+            except ValueError:
+                continue  # an unreadable row is skipped, as elsewhere
+        return out
+
     # -- versions and cache ---------------------------------------------------------------------
     def user_version(self, user_id: str) -> int:
         """The user's version (0 when the user has no comparisons)."""
