@@ -145,7 +145,7 @@ def run_demo(
                     float(test.cost[r, lo]),
                 )
             )
-            pref = router.adapt(comps)
+            pref = router.adapt(comps, traffic=emb[pool[:40]])  # their recent traffic
         probs, _, _ = router.score_embeddings(emb[scored], tokens[scored], DEMO_CANDIDATES, pref)
         choice = probs.argmax(axis=1)
         u = profile.utility(q, c, tau)

@@ -425,3 +425,32 @@ def test_each_bundled_router_is_found_by_its_embedder():
     assert default_router_dir() == default_router_dir(ROUTER_EMBEDDER)
     with pytest.raises(ConfigError, match=r"no router is bundled.*metarouter train --embedder"):
         default_router_dir("no-such-backend")
+
+
+def test_recent_traffic_sets_the_regime_odds_with_the_weight_of_the_compared_queries(
+    default_router, llmrouter_heldout
+):
+    held = llmrouter_heldout
+    comps = held.comparisons(CANDS, 6)
+    compared = np.stack([c.embedding for c in comps])
+    alone = default_router.adapt(comps)
+    assert alone.novelty == pytest.approx(default_router.novelty(compared))
+    rng = np.random.default_rng(0)
+    strange = rng.standard_normal((40, compared.shape[1])).astype(np.float32)
+    strange /= np.linalg.norm(strange, axis=1, keepdims=True)  # like no training query
+    familiar = held.embeddings[200:240]  # held-out queries of the router's own tasks
+    novel = default_router.adapt(comps, traffic=strange)
+    known = default_router.adapt(comps, traffic=familiar)
+    assert novel.novelty > 0.9 > known.novelty
+    assert novel.novel_share > known.novel_share
+    # the evidence keeps the weight of the 6 compared queries: 6 x the mean log odds of all 46
+    model = default_router.config.novelty_model()
+    p = np.clip(
+        model.probability(np.vstack([compared, strange]), default_router._reference_embeddings()),
+        0.02,
+        0.98,
+    )
+    expected = 1 / (1 + np.exp(-6 * np.log(p / (1 - p)).mean()))
+    assert novel.novelty == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match=r"adapt\(traffic=\.\.\.\) takes an \(M, \d+\) array"):
+        default_router.adapt(comps, traffic=np.zeros((3, 5), np.float32))

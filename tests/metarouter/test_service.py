@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import pytest
 from metarouter.errors import ConfigError, FeedbackError
 from metarouter.service import Response, RoutingService
@@ -174,3 +175,19 @@ def test_suggest_comparison_picks_one_of_the_queries_and_a_pair_it_values(servic
         service.suggest_comparison("a single string", "carol")
     with pytest.raises(ConfigError, match="two eligible"):
         service.suggest_comparison(queries, "carol", exclude=ARMS[1:])
+
+
+def test_a_users_preference_reads_their_novelty_from_their_recent_traffic(service, router):
+    queries = [f"Integrate x^{k} * exp(x) from 0 to 1 and explain each step." for k in range(8)]
+    for k, q in enumerate(queries):
+        service.decide(q, "dana", forced=ARMS[k % 3])
+    cheap = service.decide(queries[0], "dana", forced=ARMS[0])
+    dear = service.decide(queries[0], "dana", forced=ARMS[2])
+    service.record_preference(dear, cheap)
+    pref = service.preference("dana")
+    recent = np.stack(service.store.recent_embeddings("dana"))
+    assert len(recent) == 10
+    comps = service._usable("dana", service.store.comparisons("dana"))
+    with_traffic = router.adapt(comps, arms=list(service.descriptors.values()), traffic=recent)
+    assert pref.novelty == pytest.approx(with_traffic.novelty)
+    assert pref.novelty != pytest.approx(router.adapt(comps).novelty)

@@ -112,3 +112,49 @@ def test_encoder_read_out_ablation_routes_with_the_neural_encoder(setting, route
 def test_unknown_read_out_is_refused_with_the_choices(router):
     with pytest.raises(ConfigError, match="posterior"):
         MetaRouterMethod({}, readout="greedy")
+
+
+def test_metarouter_reads_the_users_recent_traffic_the_protocol_passes(setting, router):
+    """Every method gets the same comparisons plus a sample of the user's adaptation pool
+    (``Feedback.recent``); MetaRouter adapts with those queries as the user's traffic."""
+    from dataclasses import replace
+
+    from metarouter.evaluation.baselines import Method
+    from metarouter.evaluation.protocol import RECENT_SIZE, run_setting
+
+    seen = []
+
+    class Recorder(Method):
+        name = "recorder"
+
+        def choose(self, ctx, fb, scored, profile):
+            seen.append((fb.recent.copy(), fb.rows.copy(), scored.copy()))
+            return np.zeros(len(scored), np.int64)
+
+    run_setting(
+        setting,
+        [Recorder()],
+        seeds=(0,),
+        n_values=(6,),
+        profiles=[LinearProfile(0.2), LinearProfile(0.8)],
+        progress=False,
+    )
+    (recent_a, rows_a, scored), (recent_b, rows_b, _) = seen
+    np.testing.assert_array_equal(recent_a, recent_b)  # one sample per seed, for every user
+    assert len(recent_a) == min(RECENT_SIZE, len(setting.test) - len(scored))
+    assert not set(recent_a) & set(scored)  # from the adaptation pool, not the scored queries
+    assert set(rows_a) | set(rows_b) <= set(range(len(setting.test))) - set(scored)
+
+    method = MetaRouterMethod({setting.train_key: router})
+    ctx = Context(setting)
+    method.prepare(ctx)
+    arms = ctx.data["meta_arms"]
+    fb = draw_feedback(setting, LinearProfile(0.6), 6, np.arange(10), rng=np.random.default_rng(2))
+    fb = replace(fb, recent=np.arange(10, 50))
+    pref = router.adapt(fb.comparisons(setting), arms=arms, traffic=setting.test_emb[10:50])
+    scores, _, _ = router.score_embeddings(
+        setting.test_emb[scored], setting.test_tok[scored], arms, pref
+    )
+    np.testing.assert_array_equal(
+        method.choose(ctx, fb, scored, LinearProfile(0.6)), scores.argmax(axis=1)
+    )

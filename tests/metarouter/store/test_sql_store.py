@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from _store_helpers import MODELS, make_comparison, make_decision, snapshot
+from _store_helpers import MODELS, make_comparison, make_decision, snapshot, unit_vectors
 from metarouter.errors import ConfigError, FeedbackError, StoreError
 from metarouter.store import SCHEMA_VERSION, SQLStore
 
@@ -274,3 +274,21 @@ def test_an_unreachable_postgres_server_gives_an_actionable_store_error():
     with pytest.raises(StoreError, match="server is running") as info:
         store.user_version("alice")
     assert "secret" not in str(info.value)
+
+
+def test_recent_embeddings_are_the_users_last_decisions_newest_first(store):
+    vecs = unit_vectors(5, 11)
+    for i, vec in enumerate(vecs):
+        store.record_decision(make_decision("alice", embedding=vec, created_at=1000.0 + i))
+    store.record_decision(make_decision("bob", embedding=unit_vectors(1, 12)[0]))
+    got = store.recent_embeddings("alice", 3)
+    assert len(got) == 3
+    for vec, want in zip(got, vecs[::-1][:3], strict=True):
+        assert vec.dtype == np.float32
+        np.testing.assert_array_equal(vec, want)
+    assert len(store.recent_embeddings("alice")) == 5  # the default limit (40) keeps all five
+    assert store.recent_embeddings("carol") == []
+    assert store.recent_embeddings("alice", 0) == []
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="limit must be an integer >= 0"):
+            store.recent_embeddings("alice", bad)
