@@ -191,3 +191,25 @@ def test_a_users_preference_reads_their_novelty_from_their_recent_traffic(servic
     with_traffic = router.adapt(comps, arms=list(service.descriptors.values()), traffic=recent)
     assert pref.novelty == pytest.approx(with_traffic.novelty)
     assert pref.novelty != pytest.approx(router.adapt(comps).novelty)
+
+
+def test_a_store_that_cannot_give_recent_traffic_still_gives_a_preference(
+    service, router, monkeypatch
+):
+    from metarouter.errors import StoreError
+
+    cheap = service.decide(QUERY, "erin", forced=ARMS[0])
+    dear = service.decide(QUERY, "erin", forced=ARMS[2])
+
+    def broken(user_id, limit=40):
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(service.store, "recent_embeddings", broken)
+    before = service.store_health().failures
+    service.record_preference(dear, cheap)
+    pref = service.preference("erin")
+    comps = service._usable("erin", service.store.comparisons("erin"))
+    # the compared query alone carries the evidence, as without a store
+    assert pref.novelty == pytest.approx(router.adapt(comps).novelty)
+    assert pref.n_comparisons == 1
+    assert service.store_health().failures > before
