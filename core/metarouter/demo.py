@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from metarouter.data import load_dataset
+from metarouter.novelty import RECENT_TRAFFIC
 from metarouter.pricing import estimate_tokens
 from metarouter.profiles import LinearProfile, simulate_preferences
 from metarouter.router import MetaRouter
@@ -99,6 +100,7 @@ def run_demo(
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(test))
     pool, scored = perm[:100], np.sort(perm[100:])
+    recent = emb[pool[:RECENT_TRAFFIC]]  # each user's recent traffic, as the service reads it
     q, c = test.quality[scored], test.cost[scored]
     users = []
     for name, alpha in DEMO_USERS.items():
@@ -145,7 +147,7 @@ def run_demo(
                     float(test.cost[r, lo]),
                 )
             )
-            pref = router.adapt(comps, traffic=emb[pool[:40]])  # their recent traffic
+            pref = router.adapt(comps, traffic=recent)
         probs, _, _ = router.score_embeddings(emb[scored], tokens[scored], DEMO_CANDIDATES, pref)
         choice = probs.argmax(axis=1)
         u = profile.utility(q, c, tau)

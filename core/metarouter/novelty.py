@@ -21,12 +21,16 @@ import numpy as np
 
 from metarouter.errors import ConfigError
 
-__all__ = ["NoveltyModel", "familiarity", "fit_novelty"]
+__all__ = ["RECENT_TRAFFIC", "NoveltyModel", "familiarity", "fit_novelty"]
 
 #: Bounds of one query's P(novel) when a user's queries are combined (odds of at most 49:1).
 _QUERY_FLOOR = 0.02
 #: Neighbours averaged for a query's familiarity.
 DEFAULT_NEIGHBOURS = 10
+#: How many of a user's recent queries stand for their traffic when their novelty is read
+#: (:meth:`NoveltyModel.traffic_novelty`, ``traffic``): the service's last routed queries, the
+#: evaluation's and the demo's sample of each user's pool.
+RECENT_TRAFFIC = 40
 
 
 def familiarity(embeddings: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:

@@ -46,6 +46,7 @@ from metarouter.errors import (
     StoreError,
     UnknownArmError,
 )
+from metarouter.novelty import RECENT_TRAFFIC
 from metarouter.pricing import DEFAULT_OUTPUT_TOKENS, Price, estimate_tokens
 from metarouter.router import MetaRouter
 from metarouter.store.base import PreferenceStore
@@ -80,9 +81,6 @@ logger = logging.getLogger(__name__)
 
 #: Queries of a user's last comparisons that stand for their traffic when choosing a pair.
 _TRAFFIC_SAMPLE = 32
-#: A user's last routed queries the router reads their traffic's novelty from when it
-#: re-estimates their preference (:meth:`MetaRouter.adapt`, ``traffic``).
-RECENT_TRAFFIC = 40
 
 #: Environment variable overriding the default SQLite store location.
 STORE_ENV = "METAROUTER_STORE"
@@ -467,7 +465,7 @@ class RoutingService:
             return None
         dim = self.router.config.embedding_dim
         usable = [r for r in rows if r.shape == (dim,) and np.isfinite(r).all()]
-        return np.stack(usable).astype(np.float32) if usable else None
+        return np.stack(usable) if usable else None
 
     def _recompute(self, uid: str) -> tuple[Preference | None, int]:
         """Recompute and cache the user's preference; (None, 0) if the store cannot be read."""

@@ -66,7 +66,8 @@ class ActiveFeedback:
         quality, cost = s.test.quality, s.test.cost
         emb, tok = s.test_emb, s.test_tok
         traffic = rng.choice(pool, size=min(self.traffic, len(pool)), replace=False)
-        pref = router.prior(router.novelty(emb[traffic]))
+        t_emb, t_tok = emb[traffic], tok[traffic]
+        pref = router.prior(router.novelty(t_emb))
         rows: list[int] = []
         win: list[int] = []
         lose: list[int] = []
@@ -78,7 +79,7 @@ class ActiveFeedback:
                 tok[cand],
                 arms,
                 pref,
-                traffic=(emb[traffic], tok[traffic]),
+                traffic=(t_emb, t_tok),
                 n_particles=self.particles,
                 seed=step,
             )
@@ -96,7 +97,7 @@ class ActiveFeedback:
             win.append(a if a_wins else b)
             lose.append(b if a_wins else a)
             fb = _feedback(rows, win, lose, cost)
-            pref = router.adapt(fb.comparisons(s), arms=arms, traffic=emb[traffic])
+            pref = router.adapt(fb.comparisons(s), arms=arms, traffic=t_emb)
         return _feedback(rows, win, lose, cost)
 
 

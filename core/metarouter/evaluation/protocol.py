@@ -21,6 +21,7 @@ from metarouter.evaluation.baselines import Context, Method
 from metarouter.evaluation.feedback import Feedback, draw_feedback
 from metarouter.evaluation.metrics import hypervolume, igd, normalise_costs
 from metarouter.evaluation.settings import Setting
+from metarouter.novelty import RECENT_TRAFFIC
 from metarouter.profiles import (
     BudgetCapProfile,
     LinearProfile,
@@ -42,9 +43,8 @@ logger = logging.getLogger(__name__)
 #: ``(context, profile, n, adaptation pool, rng, temperature) -> Feedback``: who picks comparisons.
 FeedbackSource = Callable[[Context, Profile, int, np.ndarray, np.random.Generator, float], Feedback]
 
-#: Size of the sample of a user's adaptation pool that stands for their recent traffic.
-RECENT_SIZE = 40
-#: Seed stream of that sample (apart from the comparisons' draws).
+#: Seed stream of the sample of a user's adaptation pool that stands for their recent traffic
+#: (apart from the comparisons' draws).
 RECENT_STREAM = 7
 ALPHA_GRID = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))
 N_SWEEP = (0, 1, 2, 4, 6, 8, 12, 20, 50)
@@ -216,7 +216,7 @@ def run_setting(
         # the user's recent traffic as a router sees it (unlabelled): a sample of the test pool,
         # drawn from its own generator so the comparisons are the same as without it
         recent_rng = np.random.default_rng([seed, RECENT_STREAM])
-        recent = recent_rng.choice(perm[:n_pool], size=min(RECENT_SIZE, n_pool), replace=False)
+        recent = recent_rng.choice(perm[:n_pool], size=min(RECENT_TRAFFIC, n_pool), replace=False)
         q, c = q_all[scored], c_all[scored]
         rows = np.arange(len(scored))
         run.single_points[seed] = np.c_[c.mean(0), q.mean(0)]

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from metarouter.novelty import RECENT_TRAFFIC
 from metarouter.store.records import ComparisonRecord, DecisionRecord, validate_user_id
 
 __all__ = ["PreferenceStore"]
@@ -61,7 +62,7 @@ class PreferenceStore(ABC):
     def comparisons(self, user_id: str) -> list[ComparisonRecord]:
         """All comparisons of a user, oldest first."""
 
-    def recent_embeddings(self, user_id: str, limit: int = 40) -> list[np.ndarray]:
+    def recent_embeddings(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[np.ndarray]:
         """Query embeddings of the user's last ``limit`` routed decisions, newest first.
 
         The router reads how unlike its training data a user's traffic is from them

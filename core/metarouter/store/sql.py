@@ -49,6 +49,7 @@ from metarouter.errors import (
     StoreError,
     UnreadableRowError,
 )
+from metarouter.novelty import RECENT_TRAFFIC
 from metarouter.store.base import PreferenceStore
 from metarouter.store.maintenance import (
     PRUNE_BATCH,
@@ -810,8 +811,11 @@ class SQLStore(PreferenceStore):
         )
         return [rec for rec in map(self._readable(self._comparison_from_row), rows) if rec]
 
-    def recent_embeddings(self, user_id: str, limit: int = 40) -> list[np.ndarray]:
-        """Query embeddings of the user's last ``limit`` routed decisions, newest first."""
+    def recent_embeddings(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[np.ndarray]:
+        """Query embeddings of the user's last ``limit`` routed decisions, newest first.
+
+        An unreadable row is skipped with a logged warning, as in every other read.
+        """
         uid = validate_user_id(user_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"limit must be an integer >= 0, got {limit!r}.")
@@ -819,19 +823,21 @@ class SQLStore(PreferenceStore):
         rows = self._read(
             "read recent decisions",
             lambda conn: conn.execute(
-                sa.select(d.c.embedding)
+                sa.select(d.c.decision_id, d.c.embedding)
                 .where(d.c.user_id == uid)
                 .order_by(d.c.created_at.desc(), d.c.decision_id.desc())
                 .limit(limit)
             ).all(),
         )
-        out = []
-        for row in rows:
-            try:
-                out.append(self._vec(row.embedding))
-            except ValueError:
-                continue  # an unreadable row is skipped, as elsewhere
-        return out
+        return [
+            vec for vec in map(self._readable(self._embedding_from_row), rows) if vec is not None
+        ]
+
+    def _embedding_from_row(self, row: Any) -> np.ndarray:
+        try:
+            return self._vec(row.embedding)
+        except (TypeError, ValueError) as exc:
+            raise UnreadableRowError(self._unreadable("decision", row.decision_id, exc)) from exc
 
     # -- versions and cache ---------------------------------------------------------------------
     def user_version(self, user_id: str) -> int:

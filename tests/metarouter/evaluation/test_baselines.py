@@ -120,7 +120,8 @@ def test_metarouter_reads_the_users_recent_traffic_the_protocol_passes(setting, 
     from dataclasses import replace
 
     from metarouter.evaluation.baselines import Method
-    from metarouter.evaluation.protocol import RECENT_SIZE, run_setting
+    from metarouter.evaluation.protocol import run_setting
+    from metarouter.novelty import RECENT_TRAFFIC
 
     seen = []
 
@@ -141,7 +142,7 @@ def test_metarouter_reads_the_users_recent_traffic_the_protocol_passes(setting, 
     )
     (recent_a, rows_a, scored), (recent_b, rows_b, _) = seen
     np.testing.assert_array_equal(recent_a, recent_b)  # one sample per seed, for every user
-    assert len(recent_a) == min(RECENT_SIZE, len(setting.test) - len(scored))
+    assert len(recent_a) == min(RECENT_TRAFFIC, len(setting.test) - len(scored))
     assert not set(recent_a) & set(scored)  # from the adaptation pool, not the scored queries
     assert set(rows_a) | set(rows_b) <= set(range(len(setting.test))) - set(scored)
 
