@@ -56,6 +56,7 @@ from metarouter.store.records import (
     ComparisonSource,
     DecisionRecord,
     FeedbackEvent,
+    RecentQuery,
     check_text,
     check_usd,
     new_id,
@@ -452,20 +453,28 @@ class RoutingService:
             usable.append(comparison)
         return usable
 
-    def _recent_traffic(self, uid: str) -> np.ndarray | None:
-        """Embeddings of the user's last routed queries (the novelty evidence), if readable.
+    def _recent_queries(self, uid: str) -> list[RecentQuery]:
+        """The user's last routed queries (their traffic), if readable.
 
         Only vectors of the router's embedding size are used; a store that cannot be read
-        gives none (the compared queries alone then carry the evidence, as without a store).
+        gives none (counted in :meth:`store_health`).
         """
         try:
-            rows = self.store.recent_embeddings(uid, RECENT_TRAFFIC)
+            rows = self.store.recent_queries(uid, RECENT_TRAFFIC)
         except StoreError as exc:
             self._writes.failed("read a user's recent decisions", exc)
-            return None
+            return []
         dim = self.router.config.embedding_dim
-        usable = [r for r in rows if r.shape == (dim,) and np.isfinite(r).all()]
-        return np.stack(usable) if usable else None
+        return [q for q in rows if q.embedding.shape == (dim,) and np.isfinite(q.embedding).all()]
+
+    def _recent_traffic(self, uid: str) -> np.ndarray | None:
+        """Embeddings of the user's last routed queries (the novelty evidence), if any.
+
+        None when there are none or the store cannot be read: the compared queries alone then
+        carry the evidence, as without a store.
+        """
+        rows = self._recent_queries(uid)
+        return np.stack([q.embedding for q in rows]) if rows else None
 
     def _recompute(self, uid: str) -> tuple[Preference | None, int]:
         """Recompute and cache the user's preference; (None, 0) if the store cannot be read."""
@@ -935,7 +944,7 @@ class RoutingService:
 
         The pair whose answer is expected to improve this user's routing most (expected value
         of information under their posterior, :meth:`MetaRouter.comparison_values`), valued on
-        their traffic: this query and the queries of their last comparisons.
+        their traffic: this query and their recent ones (see :meth:`suggest_comparison`).
         """
         return self.suggest_comparison([query], user_id, exclude=exclude)[1]
 
@@ -945,7 +954,8 @@ class RoutingService:
         """Which of ``queries`` (e.g. the user's recent ones) and which two candidates to compare.
 
         The comparison with the highest expected value of information for this user's routing,
-        valued on their traffic: these queries and the queries of their last comparisons.
+        valued on their traffic: these queries and the queries of their last 40 routed calls
+        (of their last comparisons while they have none).
 
         Returns:
             ``(index into queries, (model a, model b))``.
@@ -959,7 +969,11 @@ class RoutingService:
         pref = self.preference(uid)
         emb = self.router.embedder.encode(list(queries))
         tokens = np.asarray([estimate_tokens(q) for q in queries], float)
-        recent = self.store.comparisons(uid)[-_TRAFFIC_SAMPLE:]
+        # the user's traffic: their last routed queries; a user with none yet (e.g. one who has
+        # only compared so far) is read from the queries of their last comparisons
+        recent: Sequence[RecentQuery | ComparisonRecord] = self._recent_queries(uid)
+        if not recent:
+            recent = self.store.comparisons(uid)[-_TRAFFIC_SAMPLE:]
         traffic = (
             np.vstack([emb, *[r.embedding[None, :] for r in recent]]),
             np.concatenate([tokens, [float(r.prompt_tokens) for r in recent]]),

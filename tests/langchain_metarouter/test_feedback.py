@@ -83,12 +83,15 @@ def test_feedback_errors_say_what_to_pass(router):
 
 
 def test_compare_answers_with_two_candidates_and_records_the_choice(router, service):
+    # the pair the service suggests for ann's traffic now (compare() then adds its two answers
+    # to her traffic)
+    suggested = service.suggest_pair(PROOF, "ann")
     pair = router.compare(PROOF, config={"configurable": {"user_id": "ann"}})
 
     assert pair.user_id == "ann" and pair.models[0] != pair.models[1]
     assert [a.response_metadata["model_name"] for a in pair.answers] == list(pair.models)
     assert all(meta(a)["forced"] for a in pair.answers)
-    assert pair.models == service.suggest_pair(PROOF, "ann")
+    assert pair.models == suggested
     record = pair.prefer(1)
     assert (record.winner, record.loser, record.source) == (
         pair.models[1],

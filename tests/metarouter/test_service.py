@@ -177,6 +177,42 @@ def test_suggest_comparison_picks_one_of_the_queries_and_a_pair_it_values(servic
         service.suggest_comparison(queries, "carol", exclude=ARMS[1:])
 
 
+def test_suggest_comparison_values_pairs_on_the_users_routed_traffic(service, router, monkeypatch):
+    """The value of a comparison is measured on the user's last routed queries (with their
+    token counts); a user with none yet is read from their compared queries."""
+    from metarouter.pricing import estimate_tokens
+
+    seen = []
+    values_of = router.comparison_values
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["traffic"])
+        return values_of(*args, **kwargs)
+
+    monkeypatch.setattr(router, "comparison_values", spy)
+    routed = [f"Translate '{w}' into French and German." for w in ("cat", "house", "tree")]
+    for k, q in enumerate(routed):
+        service.decide(q, "gail", forced=ARMS[k % 3])
+    asked = ["What is 2 + 2?"]
+    service.suggest_comparison(asked, "gail")
+    emb, tokens = seen[-1]
+    recent = service.store.recent_queries("gail")
+    assert len(recent) == 3 and [q.prompt_tokens for q in recent] == [
+        estimate_tokens(q) for q in routed[::-1]
+    ]
+    np.testing.assert_allclose(emb[0], router.embedder.encode(asked)[0], atol=1e-6)
+    np.testing.assert_allclose(emb[1:], np.stack([q.embedding for q in recent]), atol=1e-6)
+    assert list(tokens) == [estimate_tokens(asked[0])] + [q.prompt_tokens for q in recent]
+    # a user who has only compared: their compared queries are the traffic
+    cheap = service.decide(QUERY, "hal", forced=ARMS[0])
+    dear = service.decide(QUERY, "hal", forced=ARMS[2])
+    service.record_preference(dear, cheap)
+    monkeypatch.setattr(service.store, "recent_queries", lambda user_id, limit=40: [])
+    service.suggest_comparison(asked, "hal")
+    emb, tokens = seen[-1]
+    assert len(emb) == 2 and tokens[1] == service.store.comparisons("hal")[0].prompt_tokens
+
+
 def test_a_users_preference_reads_their_novelty_from_their_recent_traffic(service, router):
     queries = [f"Integrate x^{k} * exp(x) from 0 to 1 and explain each step." for k in range(8)]
     for k, q in enumerate(queries):
@@ -204,7 +240,7 @@ def test_a_store_that_cannot_give_recent_traffic_still_gives_a_preference(
     def broken(user_id, limit=40):
         raise StoreError("database is locked")
 
-    monkeypatch.setattr(service.store, "recent_embeddings", broken)
+    monkeypatch.setattr(service.store, "recent_queries", broken)
     before = service.store_health().failures
     service.record_preference(dear, cheap)
     pref = service.preference("erin")

@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from metarouter.novelty import RECENT_TRAFFIC
-from metarouter.store.records import ComparisonRecord, DecisionRecord, validate_user_id
+from metarouter.store.records import (
+    ComparisonRecord,
+    DecisionRecord,
+    RecentQuery,
+    validate_user_id,
+)
 
 __all__ = ["PreferenceStore"]
 
@@ -62,15 +67,24 @@ class PreferenceStore(ABC):
     def comparisons(self, user_id: str) -> list[ComparisonRecord]:
         """All comparisons of a user, oldest first."""
 
-    def recent_embeddings(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[np.ndarray]:
-        """Query embeddings of the user's last ``limit`` routed decisions, newest first.
+    def recent_queries(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[RecentQuery]:
+        """The queries of the user's last ``limit`` routed decisions, newest first.
 
-        The router reads how unlike its training data a user's traffic is from them
-        (:meth:`metarouter.router.MetaRouter.adapt`). A store that keeps no decisions returns
-        none (the default).
+        Each is its embedding and estimated prompt tokens. The router reads the user's traffic
+        from them: how unlike its training data it is (:meth:`metarouter.router.MetaRouter.adapt`)
+        and what a comparison is worth for routing it
+        (:meth:`metarouter.service.RoutingService.suggest_comparison`). A store that keeps no
+        decisions returns none (the default).
         """
         validate_user_id(user_id)
         return []
+
+    def recent_embeddings(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[np.ndarray]:
+        """Query embeddings of the user's last ``limit`` routed decisions, newest first.
+
+        :meth:`recent_queries` without the token counts.
+        """
+        return [q.embedding for q in self.recent_queries(user_id, limit)]
 
     @abstractmethod
     def user_version(self, user_id: str) -> int:

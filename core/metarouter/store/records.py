@@ -28,6 +28,7 @@ __all__ = [
     "ComparisonRecord",
     "DecisionRecord",
     "FeedbackEvent",
+    "RecentQuery",
     "check_text",
     "check_usd",
     "new_id",
@@ -362,6 +363,19 @@ class DecisionRecord:
     fallbacks: tuple[str, ...] = ()
     created_at: float = field(default_factory=time.time)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecentQuery:
+    """A query of one of the user's recent routed calls, as the router reads their traffic.
+
+    Attributes:
+        embedding: The query embedding (float32).
+        prompt_tokens: Its estimated prompt tokens.
+    """
+
+    embedding: np.ndarray = field(repr=False)
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from metarouter.store.migrations import migrate, stored_version
 from metarouter.store.records import (
     ComparisonRecord,
     DecisionRecord,
+    RecentQuery,
     check_text,
     check_usd,
     encode_json,
@@ -811,8 +812,8 @@ class SQLStore(PreferenceStore):
         )
         return [rec for rec in map(self._readable(self._comparison_from_row), rows) if rec]
 
-    def recent_embeddings(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[np.ndarray]:
-        """Query embeddings of the user's last ``limit`` routed decisions, newest first.
+    def recent_queries(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[RecentQuery]:
+        """The queries of the user's last ``limit`` routed decisions, newest first.
 
         An unreadable row is skipped with a logged warning, as in every other read.
         """
@@ -823,19 +824,17 @@ class SQLStore(PreferenceStore):
         rows = self._read(
             "read recent decisions",
             lambda conn: conn.execute(
-                sa.select(d.c.decision_id, d.c.embedding)
+                sa.select(d.c.decision_id, d.c.embedding, d.c.prompt_tokens)
                 .where(d.c.user_id == uid)
                 .order_by(d.c.created_at.desc(), d.c.decision_id.desc())
                 .limit(limit)
             ).all(),
         )
-        return [
-            vec for vec in map(self._readable(self._embedding_from_row), rows) if vec is not None
-        ]
+        return [q for q in map(self._readable(self._recent_from_row), rows) if q is not None]
 
-    def _embedding_from_row(self, row: Any) -> np.ndarray:
+    def _recent_from_row(self, row: Any) -> RecentQuery:
         try:
-            return self._vec(row.embedding)
+            return RecentQuery(self._vec(row.embedding), int(row.prompt_tokens))
         except (TypeError, ValueError) as exc:
             raise UnreadableRowError(self._unreadable("decision", row.decision_id, exc)) from exc
 

@@ -281,7 +281,11 @@ def test_recent_embeddings_are_the_users_last_decisions_newest_first(store):
     for i, vec in enumerate(vecs):
         store.record_decision(make_decision("alice", embedding=vec, created_at=1000.0 + i))
     store.record_decision(make_decision("bob", embedding=unit_vectors(1, 12)[0]))
+    queries = store.recent_queries("alice", 3)
+    assert [q.prompt_tokens for q in queries] == [7, 7, 7]
     got = store.recent_embeddings("alice", 3)
+    for q, vec in zip(queries, got, strict=True):
+        np.testing.assert_array_equal(q.embedding, vec)
     assert len(got) == 3
     for vec, want in zip(got, vecs[::-1][:3], strict=True):
         assert vec.dtype == np.float32
@@ -292,3 +296,5 @@ def test_recent_embeddings_are_the_users_last_decisions_newest_first(store):
     for bad in (-1, 2.5, True):
         with pytest.raises(ConfigError, match="limit must be an integer >= 0"):
             store.recent_embeddings("alice", bad)
+        with pytest.raises(ConfigError, match="limit must be an integer >= 0"):
+            store.recent_queries("alice", bad)
