@@ -12,14 +12,7 @@ column) as users' traffic:
   between each arm's mean quality on that group and its mean over the *other* groups, split the
   same way. This is how much a new task moves the arms, measured across the tasks we have;
 * **outcome coupling**: how much more often two arms succeed or fail together on a query than
-  independence predicts, given the head's probabilities (method of moments);
-* **how far the arms' ranking carries to a new task** (the novel regime's ``base_weight``): per
-  task family, the slope of the arms' centred logits on that family against their centred
-  logits on the other families. The mean slope over the families is read by its 90% lower
-  confidence bound (Student t, clipped to [0, 1]): a table with many families whose rankings
-  agree keeps the arms' overall ranking as the prior for novel traffic; one with two or three
-  families cannot tell whether a new task keeps it, and starts novel traffic with every arm
-  alike (the comparisons then tell them apart).
+  independence predicts, given the head's probabilities (method of moments).
 
 Sampling noise is subtracted from every spread, and each is floored, so a table with few groups
 still gives a usable, wide-enough prior. The novel regime's spread is measured from few
@@ -116,32 +109,6 @@ def _logit_noise(p: np.ndarray, n: np.ndarray) -> np.ndarray:
     return 1.0 / (np.maximum(n, 1) * p * (1 - p))
 
 
-def _base_transfer(quality: np.ndarray, families: np.ndarray) -> tuple[float, list[float]]:
-    """Lower confidence bound of how far the arms' ranking carries to a held-out family.
-
-    Returns the bound (clipped to [0, 1]; 0 with fewer than two measurable families) and the
-    per-family slopes it came from.
-    """
-    from scipy.stats import t as student_t
-
-    slopes = []
-    for f in np.unique(families):
-        rows = families == f
-        if rows.sum() < MIN_GROUP or (~rows).sum() < MIN_GROUP:
-            continue
-        inside = base_logit(quality[rows].mean(0))
-        outside = base_logit(quality[~rows].mean(0))
-        a, b = inside - inside.mean(), outside - outside.mean()
-        if float(b @ b) > 1e-6:
-            slopes.append(float(a @ b) / float(b @ b))
-    if len(slopes) < 2:
-        return 0.0, slopes
-    n = len(slopes)
-    se = float(np.std(slopes, ddof=1)) / np.sqrt(n)
-    bound = float(np.mean(slopes)) - float(student_t.ppf(_SPREAD_CONFIDENCE, n - 1)) * se
-    return float(np.clip(bound, 0.0, 1.0)), slopes
-
-
 def _coupling(quality: np.ndarray, prob: np.ndarray) -> float:
     """Method-of-moments outcome coupling: the mixing weight of the comonotone coupling."""
     good = (quality > 0.5).astype(np.float64)
@@ -168,7 +135,6 @@ def fit_posterior_config(
     val_groups: np.ndarray,
     *,
     families: int | None = None,
-    train_families: np.ndarray | None = None,
     base: PosteriorConfig | None = None,
 ) -> AdaptationFit:
     """Fit the two regimes and the outcome coupling (see the module docstring).
@@ -181,9 +147,6 @@ def fit_posterior_config(
         val_groups: (m,) their task groups.
         families: Independent task families behind the groups (default: the number of groups
             measured); fewer when the groups are query clusters of a few tasks.
-        train_families: (n,) the training queries' task families, for the novel regime's
-            ``base_weight`` (default: ``train_groups``; with query clusters rather than
-            families that overstates how far the ranking carries).
         base: Grids and other settings to keep (default :class:`PosteriorConfig`).
     """
     cfg = base or PosteriorConfig()
@@ -220,26 +183,14 @@ def fit_posterior_config(
     nov_shared = max(min(_upper_sd(nov_shared, n_families), MAX_NOVEL_SD), fam_shared, MIN_NOVEL_SD)
     nov_arm = max(min(_upper_sd(nov_arm, n_families), MAX_NOVEL_SD), fam_arm, MIN_NOVEL_SD)
     coupling = _coupling(val_quality, val_prob) if len(val_quality) >= MIN_GROUP else 0.0
-    fams = train_groups if train_families is None else np.asarray(train_families)
-    base_weight, slopes = _base_transfer(train_quality, fams)
-    base_center = float(base_logit(train_quality.mean(0)).mean())
-    measured["base_weight"] = base_weight
-    measured["ranking_slope_mean"] = float(np.mean(slopes)) if slopes else 0.0
-    measured["ranking_families"] = float(len(slopes))
     regimes = (
         Regime("familiar", 1.0, round(fam_shared, 4), round(fam_arm, 4)),
         Regime("novel", 0.0, round(nov_shared, 4), round(nov_arm, 4)),
     )
-    fitted = replace(
-        cfg,
-        regimes=regimes,
-        outcome_coupling=round(coupling, 4),
-        base_weight=round(base_weight, 4),
-        base_center=round(base_center, 4),
-    )
+    fitted = replace(cfg, regimes=regimes, outcome_coupling=round(coupling, 4))
     logger.info(
         "adaptation prior: familiar sd %.2f/%.2f, novel sd %.2f/%.2f (measured %.2f/%.2f), "
-        "coupling %.2f, base weight %.2f (%d groups, %d task families)",
+        "coupling %.2f (%d groups, %d task families)",
         fam_shared,
         fam_arm,
         nov_shared,
@@ -247,7 +198,6 @@ def fit_posterior_config(
         measured["measured_shared_sd"],
         measured["measured_arm_sd"],
         coupling,
-        base_weight,
         len(nov_gaps),
         n_families,
     )

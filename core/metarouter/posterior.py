@@ -120,14 +120,6 @@ class PosteriorConfig:
         regimes: The traffic regimes; the first is the familiar one, the last the novel one.
         newton_steps: Newton iterations of the Laplace approximation.
         prune: Mixture components below this share of the largest weight are dropped.
-        base_weight: How much of the arms' differences in overall ability carries over to
-            novel traffic, in [0, 1]: an arm's query-blind base logit ``b`` is read as
-            ``base_center + base_weight * (b - base_center)`` (1: as measured on the training
-            data; 0: every arm alike until the comparisons tell them apart). Fitted from how
-            well the arms' ranking on the other task families predicts a held-out family's
-            (:mod:`metarouter.calibration`).
-        base_center: The logit the base logits are drawn towards (the training table's mean
-            arm logit).
     """
 
     alpha_points: int = 21
@@ -138,8 +130,6 @@ class PosteriorConfig:
     regimes: tuple[Regime, ...] = field(default_factory=_default_regimes)
     newton_steps: int = 12
     prune: float = 1e-4
-    base_weight: float = 1.0
-    base_center: float = 0.0
 
     def __post_init__(self) -> None:
         if self.alpha_points < 3:
@@ -154,21 +144,12 @@ class PosteriorConfig:
             raise ConfigError("PosteriorConfig.outcome_coupling must be in [0, 1].")
         if len(self.regimes) < 1:
             raise ConfigError("PosteriorConfig.regimes needs at least one regime.")
-        if not 0 <= self.base_weight <= 1:
-            raise ConfigError("PosteriorConfig.base_weight must be in [0, 1].")
-        if not np.isfinite(self.base_center):
-            raise ConfigError("PosteriorConfig.base_center must be a finite logit.")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
         object.__setattr__(
             self,
             "regimes",
             tuple(r if isinstance(r, Regime) else Regime(**r) for r in self.regimes),
         )
-
-    def read_base(self, base: np.ndarray) -> np.ndarray:
-        """Query-blind base logits as the novel regime reads them (see ``base_weight``)."""
-        b = np.asarray(base, np.float64)
-        return self.base_center + self.base_weight * (b - self.base_center)
 
     @property
     def alpha_grid(self) -> np.ndarray:
@@ -202,8 +183,6 @@ class PosteriorConfig:
             "regimes": [r.to_dict() for r in self.regimes],
             "newton_steps": self.newton_steps,
             "prune": self.prune,
-            "base_weight": self.base_weight,
-            "base_center": self.base_center,
         }
 
     @classmethod
@@ -222,8 +201,6 @@ class PosteriorConfig:
             "regimes",
             "newton_steps",
             "prune",
-            "base_weight",
-            "base_center",
         }
         unknown = sorted(set(data) - known)
         if unknown:

@@ -92,13 +92,9 @@ class _ArmTensors:
     part: ArmPart  # the quality head's query-independent part
 
 
-def _base_logits(arms: Sequence[ArmDescriptor], config: PosteriorConfig) -> np.ndarray:
-    """Query-blind base logit of each arm, read through the posterior's ``base_weight``.
-
-    The base is the arm's capability profile's mean quality; ``base_weight`` says how far the
-    arms' overall ranking carries to new tasks (:class:`~metarouter.posterior.PosteriorConfig`).
-    """
-    return config.read_base(base_logit(np.asarray([float(np.mean(a.capability)) for a in arms])))
+def _base_logits(arms: Sequence[ArmDescriptor]) -> np.ndarray:
+    """Query-blind base logit of each arm: its capability profile's mean quality."""
+    return base_logit(np.asarray([float(np.mean(a.capability)) for a in arms]))
 
 
 def _no_comparisons() -> ComparisonData:
@@ -801,7 +797,7 @@ class MetaRouter:
         tau = self.config.cost_scale_usd
         data = ComparisonData(
             arms=tuple(names),
-            base=_base_logits(descs, self.posterior_config),
+            base=_base_logits(descs),
             win=win,
             lose=lose,
             win_logit=logits[rows, win],
@@ -1007,7 +1003,7 @@ class MetaRouter:
         entry = _ArmTensors(
             arms=tuple(arms),
             cost_terms=cost_terms,
-            base=_base_logits(arms, self.posterior_config),
+            base=_base_logits(arms),
             part=self._quality_head().arm_part(cap),
         )
         with self._cache_lock:

@@ -509,7 +509,6 @@ def _fit_adaptation(
         prob,
         val_groups,
         families=families if families >= 2 else None,
-        train_families=train_m.tasks,
     )
     keep = rng.permutation(len(h_train))[:REFERENCE_SIZE]
     novelty = fit_novelty(h_train[keep], groups[keep], h_val)

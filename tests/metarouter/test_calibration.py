@@ -43,37 +43,3 @@ def test_novel_prior_stays_within_its_floor_and_cap():
     q, g, p = _table(4, 4.0, seed=2)
     loud = fit_posterior_config(q, g, q, p, g)
     assert max(_novel(loud)) == pytest.approx(MAX_NOVEL_SD)
-
-
-def _ranked_table(slopes, seed: int = 0, per_family: int = 600, arms: int = 6):
-    """Task families whose arms' centred logits are ``slope`` times one shared ranking."""
-    rng = np.random.default_rng(seed)
-    ranking = np.linspace(-1.5, 1.5, arms)
-    families = np.repeat(np.arange(len(slopes)), per_family)
-    logits = np.asarray(slopes)[families, None] * ranking[None, :]
-    quality = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(float)
-    return quality, families
-
-
-def test_many_families_that_agree_keep_the_arms_ranking_for_novel_traffic():
-    q, f = _ranked_table([1.0] * 10)
-    fit = fit_posterior_config(q, f, q, np.full(q.shape, 0.5), f)
-    assert fit.config.base_weight > 0.8
-    assert fit.novel["ranking_families"] == 10
-    # the centre is the table's mean arm logit (here about 0)
-    assert abs(fit.config.base_center) < 0.2
-
-
-def test_families_that_disagree_or_are_few_start_novel_traffic_with_arms_alike():
-    # ten families, half keep the ranking and half reverse it: it does not carry over
-    q, f = _ranked_table([1.0, -1.0] * 5, seed=1)
-    assert fit_posterior_config(q, f, q, np.full(q.shape, 0.5), f).config.base_weight == 0.0
-    # two families that agree cannot show that a third keeps the ranking either
-    q, f = _ranked_table([1.0, 0.6], seed=2)
-    few = fit_posterior_config(q, f, q, np.full(q.shape, 0.5), f, train_families=f)
-    assert few.config.base_weight == 0.0
-    # one family: nothing to measure
-    one = fit_posterior_config(
-        q, np.zeros(len(q), int), q, np.full(q.shape, 0.5), f, train_families=np.zeros(len(q))
-    )
-    assert one.config.base_weight == 0.0 and one.novel["ranking_families"] == 0

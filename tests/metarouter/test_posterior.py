@@ -200,19 +200,6 @@ def test_config_round_trips_and_rejects_unknown_keys():
         PosteriorConfig.from_dict({"surprise": 1})
     with pytest.raises(ConfigError, match="query_weight"):
         Regime("x", 1.5, 1.0, 1.0)
-    with pytest.raises(ConfigError, match="base_weight"):
-        PosteriorConfig(base_weight=1.5)
-
-
-def test_base_weight_draws_the_arms_base_logits_towards_the_centre():
-    cfg = PosteriorConfig(base_weight=0.5, base_center=1.0)
-    assert cfg.read_base(np.array([3.0, -1.0])) == pytest.approx([2.0, 0.0])
-    assert PosteriorConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    # weight 0: every arm alike; weight 1 (the default): as measured
-    assert PosteriorConfig(base_weight=0.0, base_center=0.3).read_base(np.array([2.0, -2.0])) == (
-        pytest.approx([0.3, 0.3])
-    )
-    assert PosteriorConfig().read_base(np.array([2.0, -2.0])) == pytest.approx([2.0, -2.0])
 
 
 def test_win_probability_is_a_probability_and_prefers_the_better_cheaper_answer():

@@ -382,32 +382,6 @@ def test_a_router_with_one_traffic_regime_routes_new_users_without_nan(
     np.testing.assert_allclose(scores, familiar, rtol=1e-6, atol=1e-9)
 
 
-def test_base_weight_decides_how_far_novel_traffic_keeps_the_arms_ranking(
-    default_router, llmrouter_heldout, tmp_path, router_embedder
-):
-    """On query-blind (novel) traffic, base_weight 0 starts every arm alike, 1 as measured."""
-    held = llmrouter_heldout
-    predicted = {}
-    for weight in (0.0, 1.0):
-        folder = tmp_path / f"w{weight}"
-        default_router.save_pretrained(folder)
-        path = folder / CONFIG_FILE
-        meta = json.loads(path.read_text())
-        meta["config"]["posterior"]["regimes"] = [
-            {"name": "novel", "query_weight": 0.0, "shared_sd": 1.5, "arm_sd": 1.5}
-        ]
-        meta["config"]["posterior"]["base_weight"] = weight
-        meta["config"]["posterior"]["base_center"] = 0.0
-        path.write_text(json.dumps(meta))
-        loaded = MetaRouter.from_pretrained(folder, embedder=router_embedder)
-        assert loaded.posterior_config.base_weight == weight
-        predicted[weight] = loaded.score_embeddings(held.embeddings, held.tokens, CANDS)[1]
-    # query-blind either way; alike arms at weight 0 (at the centre: quality 0.5)
-    np.testing.assert_allclose(predicted[0.0], 0.5, atol=1e-6)
-    spread = predicted[1.0].max(axis=1) - predicted[1.0].min(axis=1)
-    assert (spread > 0.05).all()
-
-
 def test_cost_calibration_in_numpy_equals_the_training_episodes_torch_estimate():
     from metarouter.encoder import cost_log_factors
     from metarouter.router import _cost_factors
