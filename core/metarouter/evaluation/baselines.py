@@ -27,6 +27,7 @@ from metarouter.profiles import LinearProfile, Profile, normalised_cost
 __all__ = [
     "AvengersPro",
     "BaRP",
+    "BestSingleForUser",
     "FromScratch",
     "KNNRouter",
     "LinUCB",
@@ -153,6 +154,32 @@ class Oracle(Method):
         q, c = s.test.quality[scored], s.test.cost[scored]
         u = profile.utility(q, c, s.tau) - 1e-9 * c / s.tau
         return u.argmax(axis=1)
+
+
+class BestSingleForUser(Method):
+    """The single candidate with the most utility for this user on the scored queries.
+
+    A hindsight reference, told the user's profile and the outcomes: how far a router that only
+    had to find each user's one best model could go. Out of distribution, where per-query
+    estimates carry little, it is what identifying the arms' quality on the user's traffic
+    could reach at best. Ties go to the cheaper candidate.
+    """
+
+    name = "best single model per user (oracle)"
+    uses_true_preference = True
+
+    def choose(
+        self, ctx: Context, fb: Feedback, scored: np.ndarray, profile: Profile
+    ) -> np.ndarray:
+        """The arm whose constant choice gives the most mean utility."""
+        s = ctx.setting
+        q, c = s.test.quality[scored], s.test.cost[scored]
+        k = q.shape[1]
+        mean_cost = c.mean(axis=0)
+        rows = np.arange(len(scored))
+        value = [float(profile.utility(q, c, s.tau)[rows, j].mean()) for j in range(k)]
+        best = max(range(k), key=lambda j: (value[j], -mean_cost[j]))
+        return np.full(len(scored), best)
 
 
 class SingleModel(Method):

@@ -230,7 +230,13 @@ def write_markdown(
     return path
 
 
-_TRUE = ("oracle", "BaRP (true alpha)", "kNN (true alpha)", "MetaRouter (true alpha)")
+_TRUE = (
+    "oracle",
+    "best single model per user (oracle)",
+    "BaRP (true alpha)",
+    "kNN (true alpha)",
+    "MetaRouter (true alpha)",
+)
 #: MetaRouter and its ablations: not counted as competitors of MetaRouter.
 _SELF = ("MetaRouter", "MetaRouter (encoder read-out)")
 #: A win: the best mean, or within this of it (HV, regret).

@@ -22,6 +22,7 @@ from metarouter.evaluation.active import ActiveFeedback
 from metarouter.evaluation.baselines import (
     AvengersPro,
     BaRP,
+    BestSingleForUser,
     FromScratch,
     KNNRouter,
     LinUCB,
@@ -117,6 +118,7 @@ class EvalConfig:
 def _methods(routers: dict[str, MetaRouter]) -> list[Method]:
     return [
         Oracle(),
+        BestSingleForUser(),
         RandomRouter(),
         MetaRouterMethod(routers),
         MetaRouterMethod(routers, readout="encoder"),

@@ -159,3 +159,27 @@ def test_metarouter_reads_the_users_recent_traffic_the_protocol_passes(setting, 
     np.testing.assert_array_equal(
         method.choose(ctx, fb, scored, LinearProfile(0.6)), scores.argmax(axis=1)
     )
+
+
+def test_best_single_model_per_user_is_the_constant_choice_worth_most_to_that_user(setting):
+    from metarouter.evaluation.baselines import BestSingleForUser, SingleModel
+
+    method = BestSingleForUser()
+    assert method.uses_true_preference and "oracle" in method.name  # a reference, not a rival
+    ctx = Context(setting)
+    scored = np.arange(10, 60)
+    fb = draw_feedback(setting, LinearProfile(0.5), 6, np.arange(10), rng=np.random.default_rng(0))
+    q, c = setting.test.quality[scored], setting.test.cost[scored]
+    assert method.choose(ctx, fb, scored, LinearProfile(1.0))[0] == q.mean(0).argmax()
+    assert method.choose(ctx, fb, scored, LinearProfile(0.0))[0] == c.mean(0).argmin()
+    rows = np.arange(len(scored))
+    for profile in (LinearProfile(0.3), LinearProfile(0.8), QualityFloorProfile(0.5)):
+        choice = method.choose(ctx, fb, scored, profile)
+        assert len(set(choice)) == 1
+        u = profile.utility(q, c, setting.tau)
+        mine = u[rows, choice].mean()
+        singles = [
+            u[rows, SingleModel(j, str(j)).choose(ctx, fb, scored, profile)].mean()
+            for j in range(q.shape[1])
+        ]
+        assert mine == pytest.approx(max(singles))
