@@ -543,6 +543,27 @@ def _flush_denormals() -> Iterator[None]:
 
 
 @contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads and ``n`` BLAS / OpenMP threads (0: unchanged).
+
+    numpy's BLAS (the user posterior's batched solves, the baselines' scikit-learn fits) keeps
+    one thread per core otherwise, so two evaluation workers on two cores ran four busy-waiting
+    BLAS threads: the standard and active tracks' scoring took 22 min with ``--workers 2`` and
+    6.9 min with one BLAS thread per worker, on this project's 2-core machine
+    (docs/evaluation.md, "Run time"). One thread also makes the BLAS reductions, and so the
+    figures, the same whatever the number of workers.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with torch_threads(n):
+        if not n:
+            yield
+            return
+        with threadpool_limits(limits=n):
+            yield
+
+
+@contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run with ``n`` torch intra-op threads (0: unchanged), then restore the setting.
 

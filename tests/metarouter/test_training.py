@@ -176,3 +176,20 @@ def test_training_fits_the_adaptation_prior_and_a_novelty_reference(small_train,
     loaded = MetaRouter.from_pretrained(tmp_path / "r")
     assert loaded.posterior_config == router.posterior_config
     assert loaded.novelty(strange) == pytest.approx(router.novelty(strange), abs=1e-3)
+
+
+def test_cpu_threads_limits_torch_and_blas_threads_then_restores_them():
+    import torch
+    from metarouter.training import cpu_threads
+    from threadpoolctl import threadpool_info
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before_torch, before_blas = torch.get_num_threads(), blas()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+        assert blas() and all(n == 1 for n in blas())
+    assert torch.get_num_threads() == before_torch and blas() == before_blas
+    with cpu_threads(0):  # 0: the libraries' settings stay
+        assert torch.get_num_threads() == before_torch and blas() == before_blas

@@ -69,13 +69,14 @@ class EvalConfig:
         active: Also run the active track (N = 6): MetaRouter picks its comparisons from the
             adaptation pool (:class:`~metarouter.evaluation.active.ActiveFeedback`), and every
             method is scored on those comparisons too.
-        threads: torch intra-op threads while scoring the methods (0: leave torch's setting).
-            Per-user routing works on small tensors, where one thread is about 1.5x faster
-            than two on this project's 2-core reference machine; router training keeps
-            torch's setting.
+        threads: torch intra-op and BLAS threads while scoring the methods (0: leave the
+            libraries' settings). Per-user routing works on small arrays, where one thread is
+            about 1.5x faster than two on this project's 2-core reference machine, and several
+            workers with a BLAS thread per core each oversubscribe the cores (about 3x slower
+            with two workers); router training in this process keeps the libraries' settings.
         workers: Processes that train routers and score settings side by side (1: all in
-            this process). Each worker uses one torch thread; results do not depend on the
-            number of workers (every setting's draws come from its own seeds).
+            this process). Each worker uses one torch and one BLAS thread; results do not
+            depend on the number of workers (every setting's draws come from its own seeds).
         embedder: The embedding backend (queries, trained routers and the baselines' vectors);
             trained routers are cached per backend.
     """
@@ -169,10 +170,10 @@ def _is_trained(folder: Path, stamp: dict[str, Any]) -> bool:
 def _train_one(s: Setting, cfg: EvalConfig, folder: Path, progress: bool, threads: int) -> float:
     """Train the router of one setting's training split and save it with its stamp."""
     from metarouter.report import write_training_report
-    from metarouter.training import torch_threads, train_router
+    from metarouter.training import cpu_threads, train_router
 
     prices = llmrouter_prices() if s.dataset == "llmrouter" else None
-    with torch_threads(threads):
+    with cpu_threads(threads):
         result = train_router(
             s.train,
             s.train_emb,
@@ -236,9 +237,9 @@ def _score_setting(
     s: Setting, routers: dict[str, MetaRouter], cfg: EvalConfig, progress: bool
 ) -> tuple[EvalRun, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Every method on one setting: standard track, training-comparisons variant, active track."""
-    from metarouter.training import torch_threads
+    from metarouter.training import cpu_threads
 
-    with torch_threads(cfg.threads):
+    with cpu_threads(cfg.threads):
         methods = _methods(routers) + [SingleModel(k, m) for k, m in enumerate(s.models)]
         run = run_setting(s, methods, seeds=cfg.seeds, n_values=cfg.n_values, progress=progress)
         variant_entry = None
