@@ -174,11 +174,11 @@ class BestSingleForUser(Method):
         """The arm whose constant choice gives the most mean utility."""
         s = ctx.setting
         q, c = s.test.quality[scored], s.test.cost[scored]
-        k = q.shape[1]
+        u = profile.utility(q, c, s.tau)
         mean_cost = c.mean(axis=0)
         rows = np.arange(len(scored))
-        value = [float(profile.utility(q, c, s.tau)[rows, j].mean()) for j in range(k)]
-        best = max(range(k), key=lambda j: (value[j], -mean_cost[j]))
+        value = [float(u[rows, j].mean()) for j in range(u.shape[1])]
+        best = max(range(len(value)), key=lambda j: (value[j], -mean_cost[j]))
         return np.full(len(scored), best)
 
 
