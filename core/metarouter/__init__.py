@@ -44,12 +44,13 @@ if _typing.TYPE_CHECKING:
     from metarouter.store.records import ComparisonRecord, DecisionRecord, FeedbackEvent
     from metarouter.store.sql import SQLStore
     from metarouter.text import Turn, routing_text
-    from metarouter.types import Comparison, Preference, RoutingDecision
+    from metarouter.types import BilledCall, Comparison, Preference, RoutingDecision
 
 #: Public name -> the module that defines it (imported on first access).
 _LAZY = {
     "ArmDescriptor": "metarouter.arms",
     "ArmSpec": "metarouter.service",
+    "BilledCall": "metarouter.types",
     "Budget": "metarouter.budgets",
     "Budgets": "metarouter.budgets",
     "Call": "metarouter.dispatch",
@@ -87,6 +88,7 @@ __all__ = [
     "ArmDescriptor",
     "ArmSpec",
     "AttemptTimeoutError",
+    "BilledCall",
     "Budget",
     "BudgetExceededError",
     "Budgets",

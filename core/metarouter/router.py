@@ -20,6 +20,7 @@ arrays as read-only) and runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -56,7 +57,7 @@ from metarouter.posterior import (
     infer_posterior,
 )
 from metarouter.pricing import Price, estimate_tokens
-from metarouter.types import Comparison, Preference, RoutingDecision
+from metarouter.types import BilledCall, Comparison, Preference, RoutingDecision
 
 if TYPE_CHECKING:
     from metarouter.model import MetaRouterModel
@@ -110,47 +111,90 @@ def _log_ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.where(ok, np.clip(ratio, -3.0, 3.0), 0.0)
 
 
+def _billed_observations(
+    billed: Sequence[BilledCall], descs: Sequence[ArmDescriptor]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slots, billed USD and expected USD (uncalibrated cost model) of billed calls.
+
+    ``descs`` must hold a descriptor for every billed model (in slot order).
+    """
+    slot = {a.name: i for i, a in enumerate(descs)}
+    ids = np.asarray([slot[b.model] for b in billed], np.int64)
+    terms = np.asarray([[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in descs])
+    tokens = np.asarray([b.prompt_tokens for b in billed], np.float64)
+    expected = terms[ids, 0] + terms[ids, 1] * tokens if len(ids) else np.zeros(0)
+    return ids, np.asarray([b.cost_usd for b in billed], np.float64), expected
+
+
 def _cost_factors(
     comparisons: Sequence[Comparison],
     win: np.ndarray,
     lose: np.ndarray,
     expected: np.ndarray,
     known: np.ndarray,
+    billed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Per compared arm, the calibration of its cost model on this user's traffic.
+    """Per arm, the calibration of its cost model on this user's traffic.
 
     The log ratio of observed to expected cost: traffic-wide (shrunk to 0 with one
     pseudo-observation), and per arm its own ratios shrunk towards that traffic-wide value with
     one pseudo-observation. This is :func:`metarouter.encoder.cost_log_factors`, the estimate
     the meta-training episodes use, for one user in numpy (equal to float64 rounding; tested).
-    Arms whose cost model is unknown get the traffic-wide value.
+    Arms whose cost model is unknown get the traffic-wide value. With ``billed`` calls the
+    traffic-wide value is the mean of each observed arm's mean log ratio instead (each arm one
+    vote, one pseudo-arm at 0): routed calls are concentrated on the arms the router picks.
+
+    Args:
+        comparisons: The comparisons.
+        win: (N,) slot of each comparison's preferred arm.
+        lose: (N,) slot of the other arm.
+        expected: (N, A) the compared arms' expected costs at each compared query.
+        known: (S,) whether each slot's cost model is known (S >= A: slots past the compared
+            arms are arms seen only in ``billed``).
+        billed: Optional ``(slots, billed USD, expected USD)`` of the user's billed routed
+            calls: more observations of the same ratios.
+
+    Returns:
+        ``(factors (S,), traffic-wide factor)``.
     """
     n = len(comparisons)
     rows = np.arange(n)
     ok = known[win] & known[lose]
-    sides = []
-    for ids, observed, est in (
+    sources = [
         (
             win,
             np.asarray([c.winner_cost_usd for c in comparisons], np.float64),
             expected[rows, win],
+            ok,
         ),
         (
             lose,
             np.asarray([c.loser_cost_usd for c in comparisons], np.float64),
             expected[rows, lose],
+            ok,
         ),
-    ):
-        used = ok & (observed > 0) & (est > 0)
-        sides.append((ids, _log_ratio(observed, est), used.astype(np.float64)))
-    (wid, rw, okw), (lid, rl, okl) = sides
-    traffic = ((rw * okw).sum() + (rl * okl).sum()) / (okw.sum() + okl.sum() + 1.0)
-    arms = np.arange(expected.shape[1] + 1)[:, None]  # last id: never compared
-    hit_w = (wid[None, :] == arms) * okw[None, :]
-    hit_l = (lid[None, :] == arms) * okl[None, :]
-    arm_sum = (hit_w * rw[None, :]).sum(-1) + (hit_l * rl[None, :]).sum(-1)
-    arm_n = hit_w.sum(-1) + hit_l.sum(-1)
-    factors = np.exp((arm_sum + traffic) / (arm_n + 1.0))
+    ]
+    if billed is not None:
+        ids = np.asarray(billed[0], np.int64)
+        sources.append(
+            (ids, np.asarray(billed[1], np.float64), np.asarray(billed[2], np.float64), known[ids])
+        )
+    ids = np.concatenate([src[0] for src in sources])
+    ratio = np.concatenate([_log_ratio(src[1], src[2]) for src in sources])
+    used = np.concatenate(
+        [(src[3] & (src[1] > 0) & (src[2] > 0)).astype(np.float64) for src in sources]
+    )
+    slots = np.arange(len(known) + 1)[:, None]  # last id: never observed
+    hit = (ids[None, :] == slots) * used[None, :]
+    if billed is not None and len(billed[0]):
+        # routed calls pile up on the arms the router picks: give each arm one vote, so one
+        # arm's verbosity does not set every other arm's factor
+        seen = hit.sum(-1) > 0
+        means = (hit * ratio[None, :]).sum(-1) / np.maximum(hit.sum(-1), 1.0)
+        traffic = means[seen].sum() / (seen.sum() + 1.0)
+    else:
+        traffic = (ratio * used).sum() / (used.sum() + 1.0)
+    factors = np.exp(((hit * ratio[None, :]).sum(-1) + traffic) / (hit.sum(-1) + 1.0))
     return np.where(known, factors[:-1], factors[-1]), float(factors[-1])
 
 
@@ -764,6 +808,7 @@ class MetaRouter:
         *,
         arms: Iterable[Candidate] = (),
         traffic: np.ndarray | None = None,
+        billed: Sequence[BilledCall] = (),
     ) -> Preference:
         """Infer a user's preference from their comparisons (the user posterior).
 
@@ -776,10 +821,18 @@ class MetaRouter:
                 the compared queries together, with the weight of the compared ones (see
                 :meth:`novelty`), instead of from the few compared queries alone. The
                 service passes the user's last routed queries.
+            billed: Optional billed routed calls of the user: with the comparisons' two
+                billed answers they calibrate the arms' expected costs on this user's traffic
+                (:attr:`Preference.cost_factors`), so a user whose answers run long is not
+                routed as if they were short. Without comparisons the result is the prior with
+                that calibration. The service passes the user's last routed calls whose
+                provider reported usage.
         """
-        if not comparisons:
+        if not comparisons and not billed:
             return self.prior()
         known = {a.name: a for a in self.resolve(arms)} if arms else {}
+        if not comparisons:
+            return self._calibrated_prior(billed, known)
         names = sorted({c.winner for c in comparisons} | {c.loser for c in comparisons})
         slot = {n: i for i, n in enumerate(names)}
         descs = [self._descriptor(n, known) for n in names]
@@ -814,10 +867,36 @@ class MetaRouter:
                 )
         novelty = self.novelty(emb, traffic=traffic)
         posterior = infer_posterior(data, self.posterior_config, novelty=novelty)
+        everyone = names + sorted({b.model for b in billed} - set(names))
+        descs += [self._descriptor(m, known) for m in everyone[len(names) :]]
         known_cost = np.asarray([a.name in self.catalog or a.name in known for a in descs])
-        factors, default = _cost_factors(comparisons, win, lose, expected, known_cost)
+        factors, default = _cost_factors(
+            comparisons, win, lose, expected, known_cost, _billed_observations(billed, descs)
+        )
         return self._preference(
-            posterior, n, dict(zip(names, factors.tolist(), strict=True)), default, novelty
+            posterior, n, dict(zip(everyone, factors.tolist(), strict=True)), default, novelty
+        )
+
+    def _calibrated_prior(
+        self, billed: Sequence[BilledCall], known: Mapping[str, ArmDescriptor]
+    ) -> Preference:
+        """The prior, with the arms' costs calibrated on the user's billed routed calls."""
+        models = sorted({b.model for b in billed})
+        descs = [self._descriptor(m, known) for m in models]
+        known_cost = np.asarray([a.name in self.catalog or a.name in known for a in descs])
+        none = np.zeros(0, np.int64)
+        factors, default = _cost_factors(
+            (),
+            none,
+            none,
+            np.zeros((0, len(models))),
+            known_cost,
+            _billed_observations(billed, descs),
+        )
+        return dataclasses.replace(
+            self.prior(),
+            cost_factors=dict(zip(models, factors.tolist(), strict=True)),
+            default_cost_factor=default,
         )
 
     def _preference(

@@ -64,7 +64,7 @@ from metarouter.store.records import (
     validate_decision_id,
     validate_user_id,
 )
-from metarouter.types import Comparison, Preference, RoutingDecision
+from metarouter.types import BilledCall, Comparison, Preference, RoutingDecision
 from metarouter.validation import excerpt
 
 __all__ = [
@@ -227,6 +227,34 @@ def as_answer(item: object) -> WinnerLike:
 class _Cached:
     version: int
     preference: Preference
+    reads: int = 0  # reads of a new user's (version 0) preference: when to re-read their bills
+
+
+#: A new user's cost calibration is re-read from their billed calls at the 1st, 2nd, 4th, ...
+#: read of their preference in this process, then at every this many reads.
+NEW_USER_REFRESH = 32
+
+
+def _refresh_due(reads: int) -> bool:
+    """Whether a new user's preference is recomputed (from their billed calls) at this read."""
+    if reads < NEW_USER_REFRESH:
+        return reads > 0 and reads & (reads - 1) == 0
+    return reads % NEW_USER_REFRESH == 0
+
+
+def _billed_calls(rows: Sequence[RecentQuery]) -> list[BilledCall]:
+    """The user's recent routed calls that were billed (their provider reported usage).
+
+    A record that is not a valid bill (which the store does not write) is skipped.
+    """
+    out = []
+    for q in rows:
+        if q.model and q.cost_usd is not None:
+            try:
+                out.append(BilledCall(q.model, q.prompt_tokens, q.cost_usd))
+            except FeedbackError:
+                continue
+    return out
 
 
 @dataclass
@@ -385,13 +413,17 @@ class RoutingService:
         except StoreError as exc:
             self._writes.failed("read a user's feedback version", exc)
             return self._last_known(uid)
+        reads = 0
         with self._lock:
             hit = self._cache.get(uid)
             if hit is not None and hit.version == version:
-                self._cache.move_to_end(uid)
-                return hit.preference
+                hit.reads += 1
+                if version != 0 or not _refresh_due(hit.reads):
+                    self._cache.move_to_end(uid)
+                    return hit.preference
+                reads = hit.reads
         if version == 0:
-            pref: Preference | None = self.router.prior()
+            pref: Preference | None = self._new_user_preference(uid)
         else:
             pref = self._stored_preference(uid, version)
             if pref is None:
@@ -399,7 +431,7 @@ class RoutingService:
         if pref is None:  # the store could not be read
             return self._last_known(uid)
         with self._lock:
-            self._cache[uid] = _Cached(version, pref)
+            self._cache[uid] = _Cached(version, pref, reads)
             self._cache.move_to_end(uid)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -467,14 +499,31 @@ class RoutingService:
         dim = self.router.config.embedding_dim
         return [q for q in rows if q.embedding.shape == (dim,) and np.isfinite(q.embedding).all()]
 
-    def _recent_traffic(self, uid: str) -> np.ndarray | None:
-        """Embeddings of the user's last routed queries (the novelty evidence), if any.
+    def _new_user_preference(self, uid: str) -> Preference:
+        """The prior, with costs calibrated on the user's billed routed calls (if any).
 
-        None when there are none or the store cannot be read: the compared queries alone then
-        carry the evidence, as without a store.
+        A user with no comparisons yet is routed by the prior; the arms' cost models expect a
+        typical answer length, and what this user's calls were really billed corrects that from
+        their first calls (:meth:`MetaRouter.adapt` with ``billed``). Re-read at the 1st, 2nd,
+        4th, ... read of their preference in this process, then every
+        :data:`NEW_USER_REFRESH` reads.
         """
-        rows = self._recent_queries(uid)
-        return np.stack([q.embedding for q in rows]) if rows else None
+        billed = _billed_calls(self._recent_queries(uid))
+        if not billed:
+            return self.router.prior()
+        try:
+            pref = self.router.adapt([], arms=list(self.descriptors.values()), billed=billed)
+            pref.check()
+        except (ArithmeticError, ConfigError, FeedbackError, KeyError, ValueError) as exc:
+            logger.warning(
+                "the billed calls of user %s could not calibrate their costs (%s); routing "
+                "them with the prior's",
+                excerpt(uid),
+                exc,
+                exc_info=True,
+            )
+            return self.router.prior()
+        return pref
 
     def _recompute(self, uid: str) -> tuple[Preference | None, int]:
         """Recompute and cache the user's preference; (None, 0) if the store cannot be read."""
@@ -485,10 +534,14 @@ class RoutingService:
             self._writes.failed("read a user's comparisons", exc)
             return None, 0
         comparisons = self._usable(uid, rows)
-        traffic = self._recent_traffic(uid) if comparisons else None
+        recent = self._recent_queries(uid) if comparisons else []
+        traffic = np.stack([q.embedding for q in recent]) if recent else None
         try:
             pref = self.router.adapt(
-                comparisons, arms=list(self.descriptors.values()), traffic=traffic
+                comparisons,
+                arms=list(self.descriptors.values()),
+                traffic=traffic,
+                billed=_billed_calls(recent),
             )
             pref.check()
         except (

@@ -14,7 +14,7 @@ from metarouter.validation import MAX_CALL_COST_USD, MAX_TOKENS, check_fields, e
 if TYPE_CHECKING:
     from metarouter.posterior import UserPosterior
 
-__all__ = ["Comparison", "Preference", "RoutingDecision"]
+__all__ = ["BilledCall", "Comparison", "Preference", "RoutingDecision"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,45 @@ class Comparison:
                     "embedder.encode_one(query), or the query text instead."
                 )
             object.__setattr__(self, "embedding", emb)
+
+
+@dataclass(frozen=True)
+class BilledCall:
+    """A routed call of the user with what it was billed: evidence about costs on their traffic.
+
+    The arms' cost models expect a typical answer length; a user whose answers run long (code,
+    reports) pays several times that. The comparisons' two billed answers calibrate this per
+    user; billed routed calls do it from a user's first calls, before any comparison
+    (:meth:`metarouter.MetaRouter.adapt`).
+
+    Attributes:
+        model: The model that answered.
+        prompt_tokens: The prompt's (estimated) token count.
+        cost_usd: What the call was billed (USD).
+    """
+
+    model: str
+    prompt_tokens: int
+    cost_usd: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise FeedbackError("BilledCall.model must be a non-empty model name.")
+        check_fields(
+            self,
+            ("cost_usd",),
+            error=FeedbackError,
+            maximum=MAX_CALL_COST_USD,
+            fix="Fix: give what the call was billed in US dollars (e.g. 0.0004).",
+        )
+        check_fields(
+            self,
+            ("prompt_tokens",),
+            error=FeedbackError,
+            maximum=MAX_TOKENS,
+            integer=True,
+            fix="Fix: pass the prompt's token count (metarouter.pricing.estimate_tokens).",
+        )
 
 
 @dataclass(frozen=True)

@@ -454,3 +454,63 @@ def test_recent_traffic_sets_the_regime_odds_with_the_weight_of_the_compared_que
     assert novel.novelty == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match=r"adapt\(traffic=\.\.\.\) takes an \(M, \d+\) array"):
         default_router.adapt(comps, traffic=np.zeros((3, 5), np.float32))
+
+
+def test_billed_calls_calibrate_a_new_users_costs(default_router):
+    from metarouter.types import BilledCall
+
+    router = default_router
+    arm = router.catalog[CANDS[2]]
+    tokens = 120
+    expected = arm.cost.per_call_usd + arm.cost.per_input_token_usd * tokens
+    billed = [BilledCall(CANDS[2], tokens, 5 * expected)] * 10
+    pref = router.adapt([], billed=billed)
+    assert pref.n_comparisons == 0
+    assert pref.quality_weight == pytest.approx(router.prior().quality_weight)
+    # the traffic-wide log factor: the one observed arm's mean, shrunk by one pseudo-arm at 0
+    assert pref.default_cost_factor == pytest.approx(np.sqrt(5.0))
+    own = np.exp((10 * np.log(5.0) + np.log(5.0) / 2) / 11)
+    assert pref.cost_factor_for(CANDS[2]) == pytest.approx(own)
+    assert pref.cost_factor_for(CANDS[0]) == pytest.approx(np.sqrt(5.0))
+    # routing sees the calibrated costs
+    emb = router.embedder.encode(["Write a Python function that merges two sorted lists."])
+    tok = np.asarray([tokens], float)
+    usd0 = router.utilities_embeddings(emb, tok, CANDS, router.prior())[2]
+    usd1 = router.utilities_embeddings(emb, tok, CANDS, pref)[2]
+    np.testing.assert_allclose(usd1[0], usd0[0] * [np.sqrt(5.0), np.sqrt(5.0), own])
+
+
+def test_billed_calls_join_the_comparisons_in_the_cost_calibration(default_router):
+    from metarouter.types import BilledCall, Comparison
+
+    router = default_router
+    comps = [Comparison(CANDS[0], CANDS[1], 0.0004, 0.0002, query="What is 12 * 13?")]
+    without = router.adapt(comps)
+    arm = router.catalog[CANDS[2]]
+    expected = arm.cost.per_call_usd + arm.cost.per_input_token_usd * 50
+    both = router.adapt(comps, billed=[BilledCall(CANDS[2], 50, 3 * expected)])
+    assert set(both.cost_factors) == set(CANDS)  # the billed-only arm gets its own factor
+    # it moves from the traffic-wide value towards its own billed ratio
+    own = np.log(both.cost_factor_for(CANDS[2]))
+    assert abs(own - np.log(3)) < abs(np.log(without.cost_factor_for(CANDS[2])) - np.log(3))
+    dearer = router.adapt(comps, billed=[BilledCall(CANDS[2], 50, 30 * expected)])
+    assert dearer.cost_factor_for(CANDS[2]) > both.cost_factor_for(CANDS[2])
+    assert both.quality_weight == pytest.approx(without.quality_weight)  # costs only
+    assert router.adapt(comps, billed=()).cost_factors == without.cost_factors
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (("", 10, 0.001), "non-empty model name"),
+        (("m", -1, 0.001), "prompt_tokens"),
+        (("m", 10, float("nan")), "cost_usd"),
+        (("m", 10, -0.5), "cost_usd"),
+    ],
+)
+def test_a_malformed_billed_call_is_refused_with_a_fix(fields, match):
+    from metarouter.errors import FeedbackError
+    from metarouter.types import BilledCall
+
+    with pytest.raises(FeedbackError, match=match):
+        BilledCall(*fields)

@@ -249,3 +249,49 @@ def test_a_store_that_cannot_give_recent_traffic_still_gives_a_preference(
     assert pref.novelty == pytest.approx(router.adapt(comps).novelty)
     assert pref.n_comparisons == 1
     assert service.store_health().failures > before
+
+
+def test_a_new_users_preference_is_reread_at_doubling_reads():
+    from metarouter.service import _refresh_due
+
+    assert [r for r in range(100) if _refresh_due(r)] == [1, 2, 4, 8, 16, 32, 64, 96]
+
+
+def test_a_new_users_billed_calls_calibrate_their_costs_before_any_comparison(service, router):
+    from metarouter.pricing import estimate_tokens
+    from metarouter.types import BilledCall
+
+    dear = service.descriptors[ARMS[2]].cost
+    tokens = estimate_tokens(QUERY)
+    expected = dear.per_call_usd + dear.per_input_token_usd * tokens
+    for _ in range(3):  # long answers: billed at ten times the cost model's expectation
+        decision = service.decide(QUERY, "hank", forced=ARMS[2])
+        service.complete(decision, model=ARMS[2], cost_usd=10 * expected)
+    service.decide(QUERY, "hank", forced=ARMS[0])  # routed, never completed: not a bill
+    # another instance on the same store (a new process) reads the bills at the first read
+    fresh = RoutingService(ARMS, router=router, store=service.store)
+    pref = fresh.preference("hank")
+    want = router.adapt(
+        [],
+        arms=list(fresh.descriptors.values()),
+        billed=[BilledCall(ARMS[2], tokens, 10 * expected)] * 3,
+    )
+    assert pref.n_comparisons == 0
+    assert pref.cost_factors == pytest.approx(want.cost_factors)
+    assert pref.cost_factor_for(ARMS[2]) > 3.0
+    routed = fresh.decide(QUERY, "hank")
+    plain = router.route(QUERY, [fresh.descriptors[a] for a in ARMS], router.prior())
+    assert routed.routing.expected_costs_usd[ARMS[2]] == pytest.approx(
+        plain.expected_costs_usd[ARMS[2]] * pref.cost_factor_for(ARMS[2])
+    )
+    # a user with no bills keeps the prior; so does a store that cannot give them
+    assert fresh.preference("ivy").cost_factors == {}
+
+
+def test_a_new_users_cost_calibration_follows_their_bills_in_the_same_process(service):
+    assert service.preference("jan").cost_factor_for(ARMS[2]) == 1.0  # no calls yet
+    for _ in range(4):
+        decision = service.decide(QUERY, "jan", forced=ARMS[2])
+        service.complete(decision, model=ARMS[2], cost_usd=0.05)
+    seen = [service.preference("jan").cost_factor_for(ARMS[2]) for _ in range(8)]
+    assert seen[-1] > 5.0  # re-read at the doubling reads: the bills reached the preference

@@ -15,11 +15,12 @@ how the other methods do when given MetaRouter's comparisons.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from metarouter.evaluation.baselines import Context, MetaRouterMethod
+from metarouter.evaluation.baselines import Context, MetaRouterMethod, billed_history
 from metarouter.evaluation.feedback import Feedback
 from metarouter.profiles import Profile, simulate_preferences
 
@@ -67,7 +68,13 @@ class ActiveFeedback:
         emb, tok = s.test_emb, s.test_tok
         traffic = rng.choice(pool, size=min(self.traffic, len(pool)), replace=False)
         t_emb, t_tok = emb[traffic], tok[traffic]
-        pref = router.prior(router.novelty(t_emb))
+        billed = billed_history(ctx, router, arms, traffic)
+        costs = router.adapt([], arms=arms, billed=billed)  # the prior, costs calibrated
+        pref = replace(
+            router.prior(router.novelty(t_emb)),
+            cost_factors=costs.cost_factors,
+            default_cost_factor=costs.default_cost_factor,
+        )
         rows: list[int] = []
         win: list[int] = []
         lose: list[int] = []
@@ -97,7 +104,7 @@ class ActiveFeedback:
             win.append(a if a_wins else b)
             lose.append(b if a_wins else a)
             fb = _feedback(rows, win, lose, cost)
-            pref = router.adapt(fb.comparisons(s), arms=arms, traffic=t_emb)
+            pref = router.adapt(fb.comparisons(s), arms=arms, traffic=t_emb, billed=billed)
         return _feedback(rows, win, lose, cost)
 
 

@@ -23,6 +23,7 @@ from metarouter.errors import ConfigError
 from metarouter.evaluation.feedback import Feedback, outcomes
 from metarouter.evaluation.settings import Setting
 from metarouter.profiles import LinearProfile, Profile, normalised_cost
+from metarouter.types import BilledCall
 
 __all__ = [
     "AvengersPro",
@@ -606,6 +607,36 @@ class MetaRouterMethod(Method):
                 router, fb.comparisons(s), arms, s.test_emb[scored], s.test_tok[scored]
             ).argmax(axis=1)
         traffic = s.test_emb[fb.recent] if fb.recent is not None else None
-        pref = router.adapt(fb.comparisons(s), arms=arms, traffic=traffic)
+        billed = billed_history(ctx, router, arms, fb.recent)
+        pref = router.adapt(fb.comparisons(s), arms=arms, traffic=traffic, billed=billed)
         scores, _, _ = router.score_embeddings(s.test_emb[scored], s.test_tok[scored], arms, pref)
         return scores.argmax(axis=1)
+
+
+def billed_history(
+    ctx: Context, router: Any, arms: list[ArmDescriptor], recent: np.ndarray | None
+) -> list[BilledCall]:
+    """The user's recent traffic as the service stores it: routed calls with their bills.
+
+    Each recent query is routed as a new user's call is (the router's prior) and billed at
+    the table's cost of the chosen model on it; the service keeps the same record for every
+    routed call whose provider reports usage. The same for every user of a seed (their recent
+    traffic is), so it is computed once per setting and sample.
+    """
+    if recent is None or not len(recent):
+        return []
+    s = ctx.setting
+    memo = ctx.data.setdefault("meta_billed", {})
+    key = (id(router), np.asarray(recent).tobytes())
+    hit = memo.get(key)
+    if hit is None:
+        scores, _, _ = router.score_embeddings(
+            s.test_emb[recent], s.test_tok[recent], arms, router.prior()
+        )
+        chosen = scores.argmax(axis=1)
+        hit = [
+            BilledCall(arms[k].name, int(s.test_tok[r]), float(s.test.cost[r, k]))
+            for r, k in zip(recent.tolist(), chosen.tolist(), strict=True)
+        ]
+        memo[key] = hit
+    return list(hit)

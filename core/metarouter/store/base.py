@@ -70,11 +70,13 @@ class PreferenceStore(ABC):
     def recent_queries(self, user_id: str, limit: int = RECENT_TRAFFIC) -> list[RecentQuery]:
         """The queries of the user's last ``limit`` routed decisions, newest first.
 
-        Each is its embedding and estimated prompt tokens. The router reads the user's traffic
-        from them: how unlike its training data it is (:meth:`metarouter.router.MetaRouter.adapt`)
-        and what a comparison is worth for routing it
-        (:meth:`metarouter.service.RoutingService.suggest_comparison`). A store that keeps no
-        decisions returns none (the default).
+        Each is its embedding and estimated prompt tokens, the model that answered and the
+        billed cost when the provider reported usage. The router reads the user's traffic from
+        them: how unlike its training data it is (:meth:`metarouter.router.MetaRouter.adapt`),
+        what a comparison is worth for routing it
+        (:meth:`metarouter.service.RoutingService.suggest_comparison`) and, for a user with no
+        comparisons yet, what their calls really cost. A store that keeps no decisions returns
+        none (the default).
         """
         validate_user_id(user_id)
         return []

@@ -372,10 +372,14 @@ class RecentQuery:
     Attributes:
         embedding: The query embedding (float32).
         prompt_tokens: Its estimated prompt tokens.
+        model: The model that answered (the routed choice until the call completes).
+        cost_usd: What the call was billed, when its provider reported usage (else None).
     """
 
     embedding: np.ndarray = field(repr=False)
     prompt_tokens: int
+    model: str | None = None
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)

@@ -824,7 +824,9 @@ class SQLStore(PreferenceStore):
         rows = self._read(
             "read recent decisions",
             lambda conn: conn.execute(
-                sa.select(d.c.decision_id, d.c.embedding, d.c.prompt_tokens)
+                sa.select(
+                    d.c.decision_id, d.c.embedding, d.c.prompt_tokens, d.c.chosen, d.c.cost_usd
+                )
                 .where(d.c.user_id == uid)
                 .order_by(d.c.created_at.desc(), d.c.decision_id.desc())
                 .limit(limit)
@@ -834,7 +836,13 @@ class SQLStore(PreferenceStore):
 
     def _recent_from_row(self, row: Any) -> RecentQuery:
         try:
-            return RecentQuery(self._vec(row.embedding), int(row.prompt_tokens))
+            cost = None if row.cost_usd is None else float(row.cost_usd)
+            return RecentQuery(
+                self._vec(row.embedding),
+                int(row.prompt_tokens),
+                str(row.chosen),
+                cost if cost is not None and np.isfinite(cost) and cost >= 0 else None,
+            )
         except (TypeError, ValueError) as exc:
             raise UnreadableRowError(self._unreadable("decision", row.decision_id, exc)) from exc
 

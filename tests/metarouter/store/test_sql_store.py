@@ -298,3 +298,17 @@ def test_recent_embeddings_are_the_users_last_decisions_newest_first(store):
             store.recent_embeddings("alice", bad)
         with pytest.raises(ConfigError, match="limit must be an integer >= 0"):
             store.recent_queries("alice", bad)
+
+
+def test_recent_queries_carry_the_answering_model_and_its_billed_cost(store):
+    first = make_decision("alice", created_at=1000.0, chosen=MODELS[0])
+    second = make_decision("alice", created_at=1001.0, chosen=MODELS[0])
+    store.record_decision(first)
+    store.record_decision(second)
+    newest, oldest = store.recent_queries("alice")
+    assert (newest.model, newest.cost_usd) == (MODELS[0], None)  # routed, not billed yet
+    store.complete_decision(second.decision_id, chosen=MODELS[1], cost_usd=0.0125)
+    store.complete_decision(first.decision_id, chosen=MODELS[0], cost_usd=None)
+    newest, oldest = store.recent_queries("alice")
+    assert (newest.model, newest.cost_usd) == (MODELS[1], pytest.approx(0.0125))
+    assert (oldest.model, oldest.cost_usd) == (MODELS[0], None)  # no usage reported
