@@ -227,9 +227,14 @@ def _two_fail(service, **kw) -> tuple[MetaRouterChat, dict]:
 
 
 def _ranking(service) -> list[str]:
-    """The router's ranking of the candidates for PROOF (the user's preference is unchanged)."""
+    """The router's ranking of the candidates for PROOF for a user with no history.
+
+    The probe runs as another user: a call's bill calibrates its own user's costs.
+    """
     probe = MetaRouterChat(
-        candidates={n: ScriptedChatModel(model_name=f"{n}-v1") for n in PRICES}, service=service
+        candidates={n: ScriptedChatModel(model_name=f"{n}-v1") for n in PRICES},
+        service=service,
+        user_id="ranking-probe",
     )
     return routing(probe.invoke(PROOF))["ranking"]
 

@@ -160,19 +160,14 @@ def _teach(router: MetaRouterChat, user: str, winner: str, loser: str) -> None:
 
 
 def test_a_users_comparisons_change_that_users_routing_and_no_one_elses(router):
-    before = {
-        u: meta(router.invoke(UNSEEN, config={"metadata": {"user_id": u}}))
-        for u in ("ann", "bob", "cy")
-    }
+    users = ("ann", "bob", "cy", "dee")  # cy and dee: the same calls, no comparisons
+    before = {u: meta(router.invoke(UNSEEN, config={"metadata": {"user_id": u}})) for u in users}
     assert len({b["chosen_model"] for b in before.values()}) == 1  # same prior for everyone
 
     _teach(router, "ann", winner=BIG, loser=CHEAP)  # ann finds the big model worth its cost
     _teach(router, "bob", winner=CHEAP, loser=BIG)  # bob does not
 
-    after = {
-        u: meta(router.invoke(UNSEEN, config={"metadata": {"user_id": u}}))
-        for u in ("ann", "bob", "cy")
-    }
+    after = {u: meta(router.invoke(UNSEEN, config={"metadata": {"user_id": u}})) for u in users}
     assert after["ann"]["chosen_model"] == BIG != before["ann"]["chosen_model"]
     assert after["ann"]["scores"][BIG] > before["ann"]["scores"][BIG] + 0.5
     assert after["bob"]["chosen_model"] != BIG
@@ -182,4 +177,7 @@ def test_a_users_comparisons_change_that_users_routing_and_no_one_elses(router):
         < before["bob"]["quality_weight"]
         < after["ann"]["quality_weight"]
     )
-    assert after["cy"]["scores"] == pytest.approx(before["cy"]["scores"])  # untouched
+    # untouched by the others' comparisons: cy routes as dee, whose history is the same (their
+    # own first call's bill calibrates each one's costs alike), with the prior's trade-off
+    assert after["cy"]["scores"] == pytest.approx(after["dee"]["scores"])
+    assert after["cy"]["quality_weight"] == pytest.approx(before["cy"]["quality_weight"])

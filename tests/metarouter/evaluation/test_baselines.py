@@ -183,3 +183,33 @@ def test_best_single_model_per_user_is_the_constant_choice_worth_most_to_that_us
             for j in range(q.shape[1])
         ]
         assert mine == pytest.approx(max(singles))
+
+
+def test_the_users_recent_traffic_is_billed_as_the_prior_routes_it(setting, router):
+    from dataclasses import replace
+
+    from metarouter.evaluation.baselines import billed_history
+
+    method = MetaRouterMethod({setting.train_key: router})
+    ctx = Context(setting)
+    method.prepare(ctx)
+    arms = ctx.data["meta_arms"]
+    recent = np.arange(20, 30)
+    billed = billed_history(ctx, router, arms, recent)
+    scores, _, _ = router.score_embeddings(
+        setting.test_emb[recent], setting.test_tok[recent], arms, router.prior()
+    )
+    chosen = scores.argmax(axis=1)
+    assert [b.model for b in billed] == [arms[k].name for k in chosen]
+    assert [b.cost_usd for b in billed] == pytest.approx(setting.test.cost[recent, chosen])
+    assert [b.prompt_tokens for b in billed] == [int(t) for t in setting.test_tok[recent]]
+    assert billed_history(ctx, router, arms, None) == []
+    # MetaRouter with no comparisons routes by the prior with costs calibrated on those bills
+    fb = draw_feedback(setting, LinearProfile(0.5), 0, np.arange(10), rng=np.random.default_rng(0))
+    scored = np.arange(30, 60)
+    got = method.choose(ctx, replace(fb, recent=recent), scored, LinearProfile(0.5))
+    pref = router.adapt([], arms=arms, billed=billed)
+    want = router.score_embeddings(setting.test_emb[scored], setting.test_tok[scored], arms, pref)[
+        0
+    ].argmax(axis=1)
+    np.testing.assert_array_equal(got, want)
