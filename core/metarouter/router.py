@@ -120,10 +120,8 @@ def _billed_observations(
     """
     slot = {a.name: i for i, a in enumerate(descs)}
     ids = np.asarray([slot[b.model] for b in billed], np.int64)
-    terms = np.asarray([[a.cost.per_call_usd, a.cost.per_input_token_usd] for a in descs])
-    tokens = np.asarray([b.prompt_tokens for b in billed], np.float64)
-    expected = terms[ids, 0] + terms[ids, 1] * tokens if len(ids) else np.zeros(0)
-    return ids, np.asarray([b.cost_usd for b in billed], np.float64), expected
+    expected = [float(descs[slot[b.model]].cost.estimate(b.prompt_tokens)) for b in billed]
+    return ids, np.asarray([b.cost_usd for b in billed], np.float64), np.asarray(expected, float)
 
 
 def _cost_factors(
@@ -831,8 +829,14 @@ class MetaRouter:
         if not comparisons and not billed:
             return self.prior()
         known = {a.name: a for a in self.resolve(arms)} if arms else {}
-        if not comparisons:
-            return self._calibrated_prior(billed, known)
+        if not comparisons:  # the prior, with the costs calibrated on the billed calls
+            none = np.zeros(0, np.int64)
+            factors, default = self._cost_calibration(
+                (), none, none, np.zeros((0, 0)), [], known, billed
+            )
+            return dataclasses.replace(
+                self.prior(), cost_factors=factors, default_cost_factor=default
+            )
         names = sorted({c.winner for c in comparisons} | {c.loser for c in comparisons})
         slot = {n: i for i, n in enumerate(names)}
         descs = [self._descriptor(n, known) for n in names]
@@ -867,37 +871,34 @@ class MetaRouter:
                 )
         novelty = self.novelty(emb, traffic=traffic)
         posterior = infer_posterior(data, self.posterior_config, novelty=novelty)
-        everyone = names + sorted({b.model for b in billed} - set(names))
-        descs += [self._descriptor(m, known) for m in everyone[len(names) :]]
+        factors, default = self._cost_calibration(
+            comparisons, win, lose, expected, names, known, billed
+        )
+        return self._preference(posterior, n, factors, default, novelty)
+
+    def _cost_calibration(
+        self,
+        comparisons: Sequence[Comparison],
+        win: np.ndarray,
+        lose: np.ndarray,
+        expected: np.ndarray,
+        names: Sequence[str],
+        known: Mapping[str, ArmDescriptor],
+        billed: Sequence[BilledCall],
+    ) -> tuple[dict[str, float], float]:
+        """Cost factors per model (the compared and the billed ones) and the traffic-wide one.
+
+        From the comparisons' billed answers (``win``/``lose`` index ``names``, ``expected``
+        (N, len(names)) their expected costs) and the billed routed calls
+        (:func:`_cost_factors`).
+        """
+        everyone = [*names, *sorted({b.model for b in billed} - set(names))]
+        descs = [self._descriptor(m, known) for m in everyone]
         known_cost = np.asarray([a.name in self.catalog or a.name in known for a in descs])
         factors, default = _cost_factors(
             comparisons, win, lose, expected, known_cost, _billed_observations(billed, descs)
         )
-        return self._preference(
-            posterior, n, dict(zip(everyone, factors.tolist(), strict=True)), default, novelty
-        )
-
-    def _calibrated_prior(
-        self, billed: Sequence[BilledCall], known: Mapping[str, ArmDescriptor]
-    ) -> Preference:
-        """The prior, with the arms' costs calibrated on the user's billed routed calls."""
-        models = sorted({b.model for b in billed})
-        descs = [self._descriptor(m, known) for m in models]
-        known_cost = np.asarray([a.name in self.catalog or a.name in known for a in descs])
-        none = np.zeros(0, np.int64)
-        factors, default = _cost_factors(
-            (),
-            none,
-            none,
-            np.zeros((0, len(models))),
-            known_cost,
-            _billed_observations(billed, descs),
-        )
-        return dataclasses.replace(
-            self.prior(),
-            cost_factors=dict(zip(models, factors.tolist(), strict=True)),
-            default_cost_factor=default,
-        )
+        return dict(zip(everyone, factors.tolist(), strict=True)), default
 
     def _preference(
         self,

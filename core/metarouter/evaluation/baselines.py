@@ -141,6 +141,15 @@ def _true_alpha(profile: Profile) -> float | None:
     return profile.alpha if isinstance(profile, LinearProfile) else None
 
 
+def _true_utility(
+    ctx: Context, scored: np.ndarray, profile: Profile
+) -> tuple[np.ndarray, np.ndarray]:
+    """The user's true utility and the real cost (USD) of each candidate on the scored queries."""
+    s = ctx.setting
+    q, c = s.test.quality[scored], s.test.cost[scored]
+    return profile.utility(q, c, s.tau), c
+
+
 class Oracle(Method):
     """Per-query best candidate under the user's true profile (ties go to the cheaper)."""
 
@@ -151,10 +160,8 @@ class Oracle(Method):
         self, ctx: Context, fb: Feedback, scored: np.ndarray, profile: Profile
     ) -> np.ndarray:
         """Argmax of the true utility."""
-        s = ctx.setting
-        q, c = s.test.quality[scored], s.test.cost[scored]
-        u = profile.utility(q, c, s.tau) - 1e-9 * c / s.tau
-        return u.argmax(axis=1)
+        u, c = _true_utility(ctx, scored, profile)
+        return (u - 1e-9 * c / ctx.setting.tau).argmax(axis=1)
 
 
 class BestSingleForUser(Method):
@@ -173,12 +180,8 @@ class BestSingleForUser(Method):
         self, ctx: Context, fb: Feedback, scored: np.ndarray, profile: Profile
     ) -> np.ndarray:
         """The arm whose constant choice gives the most mean utility."""
-        s = ctx.setting
-        q, c = s.test.quality[scored], s.test.cost[scored]
-        u = profile.utility(q, c, s.tau)
-        mean_cost = c.mean(axis=0)
-        rows = np.arange(len(scored))
-        value = [float(u[rows, j].mean()) for j in range(u.shape[1])]
+        u, c = _true_utility(ctx, scored, profile)
+        value, mean_cost = u.mean(axis=0), c.mean(axis=0)
         best = max(range(len(value)), key=lambda j: (value[j], -mean_cost[j]))
         return np.full(len(scored), best)
 
