@@ -12,7 +12,12 @@ column) as users' traffic:
   between each arm's mean quality on that group and its mean over the *other* groups, split the
   same way. This is how much a new task moves the arms, measured across the tasks we have;
 * **outcome coupling**: how much more often two arms succeed or fail together on a query than
-  independence predicts, given the head's probabilities (method of moments).
+  independence predicts, given the head's probabilities (method of moments);
+* **binary share**: how much of the outcomes' spread around the head's probabilities is
+  pass/fail. Graded outcomes (a judge's score, a share of tests passed, a mean over samples)
+  lie between 0 and 1, and a user compares such answers by about their expected quality.
+  ``1 - E[q (1 - q)] / E[p (1 - p)]``: 1 on 0/1 outcomes, 0 if every answer scored exactly its
+  expectation.
 
 Sampling noise is subtracted from every spread, and each is floored, so a table with few groups
 still gives a usable, wide-enough prior. The novel regime's spread is measured from few
@@ -84,6 +89,7 @@ class AdaptationFit:
     novel: dict[str, float]
     coupling: float
     groups: int
+    binary_share: float = 1.0
 
 
 def _spread(gaps: np.ndarray, noise: np.ndarray) -> tuple[float, float]:
@@ -127,6 +133,15 @@ def _coupling(quality: np.ndarray, prob: np.ndarray) -> float:
     return float(np.clip(np.median(rhos), 0.0, 0.8)) if rhos else 0.0
 
 
+def _binary_share(quality: np.ndarray, prob: np.ndarray) -> float:
+    """Share of the outcomes' Bernoulli spread that is pass/fail (see the module docstring)."""
+    q = np.clip(np.asarray(quality, np.float64), 0.0, 1.0)
+    spread = float(np.mean(prob * (1 - prob)))
+    if spread <= 0:
+        return 1.0
+    return float(np.clip(1.0 - np.mean(q * (1 - q)) / spread, 0.0, 1.0))
+
+
 def fit_posterior_config(
     train_quality: np.ndarray,
     train_groups: np.ndarray,
@@ -137,7 +152,7 @@ def fit_posterior_config(
     families: int | None = None,
     base: PosteriorConfig | None = None,
 ) -> AdaptationFit:
-    """Fit the two regimes and the outcome coupling (see the module docstring).
+    """Fit the two regimes, the outcome coupling and the binary share (see the module docstring).
 
     Args:
         train_quality: (n, A) outcomes of the training queries.
@@ -183,14 +198,17 @@ def fit_posterior_config(
     nov_shared = max(min(_upper_sd(nov_shared, n_families), MAX_NOVEL_SD), fam_shared, MIN_NOVEL_SD)
     nov_arm = max(min(_upper_sd(nov_arm, n_families), MAX_NOVEL_SD), fam_arm, MIN_NOVEL_SD)
     coupling = _coupling(val_quality, val_prob) if len(val_quality) >= MIN_GROUP else 0.0
+    binary = _binary_share(val_quality, val_prob) if len(val_quality) >= MIN_GROUP else 1.0
     regimes = (
         Regime("familiar", 1.0, round(fam_shared, 4), round(fam_arm, 4)),
         Regime("novel", 0.0, round(nov_shared, 4), round(nov_arm, 4)),
     )
-    fitted = replace(cfg, regimes=regimes, outcome_coupling=round(coupling, 4))
+    fitted = replace(
+        cfg, regimes=regimes, outcome_coupling=round(coupling, 4), binary_share=round(binary, 4)
+    )
     logger.info(
         "adaptation prior: familiar sd %.2f/%.2f, novel sd %.2f/%.2f (measured %.2f/%.2f), "
-        "coupling %.2f (%d groups, %d task families)",
+        "coupling %.2f, binary share %.2f (%d groups, %d task families)",
         fam_shared,
         fam_arm,
         nov_shared,
@@ -198,6 +216,7 @@ def fit_posterior_config(
         measured["measured_shared_sd"],
         measured["measured_arm_sd"],
         coupling,
+        binary,
         len(nov_gaps),
         n_families,
     )
@@ -207,4 +226,5 @@ def fit_posterior_config(
         {"shared_sd": nov_shared, "arm_sd": nov_arm, **measured},
         coupling,
         len(nov_gaps),
+        binary,
     )

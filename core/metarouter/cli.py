@@ -240,7 +240,7 @@ def train(
             f"adaptation prior (from {result.adaptation.groups} task groups): familiar traffic "
             f"shift/arm sd {fam['shared_sd']:.2f}/{fam['arm_sd']:.2f}, novel traffic "
             f"{nov['shared_sd']:.2f}/{nov['arm_sd']:.2f}, outcome coupling "
-            f"{result.adaptation.coupling:.2f}"
+            f"{result.adaptation.coupling:.2f}, binary share {result.adaptation.binary_share:.2f}"
         )
 
 

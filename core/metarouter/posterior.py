@@ -21,7 +21,14 @@ Each comparison's likelihood marginalises the unobserved 0/1 qualities of both a
 with ``P(g_k = 1) = sigmoid(logit_k + shift + offset_k)``, ``dc`` the difference of the
 normalised costs the user saw, a small label-flip rate, and outcomes coupled beyond
 independence (an easy query is easy for every model; the coupling is measured on the training
-outcomes). The posterior is a grid over ``(alpha, T, regime)`` with a Laplace approximation over
+outcomes). Where answers are graded on a scale rather than pass/fail (a judge's score, a share
+of test cases, a mean over samples), an answer's quality is close to its expected quality on
+its query, and the user compares ``p_a - p_b``. A share ``binary_share`` of comparisons
+(measured on the training outcomes: 1 for pass/fail data) uses the 0/1 likelihood above, the
+rest this graded one; only where ``p`` is a per-query prediction (the novel regime's query-blind
+logits read every comparison as pass/fail, see :meth:`PosteriorConfig.graded_share`).
+
+The posterior is a grid over ``(alpha, T, regime)`` with a Laplace approximation over
 the offsets at each grid point (damped Newton steps, vectorised over the grid), i.e. a mixture of
 Gaussians weighted by each grid point's evidence.
 
@@ -57,6 +64,7 @@ __all__ = [
     "bt_terms",
     "comparison_value",
     "coupled_outcomes",
+    "graded_terms",
     "infer_posterior",
     "win_probability",
 ]
@@ -117,6 +125,8 @@ class PosteriorConfig:
         flip_rate: Share of answers that are slips (the other answer picked).
         outcome_coupling: How often two answers to the same query succeed or fail together
             beyond independence (0: independent; 1: as together as their odds allow).
+        binary_share: Share of comparisons whose answers are pass/fail (the 0/1 likelihood);
+            the rest are graded on a scale and compared by their expected qualities.
         regimes: The traffic regimes; the first is the familiar one, the last the novel one.
         newton_steps: Newton iterations of the Laplace approximation.
         prune: Mixture components below this share of the largest weight are dropped.
@@ -127,6 +137,7 @@ class PosteriorConfig:
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.1)
     flip_rate: float = 0.025
     outcome_coupling: float = 0.0
+    binary_share: float = 1.0
     regimes: tuple[Regime, ...] = field(default_factory=_default_regimes)
     newton_steps: int = 12
     prune: float = 1e-4
@@ -142,6 +153,10 @@ class PosteriorConfig:
             raise ConfigError("PosteriorConfig.flip_rate must be in [0, 0.5).")
         if not 0 <= self.outcome_coupling <= 1:
             raise ConfigError("PosteriorConfig.outcome_coupling must be in [0, 1].")
+        if not 0 <= self.binary_share <= 1:
+            raise ConfigError(
+                "PosteriorConfig.binary_share must be in [0, 1] (1: pass/fail outcomes)."
+            )
         if len(self.regimes) < 1:
             raise ConfigError("PosteriorConfig.regimes needs at least one regime.")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
@@ -150,6 +165,16 @@ class PosteriorConfig:
             "regimes",
             tuple(r if isinstance(r, Regime) else Regime(**r) for r in self.regimes),
         )
+
+    def graded_share(self, query_weight: np.ndarray | float) -> np.ndarray:
+        """Share of comparisons read as graded, for a regime trusting per-query logits this much.
+
+        The graded likelihood takes ``p`` for the answer's expected quality on its query, which
+        holds for the quality head's per-query logits. A query-blind base logit is an arm's
+        average over queries; around it even graded answers spread like pass/fail ones, so the
+        novel regime (query weight 0) reads every comparison as pass/fail.
+        """
+        return (1.0 - self.binary_share) * np.asarray(query_weight, np.float64)
 
     @property
     def alpha_grid(self) -> np.ndarray:
@@ -180,6 +205,7 @@ class PosteriorConfig:
             "temperatures": list(self.temperatures),
             "flip_rate": self.flip_rate,
             "outcome_coupling": self.outcome_coupling,
+            "binary_share": self.binary_share,
             "regimes": [r.to_dict() for r in self.regimes],
             "newton_steps": self.newton_steps,
             "prune": self.prune,
@@ -198,6 +224,7 @@ class PosteriorConfig:
             "temperatures",
             "flip_rate",
             "outcome_coupling",
+            "binary_share",
             "regimes",
             "newton_steps",
             "prune",
@@ -283,6 +310,30 @@ def coupled_outcomes(
     up = eps * softplus((pw - pl) / eps)  # smooth max(0, pw - pl)
     down = up - (pw - pl)  # smooth max(0, pl - pw)
     return (1 - rho) * pw * (1 - pl) + rho * up, (1 - rho) * (1 - pw) * pl + rho * down
+
+
+def graded_terms(
+    pw: Any,
+    pl: Any,
+    dc: Any,
+    alpha: Any,
+    temp: Any,
+    flip: float,
+    sigmoid: Callable[[Any], Any] = _sigmoid,
+) -> tuple[Any, Any, Any]:
+    """Bradley-Terry with slips on the answers' expected qualities (graded answers).
+
+    Works on numpy arrays, or on torch tensors with ``sigmoid=torch.sigmoid``.
+
+    Returns:
+        ``(P(win), slope, curvature)``: ``slope = dP/dpw = -dP/dpl`` and ``curvature =
+        d2P/dpw2 = d2P/dpl2 = -d2P/(dpw dpl)``.
+    """
+    scale = alpha / temp
+    z = sigmoid(scale * (pw - pl) - (1 - alpha) * dc / temp)
+    k = 1.0 - 2.0 * flip
+    slope = k * z * (1 - z) * scale
+    return flip + k * z, slope, slope * (1 - 2 * z) * scale
 
 
 @dataclass(frozen=True)
@@ -536,29 +587,47 @@ def infer_posterior(
     rho = cfg.outcome_coupling
     eps = _COUPLING_SMOOTHING
     eye = np.eye(d)
+    share = cfg.graded_share(lam)[:, None]  # (C, 1)
+    binary = 1 - share
+    dc_seen = (data.win_cost - data.lose_cost)[None, :]
+
+    def graded(pw: np.ndarray, pl: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The graded likelihood's share: P, slope, curvature."""
+        g, slope, curve = graded_terms(
+            pw, pl, dc_seen, alpha[:, None], temp[:, None], cfg.flip_rate
+        )
+        return share * g, share * slope, share * curve
 
     def terms(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pw = _sigmoid(lw + th @ uw.T)  # (C, N)
         pl = _sigmoid(ll + th @ ul.T)
         p10, p01 = coupled_outcomes(pw, pl, rho)
-        return pw, pl, np.maximum(b0 + p10 * dplus + p01 * dminus, 1e-12)
+        like = b0 + p10 * dplus + p01 * dminus
+        if cfg.binary_share < 1:
+            like = binary * like + graded(pw, pl)[0]
+        return pw, pl, np.maximum(like, 1e-12)
 
     def objective(th: np.ndarray) -> np.ndarray:
         return np.log(terms(th)[2]).sum(1) - 0.5 * (prec * th**2).sum(1)
 
     def partials(th: np.ndarray) -> tuple[np.ndarray, ...]:
-        """pw, pl, L, the smooth max's slope and dL/dpw, dL/dpl per component and comparison."""
+        """pw, pl, L, the smooth max's slope, dL/dpw, dL/dpl and the graded share's
+        curvature per component and comparison."""
         pw, pl, like = terms(th)
         s1 = _sigmoid((pw - pl) / eps)
         l_w = ((1 - rho) * (1 - pl) + rho * s1) * dplus - ((1 - rho) * pl + rho * (1 - s1)) * dminus
         l_l = (
             -((1 - rho) * pw + rho * s1) * dplus + ((1 - rho) * (1 - pw) + rho * (1 - s1)) * dminus
         )
-        return pw, pl, like, s1, l_w, l_l
+        curve = np.zeros_like(pw)
+        if cfg.binary_share < 1:
+            _, slope, curve = graded(pw, pl)
+            l_w, l_l = binary * l_w + slope, binary * l_l - slope
+        return pw, pl, like, s1, l_w, l_l, curve
 
     def derivatives(th: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradient (C, D) and Fisher information plus prior precision (C, D, D)."""
-        pw, pl, like, _, l_w, l_l = partials(th)
+        pw, pl, like, _, l_w, l_l, _ = partials(th)
         a = l_w * pw * (1 - pw)  # dL / d logit of the preferred answer
         b = l_l * pl * (1 - pl)
         grad = (a / like) @ uw + (b / like) @ ul - prec * th
@@ -571,10 +640,10 @@ def infer_posterior(
 
     def observed_information(th: np.ndarray) -> np.ndarray:
         """Minus the Hessian of the log posterior (C, D, D)."""
-        pw, pl, like, s1, l_w, l_l = partials(th)
+        pw, pl, like, s1, l_w, l_l, curve = partials(th)
         h = s1 * (1 - s1) / eps  # second derivative of the smooth max
-        l_same = rho * h * (dplus + dminus)  # d2L/dpw2 = d2L/dpl2
-        l_wl = -((1 - rho) + rho * h) * (dplus + dminus)
+        l_same = binary * rho * h * (dplus + dminus) + curve  # d2L/dpw2 = d2L/dpl2
+        l_wl = -binary * ((1 - rho) + rho * h) * (dplus + dminus) - curve
         sw, sl = pw * (1 - pw), pl * (1 - pl)
         gw, gl = l_w * sw / like, l_l * sl / like
         hww = (l_same * sw**2 + l_w * sw * (1 - 2 * pw)) / like - gw**2
@@ -618,14 +687,22 @@ def win_probability(
     alpha: np.ndarray,
     temp: np.ndarray,
     config: PosteriorConfig,
+    query_weight: np.ndarray | float = 1.0,
 ) -> np.ndarray:
     """P(the first answer is preferred) for answers good with probabilities ``pw``, ``pl``.
 
-    All arguments broadcast; ``dc`` is the first answer's normalised cost minus the other's.
+    All arguments broadcast; ``dc`` is the first answer's normalised cost minus the other's;
+    ``query_weight`` is the regime's trust in the per-query logits ``pw`` and ``pl`` came from
+    (:meth:`PosteriorConfig.graded_share`).
     """
     b0, dplus, dminus = bt_terms(dc, alpha, temp, config.flip_rate)
     p10, p01 = coupled_outcomes(pw, pl, config.outcome_coupling)
-    return np.clip(b0 + p10 * dplus + p01 * dminus, 0.0, 1.0)
+    like = b0 + p10 * dplus + p01 * dminus
+    if config.binary_share < 1:
+        share = config.graded_share(query_weight)
+        graded = graded_terms(pw, pl, dc, alpha, temp, config.flip_rate)[0]
+        like = (1 - share) * like + share * graded
+    return np.clip(like, 0.0, 1.0)
 
 
 def comparison_value(
@@ -694,7 +771,13 @@ def comparison_value(
     for j, (a, bb) in enumerate(pairs):
         dc = candidate_cost[:, a] - candidate_cost[:, bb]  # (Q,)
         p_a = win_probability(
-            q_c[:, :, a], q_c[:, :, bb], dc[None, :], alpha[:, None], temp[:, None], config
+            q_c[:, :, a],
+            q_c[:, :, bb],
+            dc[None, :],
+            alpha[:, None],
+            temp[:, None],
+            config,
+            lam[:, None],
         ).T  # (Q, P)
         post = np.stack([p_a, 1 - p_a])  # (2, Q, P): answer "a" or "b"
         marginal = post.mean(-1)  # (2, Q)

@@ -37,6 +37,7 @@ def write_training_report(
                 "familiar": result.adaptation.familiar,
                 "novel": result.adaptation.novel,
                 "outcome_coupling": result.adaptation.coupling,
+                "binary_share": result.adaptation.binary_share,
                 "task_groups": result.adaptation.groups,
             }
             if result.adaptation is not None

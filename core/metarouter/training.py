@@ -636,11 +636,14 @@ def _win_probability_torch(
     cfg: PosteriorConfig,
 ) -> torch.Tensor:
     """:func:`metarouter.posterior.win_probability` on torch tensors (for gradients)."""
-    from metarouter.posterior import bt_terms, coupled_outcomes
+    from metarouter.posterior import bt_terms, coupled_outcomes, graded_terms
 
     base, d_plus, d_minus = bt_terms(dc, alpha, temp, cfg.flip_rate, sigmoid=torch.sigmoid)
     p10, p01 = coupled_outcomes(pw, pl, cfg.outcome_coupling, softplus=torch.nn.functional.softplus)
     out: torch.Tensor = base + p10 * d_plus + p01 * d_minus
+    if cfg.binary_share < 1:
+        graded = graded_terms(pw, pl, dc, alpha, temp, cfg.flip_rate, sigmoid=torch.sigmoid)[0]
+        out = cfg.binary_share * out + (1 - cfg.binary_share) * graded
     return out
 
 

@@ -43,3 +43,16 @@ def test_novel_prior_stays_within_its_floor_and_cap():
     q, g, p = _table(4, 4.0, seed=2)
     loud = fit_posterior_config(q, g, q, p, g)
     assert max(_novel(loud)) == pytest.approx(MAX_NOVEL_SD)
+
+
+def test_binary_share_is_one_on_pass_fail_outcomes_and_measures_graded_ones():
+    q, g, p = _table(4, 1.0, seed=3)
+    assert fit_posterior_config(q, g, q, p, g).config.binary_share == 1.0
+    # every answer scored its expectation: nothing of the spread is pass/fail
+    assert fit_posterior_config(p, g, p, p, g).binary_share == 0.0
+    # half the queries graded on a scale (their expectation), half pass/fail
+    rng = np.random.default_rng(4)
+    half = np.where((rng.random(len(p)) < 0.5)[:, None], q, p)
+    fit = fit_posterior_config(half, g, half, p, g)
+    assert fit.binary_share == pytest.approx(0.5, abs=0.05)
+    assert fit.config.binary_share == round(fit.binary_share, 4)
