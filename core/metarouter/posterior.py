@@ -611,8 +611,10 @@ def infer_posterior(
         return np.log(terms(th)[2]).sum(1) - 0.5 * (prec * th**2).sum(1)
 
     def partials(th: np.ndarray) -> tuple[np.ndarray, ...]:
-        """pw, pl, L, the smooth max's slope, dL/dpw, dL/dpl and the graded share's
-        curvature per component and comparison."""
+        """The likelihood's parts per component and comparison.
+
+        pw, pl, L, the smooth max's slope, dL/dpw, dL/dpl and the graded share's curvature.
+        """
         pw, pl, like = terms(th)
         s1 = _sigmoid((pw - pl) / eps)
         l_w = ((1 - rho) * (1 - pl) + rho * s1) * dplus - ((1 - rho) * pl + rho * (1 - s1)) * dminus

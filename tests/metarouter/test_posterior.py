@@ -12,9 +12,7 @@ from metarouter.posterior import (
     PosteriorConfig,
     Regime,
     UserPosterior,
-    bt_terms,
     comparison_value,
-    coupled_outcomes,
     infer_posterior,
     win_probability,
 )
