@@ -153,6 +153,9 @@ def test_train_command_writes_router_and_report(small_train, tmp_path):
         prior["familiar"]["arm_sd"] > 0 and prior["novel"]["arm_sd"] >= prior["familiar"]["arm_sd"]
     )
     assert "adaptation prior (from" in result.output
+    # the binary share measured on the outcomes is recorded, printed and saved with the router
+    assert 0 <= prior["binary_share"] <= 1 and "binary share" in result.output
+    assert router.posterior_config.binary_share == pytest.approx(prior["binary_share"], abs=1e-4)
 
 
 def test_training_fits_the_adaptation_prior_and_a_novelty_reference(small_train, tmp_path):
