@@ -294,6 +294,38 @@ def test_frugal_and_quality_first_users_are_told_apart_and_routed_accordingly(
     assert cost["frugal"] < 0.7 * cost["picky"]
 
 
+@pytest.mark.parametrize("winner", CANDS)
+def test_a_user_whose_comparisons_one_arm_always_wins_is_routed_to_it(
+    default_router, llmrouter_heldout, winner
+):
+    """The evidence of a user's comparisons outweighs the router's estimates: an arm that wins
+    every one of 20 comparisons (the cheapest, a mid-priced or the dearest one, whatever the
+    quality head thinks of it) gets the user's traffic. (After 12, the mid-priced qwen gets
+    89%: the rest goes to gemma on queries where the head rates qwen far below it, e.g.
+    MMLU, 0.16 against 0.81 on this data.)"""
+    from metarouter.types import Comparison
+
+    held = llmrouter_heldout
+    m = held.matrix.select_models(CANDS)
+    w = CANDS.index(winner)
+    others = [k for k in range(len(CANDS)) if k != w]
+    rows = np.random.default_rng(7).choice(np.arange(200, len(m.quality)), 20, replace=False)
+    comps = [
+        Comparison(
+            winner,
+            CANDS[others[i % 2]],
+            m.cost[r, w],
+            m.cost[r, others[i % 2]],
+            embedding=held.embeddings[r],
+            tokens=int(held.tokens[r]),
+        )
+        for i, r in enumerate(rows)
+    ]
+    pref = default_router.adapt(comps, traffic=held.embeddings[:40])
+    routed = default_router.route_embeddings(held.embeddings[:200], held.tokens[:200], CANDS, pref)
+    assert np.mean([d.model == winner for d in routed]) >= 0.95
+
+
 def test_save_never_follows_a_link_planted_at_a_temporary_name(default_router, tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()
