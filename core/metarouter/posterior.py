@@ -591,21 +591,20 @@ def infer_posterior(
     binary = 1 - share
     dc_seen = (data.win_cost - data.lose_cost)[None, :]
 
-    def graded(pw: np.ndarray, pl: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The graded likelihood's share: P, slope, curvature."""
-        g, slope, curve = graded_terms(
-            pw, pl, dc_seen, alpha[:, None], temp[:, None], cfg.flip_rate
-        )
-        return share * g, share * slope, share * curve
-
-    def terms(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def terms(th: np.ndarray) -> tuple[np.ndarray, ...]:
+        """pw, pl, L and the graded share's slope and curvature per component and comparison."""
         pw = _sigmoid(lw + th @ uw.T)  # (C, N)
         pl = _sigmoid(ll + th @ ul.T)
         p10, p01 = coupled_outcomes(pw, pl, rho)
         like = b0 + p10 * dplus + p01 * dminus
+        slope = curve = np.zeros_like(pw)
         if cfg.binary_share < 1:
-            like = binary * like + graded(pw, pl)[0]
-        return pw, pl, np.maximum(like, 1e-12)
+            g, slope, curve = (
+                share * x
+                for x in graded_terms(pw, pl, dc_seen, alpha[:, None], temp[:, None], cfg.flip_rate)
+            )
+            like = binary * like + g
+        return pw, pl, np.maximum(like, 1e-12), slope, curve
 
     def objective(th: np.ndarray) -> np.ndarray:
         return np.log(terms(th)[2]).sum(1) - 0.5 * (prec * th**2).sum(1)
@@ -615,15 +614,13 @@ def infer_posterior(
 
         pw, pl, L, the smooth max's slope, dL/dpw, dL/dpl and the graded share's curvature.
         """
-        pw, pl, like = terms(th)
+        pw, pl, like, slope, curve = terms(th)
         s1 = _sigmoid((pw - pl) / eps)
         l_w = ((1 - rho) * (1 - pl) + rho * s1) * dplus - ((1 - rho) * pl + rho * (1 - s1)) * dminus
         l_l = (
             -((1 - rho) * pw + rho * s1) * dplus + ((1 - rho) * (1 - pw) + rho * (1 - s1)) * dminus
         )
-        curve = np.zeros_like(pw)
         if cfg.binary_share < 1:
-            _, slope, curve = graded(pw, pl)
             l_w, l_l = binary * l_w + slope, binary * l_l - slope
         return pw, pl, like, s1, l_w, l_l, curve
 
