@@ -511,18 +511,32 @@ class RoutingService:
         billed = _billed_calls(self._recent_queries(uid))
         if not billed:
             return self.router.prior()
+        return self._adapted(uid, [], None, billed) or self.router.prior()
+
+    def _adapted(
+        self,
+        uid: str,
+        comparisons: Sequence[Comparison],
+        traffic: np.ndarray | None,
+        billed: Sequence[BilledCall],
+    ) -> Preference | None:
+        """The user's preference over the service's candidates; None (logged) if it fails."""
         try:
-            pref = self.router.adapt([], arms=list(self.descriptors.values()), billed=billed)
+            pref = self.router.adapt(
+                comparisons, arms=list(self.descriptors.values()), traffic=traffic, billed=billed
+            )
             pref.check()
-        except (ArithmeticError, ConfigError, FeedbackError, KeyError, ValueError) as exc:
+        except (ArithmeticError, IndexError, KeyError, RuntimeError, ValueError) as exc:
             logger.warning(
-                "the billed calls of user %s could not calibrate their costs (%s); routing "
-                "them with the prior's",
+                "the preference of user %s could not be computed from %d comparisons and %d "
+                "billed calls (%s); routing them with the prior until it is next recomputed",
                 excerpt(uid),
+                len(comparisons),
+                len(billed),
                 exc,
                 exc_info=True,
             )
-            return self.router.prior()
+            return None
         return pref
 
     def _recompute(self, uid: str) -> tuple[Preference | None, int]:
@@ -536,30 +550,8 @@ class RoutingService:
         comparisons = self._usable(uid, rows)
         recent = self._recent_queries(uid) if comparisons else []
         traffic = np.stack([q.embedding for q in recent]) if recent else None
-        try:
-            pref = self.router.adapt(
-                comparisons,
-                arms=list(self.descriptors.values()),
-                traffic=traffic,
-                billed=_billed_calls(recent),
-            )
-            pref.check()
-        except (
-            ArithmeticError,
-            ConfigError,
-            IndexError,
-            KeyError,
-            RuntimeError,
-            ValueError,
-        ) as exc:
-            logger.warning(
-                "the preference of user %s could not be computed from %d comparisons (%s); "
-                "routing them with the prior until their feedback changes",
-                excerpt(uid),
-                len(comparisons),
-                exc,
-                exc_info=True,
-            )
+        pref = self._adapted(uid, comparisons, traffic, _billed_calls(recent))
+        if pref is None:
             return self.router.prior(), version
         try:
             self.store.cache_preference(uid, self.router_id, version, pref.to_dict())
