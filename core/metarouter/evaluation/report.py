@@ -163,8 +163,15 @@ def _bar_groups(
             for m, v in entry["metrics"].items()
             if "6" in v and v["6"].get("hv")
         }
-        groups.setdefault(f"{entry['dataset']} ({other})", {})[entry[label]] = hv
+        shown = _kset_name(entry) if label == "split" else other
+        bar = entry[label] if label == "split" else _kset_name(entry)
+        groups.setdefault(f"{entry['dataset']} ({shown})", {})[bar] = hv
     return {k: v for k, v in groups.items() if len(v) == 2}
+
+
+def _kset_name(entry: dict[str, Any]) -> str:
+    """``K2``, ``swap``, or ``K<n>`` for the set of all n pool models (as in setting names)."""
+    return f"K{len(entry['models'])}" if entry["kset"] == "K5" else str(entry["kset"])
 
 
 def _fmt(cell: dict[str, float] | None, digits: int = 3) -> str:
@@ -220,8 +227,8 @@ def write_markdown(
     for fname, title in (
         ("fronts.png", "Cost-quality fronts at N = 6 (seed-averaged)"),
         ("regret_vs_n.png", "Utility regret vs number of comparisons"),
-        ("id_vs_ood.png", "ID vs OOD hypervolume (K = 5)"),
-        ("k2_vs_k5.png", "K = 2 vs K = 5 hypervolume (ID)"),
+        ("id_vs_ood.png", "ID vs OOD hypervolume (all pool models: K = 5, fewer on a small table)"),
+        ("k2_vs_k5.png", "K = 2 vs all pool models: hypervolume (ID)"),
     ):
         if (Path(plots_dir) / fname).is_file():
             lines += [f"### {title}", "", f"![{title}]({rel}/{fname})", ""]

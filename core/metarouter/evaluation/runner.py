@@ -61,7 +61,8 @@ class EvalConfig:
         max_train: Cap on training queries per split (None: all).
         max_test: Cap on test queries per setting (None: all).
         splits: ``ID`` and/or ``OOD``.
-        ksets: ``K2``, ``K5``, ``swap``.
+        ksets: ``K2``, ``K5`` (all the pool's models, up to five; reported as ``K3`` or ``K4``
+            on a table of that many), ``swap``.
         train_variant: Also run the variant with comparisons drawn from training queries
             (N = 6, K2 and K5).
         ood_tasks: For a user's outcome file in ``datasets``: task families left out of

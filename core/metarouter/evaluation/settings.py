@@ -177,9 +177,18 @@ class Setting:
         self.test_tok = np.asarray([estimate_tokens(q) for q in self.test.queries], float)
 
     @property
+    def label(self) -> str:
+        """The candidate set as reports name it: ``K2``, ``swap``, or ``K<n>``.
+
+        ``K<n>`` is the set of all ``n`` pool models: ``K5``, or ``K3`` / ``K4`` on a user's
+        table of that many.
+        """
+        return f"K{len(self.models)}" if self.kset == "K5" else self.kset
+
+    @property
     def name(self) -> str:
-        """``dataset/split/kset``."""
-        return f"{self.dataset}/{self.split}/{self.kset}"
+        """``dataset/split/label`` (e.g. ``routerbench/OOD/K5``)."""
+        return f"{self.dataset}/{self.split}/{self.label}"
 
     @property
     def train_key(self) -> str:

@@ -7,6 +7,7 @@ import pytest
 from metarouter.data import OutcomeMatrix, load_dataset
 from metarouter.errors import ConfigError
 from metarouter.evaluation import EvalConfig, plan_for_table, run_evaluation
+from metarouter.evaluation.settings import build_settings
 
 
 def _small_log(tmp_path, n_train=300, n_test=120):
@@ -56,6 +57,29 @@ def test_plan_refuses_tables_it_cannot_evaluate():
     two = _matrix(["a", "b"], [[0.5, 0.6]] * 3, [[1.0, 2.0]] * 3)
     with pytest.raises(ConfigError, match=r"OOD tasks \['code'\]"):
         plan_for_table(two, "log", ood_tasks=("code",))
+
+
+@pytest.mark.parametrize(
+    ("n_models", "names"),
+    [
+        (2, ["log/ID/K2"]),  # the all-models set would repeat K2; no model left for a swap
+        (3, ["log/ID/K2", "log/ID/K3"]),  # named by its size; the swap needs a sixth model
+        (7, ["log/ID/K2", "log/ID/K5", "log/ID/swap"]),
+    ],
+)
+def test_settings_are_named_by_the_number_of_candidates(n_models, names):
+    models = [chr(ord("a") + i) for i in range(n_models)]
+    rng = np.random.default_rng(0)
+    n = 12
+    matrix = _matrix(
+        models,
+        rng.random((n, n_models)),
+        rng.random((n, n_models)) + 0.1,
+        splits=["train"] * 8 + ["test"] * 4,
+    )
+    plan = plan_for_table(matrix, "log")
+    settings = build_settings(matrix, rng.random((n, 8)).astype(np.float32), plan)
+    assert [s.name for s in settings] == names
 
 
 @pytest.mark.slow
