@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from metarouter.evaluation.protocol import EvalRun
+from metarouter.evaluation.settings import kset_label
 
 __all__ = ["write_markdown", "write_plots"]
 
@@ -163,15 +164,10 @@ def _bar_groups(
             for m, v in entry["metrics"].items()
             if "6" in v and v["6"].get("hv")
         }
-        shown = _kset_name(entry) if label == "split" else other
-        bar = entry[label] if label == "split" else _kset_name(entry)
+        kset = kset_label(entry["kset"], len(entry["models"]))
+        shown, bar = (kset, entry["split"]) if label == "split" else (other, kset)
         groups.setdefault(f"{entry['dataset']} ({shown})", {})[bar] = hv
     return {k: v for k, v in groups.items() if len(v) == 2}
-
-
-def _kset_name(entry: dict[str, Any]) -> str:
-    """``K2``, ``swap``, or ``K<n>`` for the set of all n pool models (as in setting names)."""
-    return f"K{len(entry['models'])}" if entry["kset"] == "K5" else str(entry["kset"])
 
 
 def _fmt(cell: dict[str, float] | None, digits: int = 3) -> str:

@@ -139,6 +139,15 @@ def default_plans() -> dict[str, DatasetPlan]:
     }
 
 
+def kset_label(kset: str, n_models: int) -> str:
+    """A candidate set as reports name it: ``K2``, ``swap``, or ``K<n>``.
+
+    ``K<n>`` is the ``K5`` set of all ``n`` pool models: ``K5``, or ``K3`` / ``K4`` on a user's
+    table of that many.
+    """
+    return f"K{n_models}" if kset == "K5" else kset
+
+
 @dataclass
 class Setting:
     """One evaluation setting (dataset x ID/OOD x candidate set), with cached arrays.
@@ -178,12 +187,8 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """The candidate set as reports name it: ``K2``, ``swap``, or ``K<n>``.
-
-        ``K<n>`` is the set of all ``n`` pool models: ``K5``, or ``K3`` / ``K4`` on a user's
-        table of that many.
-        """
-        return f"K{len(self.models)}" if self.kset == "K5" else self.kset
+        """The candidate set as reports name it (:func:`kset_label`)."""
+        return kset_label(self.kset, len(self.models))
 
     @property
     def name(self) -> str:
